@@ -1,0 +1,39 @@
+// Shared by the CPU (.cpp) and CUDA (.cu) kernels: qualifiers and small checks.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+
+#if defined(__CUDACC__)
+#define KDOPS_HD __host__ __device__ __forceinline__
+#else
+#define KDOPS_HD inline
+#endif
+
+namespace kdops {
+
+// Accumulation type: float for half/bfloat16/float, double for double (SPEC: accumulate in fp32/fp64).
+template <typename scalar_t>
+using acc_t = at::opmath_type<scalar_t>;
+
+inline at::ScalarType acc_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Checks used by every op; `op` and `arg` name what the caller passed.
+inline void check_feature(const at::Tensor& t, const char* op, const char* arg) {
+  TORCH_CHECK(t.dim() == 4, op, ": ", arg, " must be a 4-D (N, C, H, W) tensor, got shape ", t.sizes());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", arg,
+              " must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
+}
+
+inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* op, const char* an, const char* bn) {
+  TORCH_CHECK(a.sizes() == b.sizes(), op, ": ", an, " and ", bn, " must have the same shape, got ", a.sizes(),
+              " and ", b.sizes());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": ", an, " and ", bn, " must have the same dtype, got ",
+              a.scalar_type(), " and ", b.scalar_type());
+  TORCH_CHECK(a.device() == b.device(), op, ": ", an, " and ", bn, " must be on the same device, got ", a.device(),
+              " and ", b.device());
+}
+
+}  // namespace kdops

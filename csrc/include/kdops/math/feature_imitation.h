@@ -1,0 +1,30 @@
+// Per-element math of masked feature imitation (SPEC §5), one source for CPU and CUDA.
+#pragma once
+#include "kdops/common.h"
+
+namespace kdops {
+namespace imitation {
+
+enum Loss : int { kMSE = 0, kL1 = 1 };
+enum Normalize : int { kBatch = 0, kMean = 1, kMask = 2 };
+
+// rho(d): the penalty on d = S - T.
+template <typename acc>
+KDOPS_HD acc rho(acc d, int loss) {
+  return loss == kMSE ? d * d : (d < acc(0) ? -d : d);
+}
+
+// rho'(d); |.| has derivative sign(d) with sign(0) = 0.
+template <typename acc>
+KDOPS_HD acc rho_grad(acc d, int loss) {
+  return loss == kMSE ? acc(2) * d : static_cast<acc>((d > acc(0)) - (d < acc(0)));
+}
+
+// Z for each normalisation: N, the element count, or C * sum(M) (0/0 = 0 is handled by safe_div).
+template <typename acc>
+KDOPS_HD acc safe_div(acc num, acc den) {
+  return den == acc(0) ? acc(0) : num / den;
+}
+
+}  // namespace imitation
+}  // namespace kdops

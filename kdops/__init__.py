@@ -1,0 +1,23 @@
+"""kdops: knowledge-distillation losses for object detectors as fused autograd ops.
+
+Each op has four backends computing the same function (SPEC.md): "reference" (pure PyTorch),
+"cpu" (C++), "cuda" (fused CUDA) and "triton" (fused Triton). Pick one per call with
+`backend=`, for the process with KDOPS_BACKEND, or leave both unset for the automatic choice.
+"""
+
+from kdops import _extension  # noqa: F401  (loads the native kernels, warns once if missing)
+from kdops._backend import BACKENDS, BackendUnavailableError, available_backends
+from kdops.ops.attention_masks import attention_masks
+from kdops.ops.feature_imitation import feature_imitation
+from kdops import nn  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "attention_masks",
+    "available_backends",
+    "feature_imitation",
+    "nn",
+]

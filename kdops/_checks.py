@@ -1,0 +1,68 @@
+"""Argument checks shared by every public op. Each error names the op, the argument and what was expected."""
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def tensor(x, op: str, arg: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"kdops.{op}: {arg} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def float_tensor(x, op: str, arg: str) -> torch.Tensor:
+    tensor(x, op, arg)
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"kdops.{op}: {arg} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    return x
+
+
+def feature(x, op: str, arg: str) -> torch.Tensor:
+    """A (N, C, H, W) floating feature map."""
+    float_tensor(x, op, arg)
+    if x.dim() != 4:
+        raise ValueError(f"kdops.{op}: {arg} must be a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+    return x
+
+
+def same_layout(a, b, op: str, a_name: str, b_name: str) -> None:
+    """Same shape, dtype and device."""
+    if a.shape != b.shape:
+        raise ValueError(f"kdops.{op}: {a_name} and {b_name} must have the same shape, "
+                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"kdops.{op}: {a_name} and {b_name} must have the same dtype, got {a.dtype} and {b.dtype}")
+    if a.device != b.device:
+        raise ValueError(f"kdops.{op}: {a_name} and {b_name} must be on the same device, "
+                         f"got {a.device} and {b.device}")
+
+
+def choice(value, choices, op: str, arg: str):
+    if value not in choices:
+        raise ValueError(f"kdops.{op}: {arg} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def positive(value, op: str, arg: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"kdops.{op}: {arg} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def pixel_map(mask, like: torch.Tensor, op: str, arg: str) -> torch.Tensor:
+    """An (N, H, W) weight map for the (N, C, H, W) tensor `like`, returned in like's dtype.
+
+    The map is treated as a constant weight: it must not require grad.
+    """
+    tensor(mask, op, arg)
+    n, _, h, w = like.shape
+    if mask.shape != (n, h, w):
+        raise ValueError(f"kdops.{op}: {arg} must have shape (N, H, W) = {(n, h, w)}, got {tuple(mask.shape)}")
+    if mask.dtype not in FLOAT_DTYPES and mask.dtype != torch.bool:
+        raise TypeError(f"kdops.{op}: {arg} must be a floating or bool tensor, got {mask.dtype}")
+    if mask.device != like.device:
+        raise ValueError(f"kdops.{op}: {arg} must be on {like.device} like the features, got {mask.device}")
+    if mask.requires_grad:
+        raise ValueError(f"kdops.{op}: {arg} is a constant weight map and must not require grad; pass {arg}.detach()")
+    return mask.to(like.dtype)

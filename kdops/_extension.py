@@ -1,0 +1,31 @@
+"""Loads the native extension (kdops._C) once; kdops keeps working without it."""
+
+import os
+import warnings
+
+_C = None
+load_error = None
+
+if os.environ.get("KDOPS_NO_EXTENSION", "").strip() in ("1", "true", "yes"):
+    load_error = "disabled by KDOPS_NO_EXTENSION=1"
+else:
+    try:
+        from kdops import _C  # noqa: F811  (registers torch.ops.kdops.* as a side effect)
+    except ImportError as exc:  # not built, or built against another torch
+        load_error = f"{type(exc).__name__}: {exc}"
+        warnings.warn(
+            "kdops: the native kernels are not built, so the 'cpu' and 'cuda' backends are unavailable and "
+            "CPU tensors use the pure-PyTorch 'reference' backend. Build them from the repository root with "
+            "`pip install --no-build-isolation -e .` (a C++ compiler, ninja and, for the CUDA kernels, a CUDA "
+            f"toolkit with CUDA_HOME set). Cause: {load_error}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def native_loaded() -> bool:
+    return _C is not None
+
+
+def cuda_kernels_built() -> bool:
+    return _C is not None and bool(_C.built_with_cuda())

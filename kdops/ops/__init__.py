@@ -1,0 +1,1 @@
+"""Public functional API and torch.library registrations, one module per op."""

@@ -1,0 +1,47 @@
+"""Masked feature imitation, SPEC §5: L = sum M * rho(S - T) / Z."""
+
+import torch
+
+NORMALIZERS = ("batch", "mean", "mask")
+LOSSES = ("mse", "l1")
+
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def normalizer(student: torch.Tensor, mask, normalize: str) -> torch.Tensor:
+    n, c, h, w = student.shape
+    dtype = _acc_dtype(student)
+    if normalize == "batch":
+        z = float(n)
+    elif normalize == "mean":
+        z = float(student.numel())
+    elif mask is None:
+        z = float(c * n * h * w)
+    else:
+        return c * mask.to(dtype).sum()
+    return torch.tensor(z, dtype=dtype, device=student.device)
+
+
+def feature_imitation(student, teacher, mask=None, loss: str = "mse", normalize: str = "batch"):
+    """Returns a 0-dim loss in float32 (float64 for float64 inputs); an empty batch gives 0."""
+    dtype = _acc_dtype(student)
+    d = student.to(dtype) - teacher.to(dtype)
+    r = d * d if loss == "mse" else d.abs()
+    if mask is not None:
+        r = r * mask.to(dtype).unsqueeze(1)
+    z = normalizer(student, mask, normalize)
+    total = r.sum()
+    return torch.where(z == 0, torch.zeros_like(total), total / torch.where(z == 0, torch.ones_like(z), z))
+
+
+def feature_imitation_backward(grad, student, teacher, mask, norm, loss: str):
+    """dL/dS = grad / Z * M * rho'(S - T); dL/dT is its negation."""
+    dtype = _acc_dtype(student)
+    d = student.to(dtype) - teacher.to(dtype)
+    g = 2 * d if loss == "mse" else torch.sign(d)
+    if mask is not None:
+        g = g * mask.to(dtype).unsqueeze(1)
+    coef = torch.where(norm == 0, torch.zeros_like(norm), grad.to(dtype) / torch.where(norm == 0, torch.ones_like(norm), norm))
+    return (coef * g).to(student.dtype)

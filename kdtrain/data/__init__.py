@@ -1,0 +1,1 @@
+"""Datasets: COCO-format loading with clear errors, batching, and the demo set."""

@@ -1,0 +1,127 @@
+"""The built-in demo: teacher vs student vs distilled student on procedural shapes.
+
+Runs offline on CPU. The dataset and the teacher are cached (keyed by their
+settings), so a rerun only trains the two students.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+
+from kdtrain.config import TrainConfig
+from kdtrain.data.coco import CocoDetection
+from kdtrain.data.synthetic import make_shapes_dataset
+from kdtrain.distributed import DistInfo
+from kdtrain.engine import FINAL, train
+from kdtrain.evaluate import evaluate
+from kdtrain.models import count_parameters, load_detector
+from kdtrain.report import format_table, write_plot
+
+# Small, fast Faster R-CNN settings shared by teacher and students: fewer
+# proposals and sampled ROIs (the ROI box head dominates a CPU step).
+FAST_HEADS = {
+    "box_batch_size_per_image": 64,
+    "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
+    "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 150,
+    "box_detections_per_img": 50,
+}
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    output_dir: str = "kdtrain_demo"
+    cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "kdtrain")
+    image_size: int = 160
+    train_images: int = 500
+    val_images: int = 120
+    teacher_arch: str = "fasterrcnn_resnet18_fpn"
+    teacher_iterations: int = 300
+    student_arch: str = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    student_iterations: int = 240
+    batch_size: int = 4
+    lr: float = 0.02
+    recipe: str = "imitation"
+    distill_weights: str | None = None
+    distill_warmup: int = 40
+    imitation_mask: str = "none"
+    seeds: tuple = (0,)
+    threads: int | None = None
+    workers: int = 1
+    retrain_teacher: bool = False
+    progress: bool = True
+
+
+def _key(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _base_config(d: DemoConfig, data: dict, output_dir: str, seed: int) -> TrainConfig:
+    return TrainConfig(
+        train_images=data["train"]["images"], train_ann=data["train"]["ann"],
+        val_images=data["val"]["images"], val_ann=data["val"]["ann"],
+        min_size=d.image_size, max_size=d.image_size, model_kwargs=dict(FAST_HEADS),
+        batch_size=d.batch_size, lr=d.lr, lr_warmup=30, lr_schedule="cosine", workers=d.workers,
+        output_dir=output_dir, seed=seed, threads=d.threads, checkpoint_every=100, log_every=10,
+        progress=d.progress, device="auto", eval_batch_size=8,
+    )
+
+
+def run_demo(d: DemoConfig, log=print) -> dict:
+    started = time.perf_counter()
+    data_root = os.path.join(d.cache_dir, "shapes-" + _key(d.image_size, d.train_images, d.val_images, "v1"))
+    log(f"[demo] dataset: {data_root}")
+    data = make_shapes_dataset(data_root, d.train_images, d.val_images, size=d.image_size)
+
+    teacher_dir = os.path.join(d.cache_dir, "teacher-" + _key(data_root, d.teacher_arch, d.teacher_iterations,
+                                                              d.batch_size, d.lr, FAST_HEADS, "v1"))
+    teacher_path = os.path.join(teacher_dir, FINAL)
+    rows = {}
+    val_set = CocoDetection(data["val"]["images"], data["val"]["ann"])
+    if os.path.isfile(teacher_path) and not d.retrain_teacher:
+        log(f"[demo] reusing cached teacher {teacher_path}")
+        teacher, _, _ = load_detector(teacher_path)
+        metrics = evaluate(teacher, val_set, DistInfo(), 8, 0, d.progress, desc="eval[teacher]")
+        rows["teacher"] = {**metrics, "params": count_parameters(teacher), "train_seconds_per_iter": None,
+                           "cached": True}
+    else:
+        cfg = _base_config(d, data, teacher_dir, seed=0)
+        cfg.arch, cfg.iterations = d.teacher_arch, d.teacher_iterations
+        log(f"[demo] training teacher {d.teacher_arch} for {d.teacher_iterations} iterations")
+        s = train(cfg, log=log)
+        rows["teacher"] = {**s["eval"], "params": s["params"], "train_seconds_per_iter": s["train_seconds_per_iter"]}
+
+    runs = []
+    for seed in d.seeds:
+        for recipe in ("none", d.recipe):
+            name = "student" if recipe == "none" else f"student+{recipe}"
+            cfg = _base_config(d, data, os.path.join(d.output_dir, f"{name.replace('+', '_')}-seed{seed}"), seed)
+            cfg.arch, cfg.iterations, cfg.recipe = d.student_arch, d.student_iterations, recipe
+            if recipe != "none":
+                cfg.teacher, cfg.distill_weights = teacher_path, d.distill_weights
+                cfg.distill_warmup, cfg.imitation_mask = d.distill_warmup, d.imitation_mask
+            log(f"[demo] training {name} (seed {seed}) for {d.student_iterations} iterations")
+            s = train(cfg, log=log)
+            runs.append({"name": name, "seed": seed, **s["eval"], "params": s["params"],
+                         "train_seconds_per_iter": s["train_seconds_per_iter"],
+                         "distill_term_seconds_per_iter": s["distill_term_seconds_per_iter"]})
+    for name in dict.fromkeys(r["name"] for r in runs):
+        mine = [r for r in runs if r["name"] == name]
+        rows[name] = {k: sum(r[k] for r in mine) / len(mine) for k in
+                      ("mAP", "AP50", "AP75", "APs", "APm", "APl", "images_per_s", "train_seconds_per_iter")}
+        rows[name]["params"] = mine[0]["params"]
+        rows[name]["seeds"] = [r["seed"] for r in mine]
+        rows[name]["mAP_per_seed"] = [r["mAP"] for r in mine]
+    result = {"config": dataclasses.asdict(d), "rows": rows, "runs": runs,
+              "wall_seconds": time.perf_counter() - started}
+    os.makedirs(d.output_dir, exist_ok=True)
+    with open(os.path.join(d.output_dir, "demo_results.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    write_plot(rows, os.path.join(d.output_dir, "demo_results.png"))
+    log(format_table(rows))
+    log(f"[demo] wall time {result['wall_seconds'] / 60:.1f} min; results in {d.output_dir}/demo_results.json, "
+        f"plot in {d.output_dir}/demo_results.png")
+    return result

@@ -1,0 +1,1 @@
+"""Distillation plumbing: recipes, level pairing, box mapping, loss terms."""

@@ -1,0 +1,195 @@
+"""The student + frozen teacher + distillation terms, as one trainable module.
+
+Only the student and the terms' adaptation layers are parameters of this
+module; the teacher is held outside ``state_dict`` and DDP, in eval mode,
+and always runs under ``no_grad``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Optional
+
+import torch
+from torch import nn
+from torchvision.models import detection
+from torchvision.models.detection.roi_heads import fastrcnn_loss
+
+from kdtrain.distill import recipes, terms as T
+from kdtrain.distill.context import DistillContext, RoiOutputs, RpnPair
+from kdtrain.distill.levels import pair_levels
+from kdtrain.distill.probe import probe_levels
+from kdtrain.distill.rpn import anchor_layout_mismatch, rpn_forward_with_logits, teacher_objectness
+from kdtrain.models import detector_family
+
+
+def _as_dict(features) -> "OrderedDict[str, torch.Tensor]":
+    return OrderedDict([("0", features)]) if isinstance(features, torch.Tensor) else features
+
+
+def check_degenerate_boxes(targets) -> None:
+    for i, t in enumerate(targets):
+        bad = (t["boxes"][:, 2:] <= t["boxes"][:, :2]).any(dim=1)
+        if bad.any():
+            raise ValueError(f"degenerate box {t['boxes'][bad][0].tolist()} in image {t.get('image_id', i)}")
+
+
+class Distiller(nn.Module):
+    def __init__(self, student: nn.Module, teacher: Optional[nn.Module] = None, recipe: str = "none",
+                 weights: Optional[dict] = None, warmup_iters: int = 0, imitation_mask: str = "none",
+                 log=print):
+        super().__init__()
+        self.student = student
+        self.term_names = recipes.parse_recipe(recipe)
+        self.weights = recipes.parse_weights(weights)
+        self.warmup_iters = warmup_iters
+        self.iteration = 0  # set by the trainer for the weight warm-up
+        self.family = detector_family(student)
+        self._teacher = [teacher]  # a list keeps it out of parameters/state_dict/DDP
+        self.terms = nn.ModuleDict()
+        self.pairs = []
+        self.rpn_distill = False
+        self.profile = False       # when on, time each term (with CUDA sync)
+        self.term_seconds: dict = {}
+        self.last_raw: dict = {}
+        if not self.term_names:
+            return
+        if teacher is None:
+            raise ValueError(f"recipe {recipe!r} needs a teacher (--teacher CHECKPOINT)")
+        freeze(teacher)
+        s_channels, s_strides = probe_levels(student.backbone)
+        t_channels, t_strides = probe_levels(teacher.backbone)
+        self.pairs = pair_levels(s_strides, t_strides)
+        log(f"[kdtrain] level pairs (student->teacher @stride): "
+            + ", ".join(f"{p.student}->{p.teacher}@{p.stride}" for p in self.pairs))
+        for name in self.term_names:
+            if name == "imitation":
+                self.terms[name] = T.ImitationTerm(self.pairs, s_channels, t_channels, mask=imitation_mask)
+            elif name == "fgd":
+                self.terms[name] = T.FGDTerm(self.pairs, s_channels, t_channels, family=self.family)
+            elif name == "cwd":
+                self.terms[name] = T.CWDTerm(self.pairs, s_channels, t_channels)
+            elif name == "pkd":
+                self.terms[name] = T.PKDTerm(self.pairs, s_channels, t_channels)
+            elif name in ("chen_rcn", "chen_rpn"):
+                self._check_two_stage_pair(name)
+                if name == "chen_rpn":
+                    why = anchor_layout_mismatch(student.rpn, teacher.rpn)
+                    if why:
+                        log(f"[kdtrain] RPN distillation off: {why}")
+                        continue
+                    self.rpn_distill = True  # feature shapes are checked again each step
+                self.terms[name] = T.ChenRcnTerm() if name == "chen_rcn" else T.ChenRpnTerm()
+        self._log = log
+        self._rpn_shape_warned = False
+
+    @property
+    def teacher(self) -> Optional[nn.Module]:
+        return self._teacher[0]
+
+    def _check_two_stage_pair(self, name):
+        if not (isinstance(self.student, detection.FasterRCNN) and isinstance(self.teacher, detection.FasterRCNN)):
+            raise ValueError(f"{name} (Chen 2017 head distillation) needs a Faster R-CNN student and teacher")
+        s_cls = self.student.roi_heads.box_predictor.cls_score.out_features
+        t_cls = self.teacher.roi_heads.box_predictor.cls_score.out_features
+        if s_cls != t_cls:
+            raise ValueError(f"{name}: student has {s_cls} classes, teacher {t_cls}; head distillation needs the same label space")
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # BatchNorm statistics and dropout of the teacher stay frozen
+        return self
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.cuda() move the (unregistered) teacher along with the student.
+        out = super()._apply(fn, *args, **kwargs)
+        if self.teacher is not None:
+            self.teacher._apply(fn, *args, **kwargs)
+        return out
+
+    # ---- forward -----------------------------------------------------------
+    def forward(self, images, targets):
+        """Training losses: the student's own (torchvision names) + weighted distillation terms."""
+        student = self.student
+        # One shared transform (the student's): both nets see the same padded batch.
+        image_list, targets = student.transform(images, targets)
+        check_degenerate_boxes(targets)
+        s_feats = _as_dict(student.backbone(image_list.tensors))
+        need_teacher = bool(self.terms)
+        t_feats = None
+        if need_teacher:
+            with torch.no_grad():
+                t_feats = _as_dict(self.teacher.backbone(image_list.tensors))
+        ctx = DistillContext(s_feats, t_feats, self.pairs, targets)
+        if self.family == "two_stage":
+            losses = self._faster_rcnn_losses(image_list, s_feats, t_feats, targets, ctx)
+        else:
+            losses = self._one_stage_losses(image_list, s_feats, targets)
+        raw = {}
+        for name, term in self.terms.items():
+            start = self._tick()
+            raw.update(term(ctx))
+            self.term_seconds[name] = self._tick() - start
+        factor = recipes.warmup_factor(self.iteration, self.warmup_iters)
+        for key, value in raw.items():
+            losses[f"distill_{key}"] = value * (self.weights[key] * factor)
+        self.last_raw = {k: float(v.detach()) for k, v in raw.items()}
+        for term in self.terms.values():
+            self.last_raw.update(getattr(term, "last_terms", {}) or {})
+        return losses
+
+    def _tick(self) -> float:
+        if self.profile and torch.cuda.is_available() and next(self.student.parameters()).is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def _faster_rcnn_losses(self, image_list, s_feats, t_feats, targets, ctx):
+        student, teacher = self.student, self.teacher
+        if self.rpn_distill:
+            proposals, rpn_losses, rpn_out = rpn_forward_with_logits(student.rpn, image_list, s_feats, targets)
+            with torch.no_grad():
+                t_logits, t_shapes = teacher_objectness(teacher.rpn, t_feats)
+            if t_shapes == rpn_out.level_shapes:
+                ctx.rpn = RpnPair(rpn_out.objectness[rpn_out.sampled], t_logits[rpn_out.sampled])
+            elif not self._rpn_shape_warned:
+                self._log(f"[kdtrain] RPN distillation off: anchor grids differ "
+                          f"(student {rpn_out.level_shapes}, teacher {t_shapes})")
+                self._rpn_shape_warned = True
+        else:
+            proposals, rpn_losses = student.rpn(image_list, s_feats, targets)
+        if "chen_rcn" not in self.terms:
+            _, det_losses = student.roi_heads(s_feats, proposals, image_list.image_sizes, targets)
+            return {**rpn_losses, **det_losses}
+        # Chen 2017: sample once (the student's proposals), then both box heads on them.
+        heads = student.roi_heads
+        proposals, _matched, labels, regression_targets = heads.select_training_samples(proposals, targets)
+        s_logits, s_reg = _box_head_outputs(heads, s_feats, proposals, image_list.image_sizes)
+        with torch.no_grad():
+            t_logits, t_reg = _box_head_outputs(teacher.roi_heads, t_feats, proposals, image_list.image_sizes)
+        loss_classifier, loss_box_reg = fastrcnn_loss(s_logits, s_reg, labels, regression_targets)
+        ctx.roi = RoiOutputs(s_logits, t_logits, s_reg, t_reg, torch.cat(labels), torch.cat(regression_targets))
+        return {**rpn_losses, "loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+
+    def _one_stage_losses(self, image_list, s_feats, targets):
+        student = self.student
+        feats = list(s_feats.values())
+        head_outputs = student.head(feats)
+        anchors = student.anchor_generator(image_list, feats)
+        if self.family == "fcos":
+            num_anchors_per_level = [x.size(2) * x.size(3) for x in feats]
+            return student.compute_loss(targets, head_outputs, anchors, num_anchors_per_level)
+        return student.compute_loss(targets, head_outputs, anchors)
+
+
+def _box_head_outputs(roi_heads, features, proposals, image_sizes):
+    x = roi_heads.box_roi_pool(features, proposals, image_sizes)
+    x = roi_heads.box_head(x)
+    return roi_heads.box_predictor(x)
+
+
+def freeze(model: nn.Module) -> None:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)

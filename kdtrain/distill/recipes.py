@@ -1,0 +1,82 @@
+"""Recipe names -> loss terms, and each term's default weight.
+
+Recipes combine with commas (``fgd,chen2017``); the union of their terms runs.
+Weights are calibrated for kdtrain's reductions (kdops ``normalize`` choices
+below); raw imitation at weight ~1 on sum-reduced features hurt in planning.
+"""
+
+from __future__ import annotations
+
+RECIPES = {
+    "none": (),
+    "imitation": ("imitation",),
+    "fgd": ("fgd",),
+    # Chen 2017: hint (with adaptation) + RCN and RPN head distillation.
+    "chen2017": ("imitation", "chen_rcn", "chen_rpn"),
+    "cwd": ("cwd",),
+    "pkd": ("pkd",),
+}
+
+# Multiplier of each logged loss key. FGD's own alpha..lambda live inside
+# kdops.nn.FGDLoss presets; this weight scales the whole FGD term.
+DEFAULT_WEIGHTS = {
+    "imitation": 1.0,      # kdops.nn.HintLoss, normalize="mean"
+    "fgd": 1.0,
+    "chen_rcn_cls": 1.0,   # soft CE (mu=0; the hard CE stays in torchvision's loss)
+    "chen_rcn_reg": 0.5,   # nu = 0.5 (SPEC §7)
+    "chen_rpn_cls": 1.0,
+    "cwd": 1.0,
+    "pkd": 1.0,
+}
+
+# Loss keys each term produces (for weights given per term name).
+TERM_KEYS = {
+    "imitation": ("imitation",),
+    "fgd": ("fgd",),
+    "chen_rcn": ("chen_rcn_cls", "chen_rcn_reg"),
+    "chen_rpn": ("chen_rpn_cls",),
+    "cwd": ("cwd",),
+    "pkd": ("pkd",),
+}
+
+
+def parse_recipe(recipe: str) -> tuple[str, ...]:
+    """'fgd,chen2017' -> ordered unique term names; 'none' -> ()."""
+    terms: list[str] = []
+    for name in (part.strip() for part in recipe.split(",")):
+        if not name:
+            continue
+        if name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)} (comma-combinable)")
+        for term in RECIPES[name]:
+            if term not in terms:
+                terms.append(term)
+    return tuple(terms)
+
+
+def parse_weights(text: str | dict | None) -> dict:
+    """'fgd=2,chen_rcn=0.5' or a dict -> {loss key: weight}, over the defaults.
+
+    A term name (chen_rcn) sets all of its loss keys.
+    """
+    weights = dict(DEFAULT_WEIGHTS)
+    if not text:
+        return weights
+    items = text.items() if isinstance(text, dict) else (p.split("=", 1) for p in text.split(",") if p.strip())
+    for item in items:
+        if len(item) != 2:
+            raise ValueError(f"bad distillation weight {item!r}: expected NAME=VALUE")
+        key, value = item[0].strip(), float(item[1])
+        keys = TERM_KEYS.get(key, (key,) if key in DEFAULT_WEIGHTS else None)
+        if keys is None:
+            raise ValueError(f"unknown distillation weight {key!r}; known: {', '.join(sorted(set(TERM_KEYS) | set(DEFAULT_WEIGHTS)))}")
+        for k in keys:
+            weights[k] = value
+    return weights
+
+
+def warmup_factor(iteration: int, warmup_iters: int) -> float:
+    """Linear warm-up of every distillation weight from 0 to 1 over warmup_iters."""
+    if warmup_iters <= 0:
+        return 1.0
+    return min(1.0, (iteration + 1) / warmup_iters)

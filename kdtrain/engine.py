@@ -1,0 +1,225 @@
+"""The training loop: one code path for plain and distilled training, 1 or N processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from kdtrain import checkpoint as ckpt_io
+from kdtrain.config import TrainConfig
+from kdtrain.data.batching import TrainBatchStream
+from kdtrain.data.coco import CocoDetection
+from kdtrain.distill.distiller import Distiller
+from kdtrain.distributed import DistInfo, barrier, cleanup, init_distributed
+from kdtrain.evaluate import evaluate
+from kdtrain.metrics_log import MetricsWriter, read_jsonl
+from kdtrain.models import ModelSpec, build_detector, count_parameters, load_detector
+from kdtrain.runtime import amp_dtype, autocast, seed_everything, set_threads
+from kdtrain.schedule import build_scheduler
+
+FINAL = "model_final.pth"
+
+
+def build_teacher(cfg: TrainConfig, num_classes: int):
+    if cfg.teacher:
+        teacher, _spec, _ = load_detector(cfg.teacher)
+        return teacher
+    if cfg.teacher_arch:
+        return build_detector(ModelSpec(cfg.teacher_arch, num_classes, weights=cfg.teacher_weights,
+                                        min_size=cfg.min_size, max_size=cfg.max_size))
+    return None
+
+
+def build_datasets(cfg: TrainConfig):
+    if not (cfg.train_images and cfg.train_ann):
+        raise ValueError("training needs --train-images and --train-ann")
+    train_set = CocoDetection(cfg.train_images, cfg.train_ann, train=True, hflip_prob=cfg.hflip,
+                              invalid_boxes=cfg.invalid_boxes, category_ids_as_labels=cfg.category_ids_as_labels)
+    val_set = None
+    if cfg.val_images and cfg.val_ann and not cfg.no_eval:
+        val_set = CocoDetection(cfg.val_images, cfg.val_ann, train=False, invalid_boxes=cfg.invalid_boxes,
+                                category_ids_as_labels=cfg.category_ids_as_labels, require_annotations=False)
+        if val_set.cat_id_to_label != train_set.cat_id_to_label:
+            raise ValueError(f"{cfg.val_ann}: categories differ from {cfg.train_ann}")
+    return train_set, val_set
+
+
+def export_student(student, spec: ModelSpec, dataset, path: str, extra: dict | None = None) -> None:
+    """Student weights only (no adaptation layers): loads into plain torchvision."""
+    ckpt_io.atomic_save({
+        "model_spec": spec.to_dict(),
+        "model_state": student.state_dict(),
+        "categories": dataset.categories,
+        "label_to_cat_id": dataset.label_to_cat_id,
+        **(extra or {}),
+    }, path)
+
+
+def _resume_path(cfg: TrainConfig) -> str | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume == "auto":
+        path = os.path.join(cfg.output_dir, ckpt_io.LAST)
+        return path if os.path.isfile(path) else None
+    if not os.path.isfile(cfg.resume):
+        raise FileNotFoundError(f"--resume: no checkpoint at {cfg.resume}")
+    return cfg.resume
+
+
+def _truncate_metrics(path: str, iteration: int) -> None:
+    """Drop records logged after the checkpoint we resume from (they will be redone)."""
+    if not os.path.isfile(path):
+        return
+    keep = [r for r in read_jsonl(path) if r.get("kind") != "train" or r.get("iteration", 0) <= iteration]
+    with open(path + ".tmp", "w") as f:
+        for r in keep:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, info, log if info.is_main else (lambda *a, **k: None))
+    finally:
+        cleanup(info)
+
+
+def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
+    set_threads(cfg.threads, int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)))
+    seed_everything(cfg.seed)
+    device = info.device
+    train_set, val_set = build_datasets(cfg)
+    num_classes = cfg.num_classes or train_set.num_classes
+    spec = ModelSpec(cfg.arch, num_classes, cfg.weights, cfg.weights_backbone, cfg.min_size, cfg.max_size,
+                     dict(cfg.model_kwargs))
+    student = build_detector(spec)
+    if cfg.init:
+        init_model, _, _ = load_detector(cfg.init)
+        student.load_state_dict(init_model.state_dict())
+    teacher = build_teacher(cfg, num_classes) if cfg.recipe != "none" else None
+    distiller = Distiller(student, teacher, cfg.recipe, cfg.distill_weights, cfg.distill_warmup,
+                          cfg.imitation_mask, log=log).to(device)
+    params = [p for p in distiller.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"--optimizer must be sgd or adamw, not {cfg.optimizer!r}")
+
+    stream = TrainBatchStream(train_set, cfg.batch_size, cfg.seed, cfg.workers, cfg.aspect_ratio_group_factor,
+                              info.rank, info.world_size)
+    total = cfg.iterations if cfg.iterations is not None else math.ceil(cfg.epochs * len(stream.batches_of_epoch(0)))
+    scheduler = build_scheduler(optimizer, total, cfg.lr_warmup, cfg.lr_schedule, cfg.lr_steps, cfg.lr_gamma)
+    dtype = amp_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+    metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl") if info.is_main else None
+    start = 0
+    resume = _resume_path(cfg)
+    if resume:
+        state = ckpt_io.load(resume)
+        distiller.student.load_state_dict(state["model_state"])
+        distiller.terms.load_state_dict(state["distill_state"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start = int(state["iteration"])
+        ckpt_io.set_rng_state(state["rng"])
+        log(f"[kdtrain] resumed from {resume} at iteration {start}/{total}")
+        if metrics_path:
+            _truncate_metrics(metrics_path, start)
+    if info.is_main:
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=2, sort_keys=True)
+    writer = MetricsWriter(metrics_path, os.path.join(cfg.output_dir, "tb") if cfg.tensorboard and info.is_main else None)
+
+    model = distiller
+    if info.enabled:
+        model = DistributedDataParallel(distiller, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=bool(distiller.terms))
+
+    def save(iteration):
+        if not info.is_main:
+            return
+        ckpt_io.atomic_save({
+            "model_spec": spec.to_dict(), "model_state": distiller.student.state_dict(),
+            "distill_state": distiller.terms.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "iteration": iteration,
+            "rng": ckpt_io.rng_state(), "config": dataclasses.asdict(cfg),
+            "categories": train_set.categories, "label_to_cat_id": train_set.label_to_cat_id,
+        }, os.path.join(cfg.output_dir, ckpt_io.LAST))
+
+    model.train()
+    bar = tqdm(total=total, initial=start, desc=f"train[{cfg.recipe}]", disable=not (cfg.progress and info.is_main),
+               dynamic_ncols=True)
+    batches = stream.iterate(start)
+    window, window_start, step_seconds = {}, time.perf_counter(), 0.0
+    term_seconds_sum: dict = {}
+    iteration = start
+    while iteration < total:
+        epoch, images, targets = next(batches)
+        step_start = time.perf_counter()
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        distiller.iteration = iteration
+        with autocast(device, dtype):
+            losses = model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at iteration {iteration}: "
+                                     + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items()))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.clip_grad > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        iteration += 1
+        step_seconds += time.perf_counter() - step_start
+        for k, v in distiller.term_seconds.items():
+            term_seconds_sum[k] = term_seconds_sum.get(k, 0.0) + v
+        for k, v in {**{k: float(v.detach()) for k, v in losses.items()}, "loss": float(loss.detach()),
+                     **{f"raw_{k}": v for k, v in distiller.last_raw.items()}}.items():
+            window.setdefault(k, []).append(v)
+        bar.update(1)
+        if iteration % cfg.log_every == 0 or iteration == total:
+            record = {"kind": "train", "iteration": iteration, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                      **{k: sum(v) / len(v) for k, v in window.items()},
+                      "seconds_per_iter": (time.perf_counter() - window_start) / len(window["loss"])}
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            writer.write(record)
+            window, window_start = {}, time.perf_counter()
+        if cfg.checkpoint_every > 0 and iteration % cfg.checkpoint_every == 0 and iteration < total:
+            save(iteration)
+    bar.close()
+    save(iteration)
+    final_path = os.path.join(cfg.output_dir, FINAL)
+    if info.is_main:
+        export_student(distiller.student, spec, train_set, final_path, {"iteration": iteration, "recipe": cfg.recipe})
+    barrier(info)
+    steps_run = max(1, iteration - start)
+    summary = {"iterations": iteration, "final_checkpoint": final_path, "params": count_parameters(distiller.student),
+               "train_seconds_per_iter": step_seconds / steps_run,
+               "distill_term_seconds_per_iter": {k: v / steps_run for k, v in term_seconds_sum.items()}}
+    if val_set is not None:
+        metrics = evaluate(distiller.student, val_set, info, cfg.eval_batch_size, cfg.workers, cfg.progress)
+        if info.is_main:
+            summary["eval"] = metrics
+            writer.write({"kind": "eval", "iteration": iteration, **metrics})
+            with open(os.path.join(cfg.output_dir, "eval.json"), "w") as f:
+                json.dump(metrics, f, indent=2)
+            log("[kdtrain] eval: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    writer.close()
+    return summary

@@ -1,0 +1,38 @@
+"""Metrics as JSON lines (one object per record), optionally mirrored to TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+class MetricsWriter:
+    def __init__(self, path: str | None, tensorboard_dir: str | None = None):
+        self.path = path
+        self._tb = None
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if tensorboard_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:  # optional dependency
+                raise RuntimeError("--tensorboard needs the tensorboard package (pip install tensorboard)") from e
+            self._tb = SummaryWriter(tensorboard_dir)
+
+    def write(self, record: dict) -> None:
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+        if self._tb is not None and "iteration" in record:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "iteration":
+                    self._tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record["iteration"])
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,157 @@
+"""Build torchvision detectors (teachers and students) from a serialisable spec.
+
+A ``ModelSpec`` is stored in every kdtrain checkpoint, so ``eval``/``predict``
+and teacher loading can rebuild the exact network without repeating flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torchvision.models import detection
+from torchvision.models import resnet as tv_resnet
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+
+# Architectures torchvision builds directly (with the weights API).
+_TORCHVISION_BUILDERS = {
+    "fasterrcnn_resnet50_fpn": detection.fasterrcnn_resnet50_fpn,
+    "fasterrcnn_resnet50_fpn_v2": detection.fasterrcnn_resnet50_fpn_v2,
+    "fasterrcnn_mobilenet_v3_large_fpn": detection.fasterrcnn_mobilenet_v3_large_fpn,
+    "fasterrcnn_mobilenet_v3_large_320_fpn": detection.fasterrcnn_mobilenet_v3_large_320_fpn,
+    "retinanet_resnet50_fpn": detection.retinanet_resnet50_fpn,
+    "retinanet_resnet50_fpn_v2": detection.retinanet_resnet50_fpn_v2,
+    "fcos_resnet50_fpn": detection.fcos_resnet50_fpn,
+}
+# Faster R-CNN on other ResNet depths: torchvision has no builder, so we compose
+# its own parts (ResNet + _resnet_fpn_extractor + FasterRCNN).
+_RESNET_FASTERRCNN = {
+    "fasterrcnn_resnet18_fpn": ("resnet18", tv_resnet.ResNet18_Weights),
+    "fasterrcnn_resnet34_fpn": ("resnet34", tv_resnet.ResNet34_Weights),
+    "fasterrcnn_resnet101_fpn": ("resnet101", tv_resnet.ResNet101_Weights),
+}
+ARCHITECTURES = sorted(list(_TORCHVISION_BUILDERS) + list(_RESNET_FASTERRCNN))
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    arch: str
+    num_classes: int
+    weights: Optional[str] = None  # e.g. "DEFAULT" or "COCO_V1" (downloads)
+    weights_backbone: Optional[str] = None  # e.g. "DEFAULT" (downloads)
+    min_size: Optional[int] = None  # None: the torchvision builder's default
+    max_size: Optional[int] = None
+    # Extra keyword arguments for the detector constructor
+    # (box_batch_size_per_image, rpn_pre_nms_top_n_train, ...).
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        return cls(**d)
+
+
+def _verify_weights(enum_or_builder, name):
+    if name is None:
+        return None
+    return enum_or_builder.verify(name)
+
+
+def build_detector(spec: ModelSpec) -> nn.Module:
+    """Build the detector; from-scratch models get plain trainable BatchNorm."""
+    kwargs = dict(spec.kwargs)
+    if spec.min_size is not None:
+        kwargs["min_size"] = spec.min_size
+    if spec.max_size is not None:
+        kwargs["max_size"] = spec.max_size
+    if spec.arch in _TORCHVISION_BUILDERS:
+        builder = _TORCHVISION_BUILDERS[spec.arch]
+        if spec.weights is not None:
+            # Pretrained detector heads have the dataset's classes; build as
+            # published, then swap the classifier for ours if counts differ.
+            model = builder(weights=spec.weights, weights_backbone=spec.weights_backbone, **kwargs)
+            _replace_classifier(model, spec.num_classes)
+            return model
+        return builder(
+            weights=None,
+            weights_backbone=spec.weights_backbone,
+            num_classes=spec.num_classes,
+            **kwargs,
+        )
+    if spec.arch in _RESNET_FASTERRCNN:
+        if spec.weights is not None:
+            raise ValueError(f"torchvision publishes no detector weights for {spec.arch}; use --weights-backbone")
+        depth, weights_enum = _RESNET_FASTERRCNN[spec.arch]
+        backbone_weights = _verify_weights(weights_enum, spec.weights_backbone)
+        # Same rule as torchvision's builders: frozen BN only on pretrained backbones.
+        norm_layer = torchvision_frozen_bn() if backbone_weights is not None else nn.BatchNorm2d
+        trainable = 3 if backbone_weights is not None else 5
+        resnet = getattr(tv_resnet, depth)(weights=backbone_weights, norm_layer=norm_layer)
+        backbone = _resnet_fpn_extractor(resnet, trainable)
+        return detection.FasterRCNN(backbone, num_classes=spec.num_classes, **kwargs)
+    raise ValueError(f"unknown architecture {spec.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+
+
+def torchvision_frozen_bn():
+    from torchvision.ops import misc
+
+    return misc.FrozenBatchNorm2d
+
+
+def _replace_classifier(model: nn.Module, num_classes: int) -> None:
+    if isinstance(model, detection.FasterRCNN):
+        predictor = model.roi_heads.box_predictor
+        if predictor.cls_score.out_features != num_classes:
+            model.roi_heads.box_predictor = FastRCNNPredictor(predictor.cls_score.in_features, num_classes)
+        return
+    head = getattr(model, "head", None)
+    current = getattr(getattr(head, "classification_head", None), "num_classes", None)
+    if current is not None and current != num_classes:
+        raise ValueError(
+            f"pretrained {type(model).__name__} has {current} classes but {num_classes} were asked; "
+            "use --weights-backbone instead of --weights for a different label set"
+        )
+
+
+def detector_family(model: nn.Module) -> str:
+    """'two_stage' | 'retinanet' | 'fcos' (FGD's preset names)."""
+    if isinstance(model, detection.FasterRCNN):
+        return "two_stage"
+    if isinstance(model, detection.RetinaNet):
+        return "retinanet"
+    if isinstance(model, detection.FCOS):
+        return "fcos"
+    raise TypeError(f"unsupported detector {type(model).__name__}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_detector(path: str, map_location: Any = "cpu") -> tuple[nn.Module, ModelSpec, dict]:
+    """Rebuild a detector from a kdtrain checkpoint (training or exported).
+
+    Returns (model, spec, checkpoint). Only the student's own weights are loaded:
+    distillation adaptation layers are never part of ``model_state``.
+    """
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(ckpt, dict) or "model_spec" not in ckpt or "model_state" not in ckpt:
+        raise ValueError(f"{path} is not a kdtrain checkpoint (keys model_spec and model_state are missing)")
+    spec = ModelSpec.from_dict(ckpt["model_spec"])
+    # Never download when restoring our own weights.
+    spec_offline = dataclasses.replace(spec, weights=None, weights_backbone=None)
+    model = build_detector(spec_offline)
+    result = model.load_state_dict(ckpt["model_state"], strict=False)
+    # A model trained from a pretrained backbone used FrozenBatchNorm2d, which has
+    # no num_batches_tracked buffer; everything else must match exactly.
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"{path}: weights do not match {spec.arch} (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+    return model, spec, ckpt

@@ -1,0 +1,13 @@
+"""Test set-up shared by every kdops test.
+
+Without a GPU, the Triton kernels run through Triton's CPU interpreter. The variable must be set
+before triton.jit decorates the kernels, i.e. before any kdops.triton module is imported.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.pop("KDOPS_BACKEND", None)  # tests choose backends explicitly

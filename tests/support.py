@@ -1,0 +1,65 @@
+"""Helpers shared by the per-op test files: which backends can run here, tolerances, inputs."""
+
+import pytest
+import torch
+
+import kdops
+from kdops import _backend
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+CUDA = torch.cuda.is_available()
+
+
+def backend_params():
+    """(backend, device) pairs of every fused backend, each skipped where it cannot run."""
+    params = []
+    for backend, device, marks in (("cpu", "cpu", ()), ("triton", "cpu", (pytest.mark.triton,)),
+                                   ("cuda", "cuda", (pytest.mark.cuda,)),
+                                   ("triton", "cuda", (pytest.mark.cuda, pytest.mark.triton))):
+        reason = _why_not(backend, device)
+        marks = marks + ((pytest.mark.skip(reason=reason),) if reason else ())
+        params.append(pytest.param(backend, device, id=f"{backend}-{device}", marks=marks))
+    return params
+
+
+def _why_not(backend, device):
+    if device == "cuda" and not CUDA:
+        return "no CUDA device"
+    if backend == "triton" and device == "cpu" and CUDA:
+        return "a GPU is present: Triton is tested on it instead of the interpreter"
+    return _backend._why_not(backend, torch.device(device))
+
+
+def tolerance(dtype):
+    """(rtol, atol) for a tensor stored in `dtype` compared with a float64 reference."""
+    return {torch.float64: (1e-9, 1e-12), torch.float32: (2e-5, 1e-6), torch.float16: (4e-3, 1e-4),
+            torch.bfloat16: (2e-2, 1e-3)}[dtype]
+
+
+def assert_close(actual, expected, dtype, scale=1.0):
+    """Compare in float64; `dtype` is the dtype the actual value was stored in; `scale` widens atol
+    for values that are sums over many elements."""
+    rtol, atol = tolerance(dtype)
+    torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol * scale)
+
+
+def randn(shape, dtype, device, seed, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    return x.requires_grad_(requires_grad)
+
+
+def non_contiguous(x):
+    """The same values in a non-contiguous layout (a transposed copy viewed back)."""
+    y = x.detach().transpose(-1, -2).contiguous().transpose(-1, -2)
+    if y.is_contiguous():  # H or W == 1: use a strided slice of a wider buffer instead
+        wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device)
+        wide[..., ::2] = x.detach()
+        y = wide[..., ::2]
+    assert not y.is_contiguous()
+    return y.requires_grad_(x.requires_grad)
+
+
+__all__ = ["kdops", "backend_params", "tolerance", "assert_close", "randn", "non_contiguous", "DTYPES",
+           "HALF_DTYPES", "CUDA"]
