@@ -3,6 +3,8 @@
 import os
 import warnings
 
+import torch  # noqa: F401  (loads libc10/libtorch, which kdops._C links against)
+
 _C = None
 load_error = None
 

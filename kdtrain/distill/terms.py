@@ -29,6 +29,12 @@ def kdops_op(path: str):
     return obj
 
 
+def require_kdops(names) -> None:
+    """Fail at construction, before any training, if a needed kdops op is missing."""
+    for name in names:
+        kdops_op(name)
+
+
 def _pair_key(pair: LevelPair) -> str:
     return f"s{pair.student}_t{pair.teacher}"  # ModuleDict keys cannot contain '.'
 
@@ -49,8 +55,11 @@ class PairedFeatureTerm(nn.Module):
 
     name = ""
 
+    KDOPS: tuple = ()
+
     def __init__(self, pairs: list[LevelPair], student_channels: dict, teacher_channels: dict):
         super().__init__()
+        require_kdops(self.KDOPS)
         if not pairs:
             raise ValueError(f"{self.name}: no student level shares a stride with a teacher level")
         self.pairs = list(pairs)
@@ -78,12 +87,15 @@ class ImitationTerm(PairedFeatureTerm):
     """Hint learning with a 1x1 adaptation (Chen 2017 §3.4), optional box mask (SPEC §5)."""
 
     name = "imitation"
+    KDOPS = ("nn.HintLoss", "feature_imitation")
 
     def __init__(self, pairs, student_channels, teacher_channels, loss="mse", normalize="mean", mask="none"):
         self.loss, self.normalize = loss, normalize
         if mask not in ("none", "boxes"):
             raise ValueError("imitation mask must be 'none' or 'boxes'")
         self.mask = mask
+        if mask == "boxes":
+            require_kdops(("box_masks",))
         super().__init__(pairs, student_channels, teacher_channels)
 
     def make_pair_module(self, s_channels, t_channels):
@@ -106,6 +118,7 @@ class FGDTerm(PairedFeatureTerm):
     """Focal and global distillation (Yang 2022) with kdops' per-family preset weights."""
 
     name = "fgd"
+    KDOPS = ("nn.FGDLoss",)
 
     def __init__(self, pairs, student_channels, teacher_channels, family="two_stage"):
         self.family = family
@@ -144,6 +157,7 @@ class CWDTerm(_AdaptedTerm):
     """Channel-wise distillation (SPEC §6)."""
 
     name = "cwd"
+    KDOPS = ("cwd_loss",)
 
     def __init__(self, pairs, student_channels, teacher_channels, tau=1.0):
         self.tau = tau
@@ -157,6 +171,7 @@ class PKDTerm(_AdaptedTerm):
     """Pearson-correlation feature distillation (SPEC §6)."""
 
     name = "pkd"
+    KDOPS = ("pkd_loss",)
 
     def apply_op(self, s, t):
         return kdops_op("pkd_loss")(s, t)
@@ -169,6 +184,7 @@ class ChenRcnTerm(nn.Module):
 
     def __init__(self, background_weight=1.5, temperature=1.0, margin=0.0):
         super().__init__()
+        require_kdops(("soft_cross_entropy", "bounded_regression"))
         self.background_weight, self.temperature, self.margin = background_weight, temperature, margin
 
     def forward(self, ctx: DistillContext) -> dict:
@@ -197,6 +213,7 @@ class ChenRpnTerm(nn.Module):
 
     def __init__(self, pos_weight=1.0, neg_weight=1.5):
         super().__init__()
+        require_kdops(("soft_binary_cross_entropy",))
         self.pos_weight, self.neg_weight = pos_weight, neg_weight
 
     def forward(self, ctx: DistillContext) -> dict:
