@@ -1,0 +1,64 @@
+// Per-anchor math of the binary weighted soft cross-entropy (SPEC §7), one source for CPU and CUDA.
+// x = z_s / T, p_t = sigmoid(z_t / T); log sigmoid(-x) = log sigmoid(x) - x, so one log per anchor,
+// and every term stays finite for any finite logit.
+#pragma once
+#include "kdops/common.h"
+#include "kdops/math/transcendental.h"
+
+namespace kdops {
+namespace soft_bce {
+
+KDOPS_HD bool kept(const int64_t* target, int64_t i, int64_t ignore_index) {
+  return target == nullptr || target[i] != ignore_index;
+}
+KDOPS_HD bool label_ok(int64_t label) { return label == 0 || label == 1; }
+
+struct Params {
+  double pos_weight, neg_weight, temperature, mu;
+};
+
+template <typename acc>
+struct Coeffs {
+  acc wp, wn, inv_t, mu;
+  bool unit_temperature;
+  explicit Coeffs(const Params& p)
+      : wp(static_cast<acc>(p.pos_weight)), wn(static_cast<acc>(p.neg_weight)),
+        inv_t(acc(1) / static_cast<acc>(p.temperature)), mu(static_cast<acc>(p.mu)),
+        unit_temperature(p.temperature == 1.0) {}
+};
+
+// Loss of one kept anchor; `label` < 0 means no target.
+template <typename acc>
+KDOPS_HD acc loss(acc zs, acc zt, int64_t label, const Coeffs<acc>& k) {
+  const acc x = zs * k.inv_t, pt = math::sigmoid<acc>(zt * k.inv_t);
+  const acc ls = math::log_sigmoid<acc>(x);
+  const acc soft = -(k.wp * pt * ls + k.wn * (acc(1) - pt) * (ls - x));
+  if (label < 0) return soft;
+  const acc y = static_cast<acc>(label);
+  const acc l1 = k.unit_temperature ? ls : math::log_sigmoid<acc>(zs);
+  const acc hard = -(y * l1 + (acc(1) - y) * (l1 - zs));
+  return k.mu * hard + (acc(1) - k.mu) * soft;
+}
+
+// dLoss/dz_s of one kept anchor; `label` < 0 means no target.
+template <typename acc>
+KDOPS_HD acc grad(acc zs, acc zt, int64_t label, const Coeffs<acc>& k) {
+  const acc s = math::sigmoid<acc>(zs * k.inv_t), pt = math::sigmoid<acc>(zt * k.inv_t);
+  const acc soft = k.inv_t * (k.wn * (acc(1) - pt) * s - k.wp * pt * (acc(1) - s));
+  if (label < 0) return soft;
+  const acc s1 = k.unit_temperature ? s : math::sigmoid<acc>(zs);
+  return (acc(1) - k.mu) * soft + k.mu * (s1 - static_cast<acc>(label));
+}
+
+// Loss (or gradient / coef) of anchor i including the ignore and bad-label rules.
+template <typename acc, bool kGrad>
+KDOPS_HD acc element(acc zs, acc zt, const int64_t* target, int64_t i, int64_t ignore_index, const Coeffs<acc>& k) {
+  if (target == nullptr) return kGrad ? grad<acc>(zs, zt, -1, k) : loss<acc>(zs, zt, -1, k);
+  const int64_t label = target[i];
+  if (label == ignore_index) return acc(0);
+  if (!label_ok(label)) return static_cast<acc>(NAN);
+  return kGrad ? grad<acc>(zs, zt, label, k) : loss<acc>(zs, zt, label, k);
+}
+
+}  // namespace soft_bce
+}  // namespace kdops
