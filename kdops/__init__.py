@@ -8,7 +8,12 @@ Each op has four backends computing the same function (SPEC.md): "reference" (pu
 from kdops import _extension  # noqa: F401  (loads the native kernels, warns once if missing)
 from kdops._backend import BACKENDS, BackendUnavailableError, available_backends
 from kdops.ops.attention_masks import attention_masks
+from kdops.ops.bounded_regression import bounded_regression
+from kdops.ops.cwd_loss import cwd_loss
 from kdops.ops.feature_imitation import feature_imitation
+from kdops.ops.pkd_loss import pkd_loss
+from kdops.ops.soft_binary_cross_entropy import soft_binary_cross_entropy
+from kdops.ops.soft_cross_entropy import soft_cross_entropy
 from kdops import nn  # noqa: E402
 
 __version__ = "0.1.0"
@@ -18,6 +23,11 @@ __all__ = [
     "BackendUnavailableError",
     "attention_masks",
     "available_backends",
+    "bounded_regression",
+    "cwd_loss",
     "feature_imitation",
     "nn",
+    "pkd_loss",
+    "soft_binary_cross_entropy",
+    "soft_cross_entropy",
 ]
