@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
 
+#include "kdops/common.h"
 #include "reduce.cuh"
 
 namespace kdops {

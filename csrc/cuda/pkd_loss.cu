@@ -25,17 +25,19 @@ __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* _
   const int64_t M = N * HW;
   acc block_d = 0;  // meaningful in thread 0
   for (int64_t c = blockIdx.x; c < C; c += gridDim.x) {
-    // Element k of the channel is (n, j) = (k / HW, k % HW), at (n * C + c) * HW + j.
+    // The channel's values are N contiguous segments of HW, at (n * C + c) * HW.
     acc sx = 0, sy = 0;
-    for (int64_t k = threadIdx.x; k < M; k += blockDim.x) {
-      const int64_t i = ((k / HW) * C + c) * HW + k % HW;
+    for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) {
+      const int64_t i = (n * C + c) * HW + j;
       sx += static_cast<acc>(s[i]);
       sy += static_cast<acc>(t[i]);
     }
     const acc mx = block_sum(sx) / static_cast<acc>(M), my = block_sum(sy) / static_cast<acc>(M);
     acc vx = 0, vy = 0;
-    for (int64_t k = threadIdx.x; k < M; k += blockDim.x) {
-      const int64_t i = ((k / HW) * C + c) * HW + k % HW;
+    for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) {
+      const int64_t i = (n * C + c) * HW + j;
       const acc dx = static_cast<acc>(s[i]) - mx, dy = static_cast<acc>(t[i]) - my;
       vx += dx * dx;
       vy += dy * dy;
@@ -43,8 +45,9 @@ __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* _
     const acc std_x = unbiased_std<acc>(block_sum(vx), M), std_y = unbiased_std<acc>(block_sum(vy), M);
     const acc inv_ax = acc(1) / (std_x + acc(kEps)), inv_ay = acc(1) / (std_y + acc(kEps));
     acc d = 0;
-    for (int64_t k = threadIdx.x; k < M; k += blockDim.x) {
-      const int64_t i = ((k / HW) * C + c) * HW + k % HW;
+    for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) {
+      const int64_t i = (n * C + c) * HW + j;
       const acc diff = (static_cast<acc>(s[i]) - mx) * inv_ax - (static_cast<acc>(t[i]) - my) * inv_ay;
       d += diff * diff;
     }
