@@ -1,5 +1,8 @@
 """nn.Module wrappers of the kdops losses (they own the learnable pieces: adaptation layers, GcBlocks)."""
 
+from kdops.nn.channel import CWDLoss, PKDLoss
+from kdops.nn.heads import BoundedRegressionLoss, DistillBinaryCrossEntropy, DistillCrossEntropy
 from kdops.nn.hint import HintLoss
 
-__all__ = ["HintLoss"]
+__all__ = ["BoundedRegressionLoss", "CWDLoss", "DistillBinaryCrossEntropy", "DistillCrossEntropy", "HintLoss",
+           "PKDLoss"]
