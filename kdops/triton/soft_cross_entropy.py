@@ -37,6 +37,9 @@ def _forward_kernel(s_ptr, t_ptr, w_ptr, y_ptr, stats_ptr, partial_ptr, rows, C,
         offs = r[:, None] * C + c[None, :]
         ms = tl.maximum(ms, tl.max(tl.load(s_ptr + offs, mask=ok, other=float("-inf")).to(ACC), axis=1))
         mt = tl.maximum(mt, tl.max(tl.load(t_ptr + offs, mask=ok, other=float("-inf")).to(ACC), axis=1))
+    # Rows past the end get harmless values, so no inf/NaN is ever formed (they are masked anyway).
+    ms = tl.where(r_ok, ms, 0.0)
+    mt = tl.where(r_ok, mt, 0.0)
     sum_s = tl.zeros([BLOCK_R], ACC)
     sum_t = tl.zeros([BLOCK_R], ACC)
     sum_1 = tl.zeros([BLOCK_R], ACC)
@@ -60,6 +63,9 @@ def _forward_kernel(s_ptr, t_ptr, w_ptr, y_ptr, stats_ptr, partial_ptr, rows, C,
             sum_1 += tl.sum(tl.where(ok, tl.exp(ds), 0.0), axis=1)
     if not SEPARATE_SUM1:
         sum_1 = sum_s
+    sum_s = tl.where(r_ok, sum_s, 1.0)
+    sum_t = tl.where(r_ok, sum_t, 1.0)
+    sum_1 = tl.where(r_ok, sum_1, 1.0)
     weight = a / sum_t
     loss = weight * tl.log(sum_s) - b * inv_t / sum_t
     keep = r_ok
