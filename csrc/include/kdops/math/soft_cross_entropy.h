@@ -44,7 +44,8 @@ KDOPS_HD acc grad_element(acc zs, acc zt, acc w_j, const acc* st, acc inv_t, boo
   const acc pt = math::exp_<acc>((zt - st[kMaxT]) * inv_t - st[kLogSumT]);
   const acc soft = inv_t * (ps * st[kWeight] - w_j * pt);
   if (!has_target) return soft;
-  const acc p1 = math::exp_<acc>(zs - st[kMaxS] - st[kLogSum1]);
+  // At temperature 1 softmax(z_s) is P_s: skip the third exp.
+  const acc p1 = inv_t == acc(1) ? ps : math::exp_<acc>(zs - st[kMaxS] - st[kLogSum1]);
   return (acc(1) - mu) * soft + mu * (p1 - (is_label ? acc(1) : acc(0)));
 }
 

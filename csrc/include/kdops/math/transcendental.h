@@ -15,13 +15,14 @@ namespace math {
 
 #if !defined(__CUDA_ARCH__)
 // Cephes-style expf: exp(x) = 2^n * exp(r), |r| <= ln2/2, degree-6 polynomial for exp(r).
+// Written without data-dependent branches (clamps map to maxss/minss, rounding uses the 1.5 * 2^23
+// trick) so the compiler keeps the whole loop in vector registers.
 inline float exp_poly(float x) {
-  const float lo = -87.3f, hi = 88.7f;
-  const bool under = x < lo, over = x > hi;  // false for NaN, which flows through the polynomial
-  float xc = under ? lo : (over ? hi : x);
-  const float t = xc * 1.44269504088896341f;
-  const int32_t n = static_cast<int32_t>(t + (t >= 0.f ? 0.5f : -0.5f));  // round to nearest
-  const float nf = static_cast<float>(n);
+  float xc = x < -87.3f ? -87.3f : x;  // NaN fails both tests and flows through
+  xc = xc > 88.7f ? 88.7f : xc;
+  const float round_magic = 12582912.f;  // 1.5 * 2^23: adding it rounds to the nearest integer
+  const float nf = (xc * 1.44269504088896341f + round_magic) - round_magic;
+  const int32_t n = static_cast<int32_t>(nf);
   float r = xc - nf * 0.693359375f;
   r = r + nf * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -35,7 +36,9 @@ inline float exp_poly(float x) {
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   const float y = p * scale;
-  return under ? 0.f : (over ? INFINITY : y);
+  // Below the clamp exp underflows to 0 (exp(-inf) = 0 exactly); above it overflows to inf.
+  const float low = x < -87.3f ? 0.f : y;
+  return x > 88.7f ? INFINITY : low;
 }
 
 // log(1 + u) for u in [0, 1] (no cancellation for tiny u): 2 atanh(f), f = u / (2 + u) <= 1/3.
