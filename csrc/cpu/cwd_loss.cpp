@@ -76,12 +76,14 @@ void backward_impl(double coef_d, const at::Tensor& s, const at::Tensor& t, cons
   at::parallel_for(0, rows, cpu::items_per_chunk(HW), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const acc* st = st_all + row * kStats;
+      const acc max_s = st[kMaxS], log_sum_s = st[kLogSumS], max_t = st[kMaxT], log_sum_t = st[kLogSumT];
       const scalar_t* x = sp + row * HW;
       const scalar_t* y = tp + row * HW;
       scalar_t* g = gp + row * HW;
 #pragma omp simd
       for (int64_t j = 0; j < HW; ++j)
-        g[j] = static_cast<scalar_t>(coef * grad_element<acc>(static_cast<acc>(x[j]), static_cast<acc>(y[j]), st, inv_tau));
+        g[j] = static_cast<scalar_t>(coef * grad_element<acc>(static_cast<acc>(x[j]), static_cast<acc>(y[j]), max_s, log_sum_s,
+                                                                max_t, log_sum_t, inv_tau));
     }
   });
 }

@@ -25,6 +25,8 @@ void forward_impl(const at::Tensor& s, const at::Tensor& t, const int64_t* targe
                   int64_t ignore_index, at::Tensor& out, at::Tensor& norm) {
   using acc = acc_t<scalar_t>;
   const Coeffs<acc> k(params);
+  const acc wp = k.wp, wn = k.wn, inv_t = k.inv_t, mu = k.mu;
+  const bool unit_t = k.unit_temperature;
   const scalar_t* sp = s.const_data_ptr<scalar_t>();
   const scalar_t* tp = t.const_data_ptr<scalar_t>();
   auto sums = cpu::chunked_sum<acc, 2>(s.numel(), kChunk, [&](int64_t begin, int64_t end) {
@@ -32,13 +34,18 @@ void forward_impl(const at::Tensor& s, const at::Tensor& t, const int64_t* targe
     if (target == nullptr) {
 #pragma omp simd reduction(+ : total)
       for (int64_t i = begin; i < end; ++i)
-        total += loss<acc>(static_cast<acc>(sp[i]), static_cast<acc>(tp[i]), -1, k);
+        total += loss<acc>(static_cast<acc>(sp[i]), static_cast<acc>(tp[i]), -1, wp, wn, inv_t, mu, unit_t);
       count = static_cast<acc>(end - begin);
     } else {
 #pragma omp simd reduction(+ : total, count)
       for (int64_t i = begin; i < end; ++i) {
-        total += element<acc, false>(static_cast<acc>(sp[i]), static_cast<acc>(tp[i]), target, i, ignore_index, k);
-        count += target[i] != ignore_index ? acc(1) : acc(0);
+        // branch-free (labels are validated up front): the loss at label y in {0, 1}, masked by `kept`
+        const int64_t label = target[i];
+        const bool kept = label != ignore_index;
+        const acc l = loss<acc>(static_cast<acc>(sp[i]), static_cast<acc>(tp[i]), kept ? label : 0, wp, wn, inv_t, mu,
+                                    unit_t);
+        total += kept ? l : acc(0);
+        count += kept ? acc(1) : acc(0);
       }
     }
     return std::array<acc, 2>{total, count};
@@ -67,18 +74,30 @@ std::tuple<at::Tensor, at::Tensor> soft_binary_cross_entropy_cpu(const at::Tenso
 
 template <typename scalar_t>
 void backward_impl(double coef_d, const at::Tensor& s, const at::Tensor& t, const int64_t* target,
-                   const Params& params, int64_t ignore_index, at::Tensor& grad) {
+                   const Params& params, int64_t ignore_index, at::Tensor& grad_in) {
   using acc = acc_t<scalar_t>;
   const Coeffs<acc> k(params);
+  const acc wp = k.wp, wn = k.wn, inv_t = k.inv_t, mu = k.mu;
+  const bool unit_t = k.unit_temperature;
   const acc coef = static_cast<acc>(coef_d);
   const scalar_t* sp = s.const_data_ptr<scalar_t>();
   const scalar_t* tp = t.const_data_ptr<scalar_t>();
-  scalar_t* gp = grad.data_ptr<scalar_t>();
+  scalar_t* gp = grad_in.data_ptr<scalar_t>();
   at::parallel_for(0, s.numel(), kChunk, [&](int64_t begin, int64_t end) {
+    if (target == nullptr) {
 #pragma omp simd
-    for (int64_t i = begin; i < end; ++i)
-      gp[i] = static_cast<scalar_t>(
-          coef * element<acc, true>(static_cast<acc>(sp[i]), static_cast<acc>(tp[i]), target, i, ignore_index, k));
+      for (int64_t i = begin; i < end; ++i)
+        gp[i] = static_cast<scalar_t>(coef * grad<acc>(static_cast<acc>(sp[i]), static_cast<acc>(tp[i]), -1, wp, wn, inv_t, mu, unit_t));
+    } else {
+#pragma omp simd
+      for (int64_t i = begin; i < end; ++i) {  // branch-free, labels validated in the forward
+        const int64_t label = target[i];
+        const bool kept = label != ignore_index;
+        const acc g = grad<acc>(static_cast<acc>(sp[i]), static_cast<acc>(tp[i]), kept ? label : 0, wp, wn, inv_t, mu,
+                                 unit_t);
+        gp[i] = static_cast<scalar_t>(kept ? coef * g : acc(0));
+      }
+    }
   });
 }
 
@@ -96,6 +115,7 @@ at::Tensor soft_binary_cross_entropy_backward_cpu(const at::Tensor& grad_out, co
   const double coef = n == 0.0 ? 0.0 : grad_out.item<double>() / n;
   const at::Tensor s = student.contiguous(), t = teacher.contiguous();
   const at::Tensor y = target.has_value() ? target->contiguous() : at::Tensor();
+  if (target.has_value()) check_labels(y, ignore_index);
   const Params params{pos_weight, neg_weight, temperature, mu};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(),
                                   "kdops_soft_binary_cross_entropy_backward_cpu", [&] {

@@ -104,6 +104,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_cross_entropy_cpu(
   return {out, norm, stats};
 }
 
+// One row of the gradient; the switches are template parameters so the loop body has no branch.
+template <bool kHasTarget, bool kUnitTemperature, typename scalar_t, typename acc>
+void gradient_row(const scalar_t* zs, const scalar_t* zt, const acc* wp, const acc* st, int64_t C, int64_t label,
+                  acc coef, acc inv_t, acc mu, scalar_t* g) {
+  const acc max_s = st[kMaxS], log_sum_s = st[kLogSumS], max_t = st[kMaxT], log_sum_t = st[kLogSumT];
+  const acc log_sum_1 = st[kLogSum1], weight = st[kWeight];
+  auto element = [&](int64_t c, bool is_label) {
+    return static_cast<scalar_t>(coef * grad_element<acc, kHasTarget, kUnitTemperature>(
+                                            static_cast<acc>(zs[c]), static_cast<acc>(zt[c]), wp[c], max_s, log_sum_s,
+                                            max_t, log_sum_t, log_sum_1, weight, inv_t, is_label, mu));
+  };
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) g[c] = element(c, false);
+  if (label >= 0) g[label] = element(label, true);  // the one-hot term, outside the vector loop
+}
+
 template <typename scalar_t>
 void backward_impl(double coef_d, const at::Tensor& s, const at::Tensor& t, const at::Tensor& w,
                    const int64_t* target, const at::Tensor& stats, double temperature, double mu_d,
@@ -117,22 +133,22 @@ void backward_impl(double coef_d, const at::Tensor& s, const at::Tensor& t, cons
   scalar_t* gp = grad.data_ptr<scalar_t>();
   const acc coef = static_cast<acc>(coef_d), inv_t = acc(1) / static_cast<acc>(temperature);
   const acc mu = static_cast<acc>(mu_d);
-  const bool has_target = target != nullptr;
+  const bool unit_t = temperature == 1.0;
   at::parallel_for(0, rows, cpu::items_per_chunk(C), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const scalar_t* zs = sp + row * C;
       const scalar_t* zt = tp + row * C;
-      scalar_t* g = gp + row * C;
-      if (!row_kept(target, row, ignore_index)) {
-        for (int64_t c = 0; c < C; ++c) g[c] = scalar_t(0);
-        continue;
-      }
-      const int64_t label = has_target ? target[row] : -1;
       const acc* st = st_all + row * kStats;
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c)
-        g[c] = static_cast<scalar_t>(coef * grad_element<acc>(static_cast<acc>(zs[c]), static_cast<acc>(zt[c]), wp[c],
-                                                              st, inv_t, has_target, c == label, mu));
+      scalar_t* g = gp + row * C;
+      if (target == nullptr) {
+        gradient_row<false, false>(zs, zt, wp, st, C, -1, coef, inv_t, mu, g);
+      } else if (target[row] == ignore_index) {
+        for (int64_t c = 0; c < C; ++c) g[c] = scalar_t(0);
+      } else if (unit_t) {
+        gradient_row<true, true>(zs, zt, wp, st, C, target[row], coef, inv_t, mu, g);
+      } else {
+        gradient_row<true, false>(zs, zt, wp, st, C, target[row], coef, inv_t, mu, g);
+      }
     }
   });
 }

@@ -87,10 +87,12 @@ __global__ void backward_kernel(const acc* __restrict__ grad_out, const scalar_t
   const acc coef = grad_out[0] * scale;
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     const acc* st = stats + row * kStats;
+    const acc max_s = st[kMaxS], log_sum_s = st[kLogSumS], max_t = st[kMaxT], log_sum_t = st[kLogSumT];
     for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < HW;
          j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       const int64_t i = row * HW + j;
-      g[i] = static_cast<scalar_t>(coef * grad_element<acc>(static_cast<acc>(s[i]), static_cast<acc>(t[i]), st, inv_tau));
+      g[i] = static_cast<scalar_t>(coef * grad_element<acc>(static_cast<acc>(s[i]), static_cast<acc>(t[i]), max_s, log_sum_s, max_t,
+                                                               log_sum_t, inv_tau));
     }
   }
 }

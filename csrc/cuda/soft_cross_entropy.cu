@@ -131,8 +131,10 @@ __global__ void backward_kernel(const acc* __restrict__ grad_out, const acc* __r
       if (has_target && !label_ok(label, C)) {
         v = static_cast<acc>(NAN);
       } else {
+        const acc* st = stats + row * kStats;
         v = coef * grad_element<acc>(static_cast<acc>(s[i]), static_cast<acc>(t[i]), w == nullptr ? acc(1) : w[c],
-                                     stats + row * kStats, inv_t, has_target, c == label, mu);
+                                     st[kMaxS], st[kLogSumS], st[kMaxT], st[kLogSumT], st[kLogSum1], st[kWeight],
+                                     inv_t, has_target, c == label, mu);
       }
     }
     g[i] = static_cast<scalar_t>(v);

@@ -3,12 +3,13 @@
 // kink the row is inactive, so its gradient there is 0).
 #pragma once
 #include "kdops/common.h"
+#include "kdops/math/transcendental.h"
 
 namespace kdops {
 namespace bounded {
 
 template <typename scalar_t, typename acc>
-KDOPS_HD void row_errors(const scalar_t* rs, const scalar_t* rt, const scalar_t* y, int64_t D, acc* e_s, acc* e_t) {
+KDOPS_VEC_HD void row_errors(const scalar_t* rs, const scalar_t* rt, const scalar_t* y, int64_t D, acc* e_s, acc* e_t) {
   acc es = 0, et = 0;
   for (int64_t k = 0; k < D; ++k) {
     const acc yk = static_cast<acc>(y[k]);
@@ -21,17 +22,17 @@ KDOPS_HD void row_errors(const scalar_t* rs, const scalar_t* rt, const scalar_t*
 }
 
 template <typename acc>
-KDOPS_HD bool active(acc e_s, acc e_t, acc margin) {
+KDOPS_VEC_HD bool active(acc e_s, acc e_t, acc margin) {
   return e_s + margin > e_t;
 }
 
 // A row's weight (1 without weights) and whether it counts in Z.
 template <typename acc>
-KDOPS_HD acc row_weight(const acc* weight, int64_t row) {
+KDOPS_VEC_HD acc row_weight(const acc* weight, int64_t row) {
   return weight == nullptr ? acc(1) : weight[row];
 }
 template <typename acc>
-KDOPS_HD acc row_counts(const acc* weight, int64_t row) {
+KDOPS_VEC_HD acc row_counts(const acc* weight, int64_t row) {
   return weight == nullptr || weight[row] > acc(0) ? acc(1) : acc(0);
 }
 

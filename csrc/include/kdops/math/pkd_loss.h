@@ -8,6 +8,7 @@
 // the last term taken as 0 for a constant channel (std_x = 0, where x' = 0).
 #pragma once
 #include "kdops/common.h"
+#include "kdops/math/transcendental.h"
 
 namespace kdops {
 namespace pkd {
@@ -18,7 +19,7 @@ enum Stat : int { kMeanS = 0, kStdS, kMeanT, kStdT, kSquaredDiff };
 
 // std from the centred sum of squares (unbiased; M = 1 gives NaN like torch.std).
 template <typename acc>
-KDOPS_HD acc unbiased_std(acc centred_squares, int64_t m) {
+KDOPS_VEC_HD acc unbiased_std(acc centred_squares, int64_t m) {
   return sqrt(centred_squares / static_cast<acc>(m - 1));
 }
 
@@ -29,7 +30,7 @@ struct Backward {
 };
 
 template <typename acc>
-KDOPS_HD Backward<acc> backward_coeffs(const acc* st, int64_t m) {
+KDOPS_VEC_HD Backward<acc> backward_coeffs(const acc* st, int64_t m) {
   const acc ax = st[kStdS] + acc(kEps), ay = st[kStdT] + acc(kEps);
   const acc vx = static_cast<acc>(m - 1) * st[kStdS] * st[kStdS], vy = static_cast<acc>(m - 1) * st[kStdT] * st[kStdT];
   const acc sxx = vx / (ax * ax), syy = vy / (ay * ay);
@@ -39,7 +40,7 @@ KDOPS_HD Backward<acc> backward_coeffs(const acc* st, int64_t m) {
 }
 
 template <typename acc>
-KDOPS_HD acc grad_element(acc x, acc y, const Backward<acc>& b) {
+KDOPS_VEC_HD acc grad_element(acc x, acc y, const Backward<acc>& b) {
   const acc xs = (x - b.mean_x) * b.inv_ax, ys = (y - b.mean_y) * b.inv_ay;
   return (xs - ys) * b.inv_ax - xs * b.corr;
 }

@@ -8,10 +8,10 @@
 namespace kdops {
 namespace soft_bce {
 
-KDOPS_HD bool kept(const int64_t* target, int64_t i, int64_t ignore_index) {
+KDOPS_VEC_HD bool kept(const int64_t* target, int64_t i, int64_t ignore_index) {
   return target == nullptr || target[i] != ignore_index;
 }
-KDOPS_HD bool label_ok(int64_t label) { return label == 0 || label == 1; }
+KDOPS_VEC_HD bool label_ok(int64_t label) { return label == 0 || label == 1; }
 
 struct Params {
   double pos_weight, neg_weight, temperature, mu;
@@ -28,36 +28,39 @@ struct Coeffs {
 };
 
 // Loss of one kept anchor; `label` < 0 means no target.
+// The coefficients come as plain scalars (wp, wn, inv_t, mu, unit_t): a struct argument is privatised
+// per lane by GCC and stops a CPU loop from vectorising.
+
 template <typename acc>
-KDOPS_HD acc loss(acc zs, acc zt, int64_t label, const Coeffs<acc>& k) {
-  const acc x = zs * k.inv_t, pt = math::sigmoid<acc>(zt * k.inv_t);
+KDOPS_VEC_HD acc loss(acc zs, acc zt, int64_t label, acc wp, acc wn, acc inv_t, acc mu, bool unit_t) {
+  const acc x = zs * inv_t, pt = math::sigmoid<acc>(zt * inv_t);
   const acc ls = math::log_sigmoid<acc>(x);
-  const acc soft = -(k.wp * pt * ls + k.wn * (acc(1) - pt) * (ls - x));
+  const acc soft = -(wp * pt * ls + wn * (acc(1) - pt) * (ls - x));
   if (label < 0) return soft;
-  const acc y = static_cast<acc>(label);
-  const acc l1 = k.unit_temperature ? ls : math::log_sigmoid<acc>(zs);
+  const acc y = label == 1 ? acc(1) : acc(0);  // label is 0 or 1 here
+  const acc l1 = unit_t ? ls : math::log_sigmoid<acc>(zs);
   const acc hard = -(y * l1 + (acc(1) - y) * (l1 - zs));
-  return k.mu * hard + (acc(1) - k.mu) * soft;
+  return mu * hard + (acc(1) - mu) * soft;
 }
 
 // dLoss/dz_s of one kept anchor; `label` < 0 means no target.
 template <typename acc>
-KDOPS_HD acc grad(acc zs, acc zt, int64_t label, const Coeffs<acc>& k) {
-  const acc s = math::sigmoid<acc>(zs * k.inv_t), pt = math::sigmoid<acc>(zt * k.inv_t);
-  const acc soft = k.inv_t * (k.wn * (acc(1) - pt) * s - k.wp * pt * (acc(1) - s));
+KDOPS_VEC_HD acc grad(acc zs, acc zt, int64_t label, acc wp, acc wn, acc inv_t, acc mu, bool unit_t) {
+  const acc s = math::sigmoid<acc>(zs * inv_t), pt = math::sigmoid<acc>(zt * inv_t);
+  const acc soft = inv_t * (wn * (acc(1) - pt) * s - wp * pt * (acc(1) - s));
   if (label < 0) return soft;
-  const acc s1 = k.unit_temperature ? s : math::sigmoid<acc>(zs);
-  return (acc(1) - k.mu) * soft + k.mu * (s1 - static_cast<acc>(label));
+  const acc s1 = unit_t ? s : math::sigmoid<acc>(zs);
+  return (acc(1) - mu) * soft + mu * (s1 - (label == 1 ? acc(1) : acc(0)));
 }
 
 // Loss (or gradient / coef) of anchor i including the ignore and bad-label rules.
 template <typename acc, bool kGrad>
-KDOPS_HD acc element(acc zs, acc zt, const int64_t* target, int64_t i, int64_t ignore_index, const Coeffs<acc>& k) {
-  if (target == nullptr) return kGrad ? grad<acc>(zs, zt, -1, k) : loss<acc>(zs, zt, -1, k);
-  const int64_t label = target[i];
-  if (label == ignore_index) return acc(0);
-  if (!label_ok(label)) return static_cast<acc>(NAN);
-  return kGrad ? grad<acc>(zs, zt, label, k) : loss<acc>(zs, zt, label, k);
+KDOPS_VEC_HD acc element(acc zs, acc zt, const int64_t* target, int64_t i, int64_t ignore_index, Coeffs<acc> k) {
+  const int64_t label = target == nullptr ? -1 : target[i];
+  if (label == ignore_index && target != nullptr) return acc(0);
+  if (target != nullptr && !label_ok(label)) return static_cast<acc>(NAN);
+  return kGrad ? grad<acc>(zs, zt, label, k.wp, k.wn, k.inv_t, k.mu, k.unit_temperature)
+               : loss<acc>(zs, zt, label, k.wp, k.wn, k.inv_t, k.mu, k.unit_temperature);
 }
 
 }  // namespace soft_bce

@@ -6,9 +6,17 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
-#include <cstring>
+#include <bit>
 
 #include "kdops/common.h"
+
+// Per-element helpers are force-inlined on the host: GCC's heuristics leave some calls in the
+// `#pragma omp simd` loop bodies, and a call there stops the loop from vectorising.
+#if defined(__CUDACC__)
+#define KDOPS_VEC_HD KDOPS_HD
+#else
+#define KDOPS_VEC_HD inline __attribute__((always_inline))
+#endif
 
 namespace kdops {
 namespace math {
@@ -17,7 +25,7 @@ namespace math {
 // Cephes-style expf: exp(x) = 2^n * exp(r), |r| <= ln2/2, degree-6 polynomial for exp(r).
 // Written without data-dependent branches (clamps map to maxss/minss, rounding uses the 1.5 * 2^23
 // trick) so the compiler keeps the whole loop in vector registers.
-inline float exp_poly(float x) {
+KDOPS_VEC_HD float exp_poly(float x) {
   float xc = x < -87.3f ? -87.3f : x;  // NaN fails both tests and flows through
   xc = xc > 88.7f ? 88.7f : xc;
   const float round_magic = 12582912.f;  // 1.5 * 2^23: adding it rounds to the nearest integer
@@ -32,9 +40,7 @@ inline float exp_poly(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.f;
-  const int32_t bits = (n + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
+  const float scale = std::bit_cast<float>((n + 127) << 23);
   const float y = p * scale;
   // Below the clamp exp underflows to 0 (exp(-inf) = 0 exactly); above it overflows to inf.
   const float low = x < -87.3f ? 0.f : y;
@@ -42,7 +48,7 @@ inline float exp_poly(float x) {
 }
 
 // log(1 + u) for u in [0, 1] (no cancellation for tiny u): 2 atanh(f), f = u / (2 + u) <= 1/3.
-inline float log1p_unit_poly(float u) {
+KDOPS_VEC_HD float log1p_unit_poly(float u) {
   const float f = u / (2.f + u), f2 = f * f;
   float p = 1.f / 17.f;
   p = p * f2 + 1.f / 15.f;
@@ -58,37 +64,37 @@ inline float log1p_unit_poly(float u) {
 #endif
 
 template <typename acc>
-KDOPS_HD acc exp_(acc x) {
+KDOPS_VEC_HD acc exp_(acc x) {
   return exp(x);
 }
 
 // log(1 + u) for u in [0, 1], the only range the losses need (u = exp(-|x|)).
 template <typename acc>
-KDOPS_HD acc log1p_unit(acc u) {
+KDOPS_VEC_HD acc log1p_unit(acc u) {
   return log1p(u);
 }
 
 #if !defined(__CUDA_ARCH__)
 template <>
-inline float exp_<float>(float x) {
+KDOPS_VEC_HD float exp_<float>(float x) {
   return exp_poly(x);
 }
 template <>
-inline float log1p_unit<float>(float u) {
+KDOPS_VEC_HD float log1p_unit<float>(float u) {
   return log1p_unit_poly(u);
 }
 #endif
 
 // log sigmoid(x) = min(x, 0) - log(1 + exp(-|x|)), finite for every finite x.
 template <typename acc>
-KDOPS_HD acc log_sigmoid(acc x) {
+KDOPS_VEC_HD acc log_sigmoid(acc x) {
   const acc ax = x < acc(0) ? -x : x;
   return (x < acc(0) ? x : acc(0)) - log1p_unit<acc>(exp_<acc>(-ax));
 }
 
 // sigmoid(x) without overflow: 1 / (1 + e) or e / (1 + e) with e = exp(-|x|).
 template <typename acc>
-KDOPS_HD acc sigmoid(acc x) {
+KDOPS_VEC_HD acc sigmoid(acc x) {
   const acc e = exp_<acc>(x < acc(0) ? x : -x);
   const acc r = acc(1) / (acc(1) + e);
   return x < acc(0) ? e * r : r;
