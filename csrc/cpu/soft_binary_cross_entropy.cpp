@@ -20,35 +20,42 @@ void check_labels(const at::Tensor& target, int64_t ignore_index) {
                 y[i], " is neither 0, 1 nor ignore_index (", ignore_index, ")");
 }
 
+// Loss sum and kept count over anchors [begin, end). A plain function with its coefficients as value
+// parameters: read through a lambda's captures, GCC keeps this loop scalar.
+template <typename scalar_t, typename acc>
+std::array<acc, 2> chunk_loss(const scalar_t* sp, const scalar_t* tp, const int64_t* target, int64_t begin,
+                              int64_t end, int64_t ignore_index, acc wp, acc wn, acc inv_t, acc mu, bool unit_t) {
+  acc total = 0, count = 0;
+  if (target == nullptr) {
+#pragma omp simd reduction(+ : total)
+    for (int64_t i = begin; i < end; ++i)
+      total += loss<acc>(static_cast<acc>(sp[i]), static_cast<acc>(tp[i]), -1, wp, wn, inv_t, mu, unit_t);
+    count = static_cast<acc>(end - begin);
+  } else {
+#pragma omp simd reduction(+ : total, count)
+    for (int64_t i = begin; i < end; ++i) {
+      // branch-free (labels are validated up front): the loss at label y in {0, 1}, masked by `kept`
+      const int64_t label = target[i];
+      const bool kept = label != ignore_index;
+      const acc l = loss<acc>(static_cast<acc>(sp[i]), static_cast<acc>(tp[i]), kept ? label : 0, wp, wn, inv_t, mu,
+                              unit_t);
+      total += kept ? l : acc(0);
+      count += kept ? acc(1) : acc(0);
+    }
+  }
+  return {total, count};
+}
+
 template <typename scalar_t>
 void forward_impl(const at::Tensor& s, const at::Tensor& t, const int64_t* target, const Params& params,
                   int64_t ignore_index, at::Tensor& out, at::Tensor& norm) {
   using acc = acc_t<scalar_t>;
   const Coeffs<acc> k(params);
-  const acc wp = k.wp, wn = k.wn, inv_t = k.inv_t, mu = k.mu;
-  const bool unit_t = k.unit_temperature;
   const scalar_t* sp = s.const_data_ptr<scalar_t>();
   const scalar_t* tp = t.const_data_ptr<scalar_t>();
   auto sums = cpu::chunked_sum<acc, 2>(s.numel(), kChunk, [&](int64_t begin, int64_t end) {
-    acc total = 0, count = 0;
-    if (target == nullptr) {
-#pragma omp simd reduction(+ : total)
-      for (int64_t i = begin; i < end; ++i)
-        total += loss<acc>(static_cast<acc>(sp[i]), static_cast<acc>(tp[i]), -1, wp, wn, inv_t, mu, unit_t);
-      count = static_cast<acc>(end - begin);
-    } else {
-#pragma omp simd reduction(+ : total, count)
-      for (int64_t i = begin; i < end; ++i) {
-        // branch-free (labels are validated up front): the loss at label y in {0, 1}, masked by `kept`
-        const int64_t label = target[i];
-        const bool kept = label != ignore_index;
-        const acc l = loss<acc>(static_cast<acc>(sp[i]), static_cast<acc>(tp[i]), kept ? label : 0, wp, wn, inv_t, mu,
-                                    unit_t);
-        total += kept ? l : acc(0);
-        count += kept ? acc(1) : acc(0);
-      }
-    }
-    return std::array<acc, 2>{total, count};
+    return chunk_loss<scalar_t, acc>(sp, tp, target, begin, end, ignore_index, k.wp, k.wn, k.inv_t, k.mu,
+                                     k.unit_temperature);
   });
   out.fill_(sums[1] == acc(0) ? acc(0) : sums[0] / sums[1]);
   norm.fill_(sums[1]);
@@ -72,32 +79,39 @@ std::tuple<at::Tensor, at::Tensor> soft_binary_cross_entropy_cpu(const at::Tenso
   return {out, norm};
 }
 
+// dL/dz_s for anchors [begin, end) (see chunk_loss for why this is a plain function).
+template <typename scalar_t, typename acc>
+void chunk_grad(const scalar_t* sp, const scalar_t* tp, const int64_t* target, int64_t begin, int64_t end,
+                int64_t ignore_index, acc coef, acc wp, acc wn, acc inv_t, acc mu, bool unit_t, scalar_t* gp) {
+  if (target == nullptr) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i)
+      gp[i] = static_cast<scalar_t>(coef * grad<acc>(static_cast<acc>(sp[i]), static_cast<acc>(tp[i]), -1, wp, wn,
+                                                     inv_t, mu, unit_t));
+  } else {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {  // branch-free, labels validated up front
+      const int64_t label = target[i];
+      const bool kept = label != ignore_index;
+      const acc g = grad<acc>(static_cast<acc>(sp[i]), static_cast<acc>(tp[i]), kept ? label : 0, wp, wn, inv_t, mu,
+                              unit_t);
+      gp[i] = static_cast<scalar_t>(kept ? coef * g : acc(0));
+    }
+  }
+}
+
 template <typename scalar_t>
 void backward_impl(double coef_d, const at::Tensor& s, const at::Tensor& t, const int64_t* target,
                    const Params& params, int64_t ignore_index, at::Tensor& grad_in) {
   using acc = acc_t<scalar_t>;
   const Coeffs<acc> k(params);
-  const acc wp = k.wp, wn = k.wn, inv_t = k.inv_t, mu = k.mu;
-  const bool unit_t = k.unit_temperature;
   const acc coef = static_cast<acc>(coef_d);
   const scalar_t* sp = s.const_data_ptr<scalar_t>();
   const scalar_t* tp = t.const_data_ptr<scalar_t>();
   scalar_t* gp = grad_in.data_ptr<scalar_t>();
   at::parallel_for(0, s.numel(), kChunk, [&](int64_t begin, int64_t end) {
-    if (target == nullptr) {
-#pragma omp simd
-      for (int64_t i = begin; i < end; ++i)
-        gp[i] = static_cast<scalar_t>(coef * grad<acc>(static_cast<acc>(sp[i]), static_cast<acc>(tp[i]), -1, wp, wn, inv_t, mu, unit_t));
-    } else {
-#pragma omp simd
-      for (int64_t i = begin; i < end; ++i) {  // branch-free, labels validated in the forward
-        const int64_t label = target[i];
-        const bool kept = label != ignore_index;
-        const acc g = grad<acc>(static_cast<acc>(sp[i]), static_cast<acc>(tp[i]), kept ? label : 0, wp, wn, inv_t, mu,
-                                 unit_t);
-        gp[i] = static_cast<scalar_t>(kept ? coef * g : acc(0));
-      }
-    }
+    chunk_grad<scalar_t, acc>(sp, tp, target, begin, end, ignore_index, coef, k.wp, k.wn, k.inv_t, k.mu,
+                              k.unit_temperature, gp);
   });
 }
 
