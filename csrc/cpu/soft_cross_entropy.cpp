@@ -39,10 +39,10 @@ void forward_impl(const at::Tensor& s, const at::Tensor& t, const at::Tensor& w,
       const scalar_t* zs = sp + row * C;
       const scalar_t* zt = tp + row * C;
       acc ms = -INFINITY, mt = -INFINITY;
+#pragma omp simd reduction(max : ms, mt)
       for (int64_t c = 0; c < C; ++c) {
-        const acc a = static_cast<acc>(zs[c]), b = static_cast<acc>(zt[c]);
-        ms = a > ms ? a : ms;
-        mt = b > mt ? b : mt;
+        ms = std::max(ms, static_cast<acc>(zs[c]));
+        mt = std::max(mt, static_cast<acc>(zt[c]));
       }
       acc sum_s = 0, sum_t = 0, a = 0, b = 0, sum_1 = 0;
 #pragma omp simd reduction(+ : sum_s, sum_t, a, b)
