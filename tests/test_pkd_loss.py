@@ -60,10 +60,15 @@ def test_matches_reference(backend, device, dtype, layout):
         assert_close(out, exp, torch.float32, scale=10)
         (out * grad_out).backward()
         assert student.grad.dtype == dtype
-        # the half-precision gradients come from inputs standardised in fp32: allow the (M-1)-scaled terms
-        assert_close(student.grad, exp_gs, dtype, scale=10)
+        # The gradient has a 1/std factor: with few values per channel (M = 2) and a small std, float32
+        # rounding is amplified by it. Widen atol by the conditioning of the worst channel.
+        c = shape[1]
+        std_min = min(x.detach().double().transpose(0, 1).reshape(c, -1).std(dim=1).min().item()
+                      for x in (student, teacher))
+        scale = 10 / min(1.0, max(std_min, 1e-3))  # (a constant channel, std 0: see the constant test)
+        assert_close(student.grad, exp_gs, dtype, scale=scale)
         if teacher.requires_grad:
-            assert_close(teacher.grad, exp_gt, dtype, scale=10)
+            assert_close(teacher.grad, exp_gt, dtype, scale=scale)
 
 
 def test_reference_matches_mmrazor():
