@@ -11,6 +11,38 @@ namespace {
 
 using namespace bounded;
 
+// e_s and e_t of one row; kD > 0 fixes D at compile time (boxes: 4), so the caller's loop over rows
+// vectorises with the row's D values unrolled.
+template <int64_t kD, typename scalar_t, typename acc>
+inline __attribute__((always_inline)) void errors(const scalar_t* rs, const scalar_t* rt, const scalar_t* ry,
+                                                  int64_t D, acc* e_s, acc* e_t) {
+  acc es = 0, et = 0;
+  for (int64_t k = 0; k < (kD > 0 ? kD : D); ++k) {
+    const acc yk = static_cast<acc>(ry[k]);
+    const acc ds = static_cast<acc>(rs[k]) - yk, dt = static_cast<acc>(rt[k]) - yk;
+    es += ds * ds;
+    et += dt * dt;
+  }
+  *e_s = es;
+  *e_t = et;
+}
+
+// (weighted sum, count) over rows [begin, end): a plain function, since loops over a lambda's
+// captures stay scalar.
+template <int64_t kD, typename scalar_t, typename acc>
+std::array<acc, 2> chunk_loss(const scalar_t* sp, const scalar_t* tp, const scalar_t* yp, const acc* weight,
+                              int64_t begin, int64_t end, int64_t D, acc margin) {
+  acc total = 0, count = 0;
+#pragma omp simd reduction(+ : total, count)
+  for (int64_t row = begin; row < end; ++row) {
+    acc e_s, e_t;
+    errors<kD, scalar_t, acc>(sp + row * D, tp + row * D, yp + row * D, D, &e_s, &e_t);
+    total += active<acc>(e_s, e_t, margin) ? row_weight<acc>(weight, row) * e_s : acc(0);
+    count += row_counts<acc>(weight, row);
+  }
+  return {total, count};
+}
+
 template <typename scalar_t>
 void forward_impl(const at::Tensor& s, const at::Tensor& t, const at::Tensor& y, const acc_t<scalar_t>* weight,
                   double margin_d, at::Tensor& out, at::Tensor& norm) {
@@ -21,14 +53,8 @@ void forward_impl(const at::Tensor& s, const at::Tensor& t, const at::Tensor& y,
   const scalar_t* yp = y.const_data_ptr<scalar_t>();
   const acc margin = static_cast<acc>(margin_d);
   auto sums = cpu::chunked_sum<acc, 2>(rows, cpu::items_per_chunk(D), [&](int64_t begin, int64_t end) {
-    acc total = 0, count = 0;
-    for (int64_t row = begin; row < end; ++row) {
-      acc e_s, e_t;
-      row_errors<scalar_t, acc>(sp + row * D, tp + row * D, yp + row * D, D, &e_s, &e_t);
-      total += active<acc>(e_s, e_t, margin) ? row_weight<acc>(weight, row) * e_s : acc(0);
-      count += row_counts<acc>(weight, row);
-    }
-    return std::array<acc, 2>{total, count};
+    return D == 4 ? chunk_loss<4, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, margin)
+                  : chunk_loss<0, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, margin);
   });
   out.fill_(sums[1] == acc(0) ? acc(0) : sums[0] / sums[1]);
   norm.fill_(sums[1]);
@@ -49,6 +75,21 @@ std::tuple<at::Tensor, at::Tensor> bounded_regression_cpu(const at::Tensor& stud
   return {out, norm};
 }
 
+template <int64_t kD, typename scalar_t, typename acc>
+void chunk_grad(const scalar_t* sp, const scalar_t* tp, const scalar_t* yp, const acc* weight, int64_t begin,
+                int64_t end, int64_t D, acc coef, acc margin, scalar_t* gp) {
+#pragma omp simd
+  for (int64_t row = begin; row < end; ++row) {
+    acc e_s, e_t;
+    errors<kD, scalar_t, acc>(sp + row * D, tp + row * D, yp + row * D, D, &e_s, &e_t);
+    const acc scale = active<acc>(e_s, e_t, margin) ? acc(2) * coef * row_weight<acc>(weight, row) : acc(0);
+    for (int64_t k = 0; k < (kD > 0 ? kD : D); ++k) {
+      const int64_t i = row * D + k;
+      gp[i] = static_cast<scalar_t>(scale * (static_cast<acc>(sp[i]) - static_cast<acc>(yp[i])));
+    }
+  }
+}
+
 template <typename scalar_t>
 void backward_impl(double coef_d, const at::Tensor& s, const at::Tensor& t, const at::Tensor& y,
                    const acc_t<scalar_t>* weight, double margin_d, at::Tensor& grad) {
@@ -60,14 +101,10 @@ void backward_impl(double coef_d, const at::Tensor& s, const at::Tensor& t, cons
   scalar_t* gp = grad.data_ptr<scalar_t>();
   const acc coef = static_cast<acc>(coef_d), margin = static_cast<acc>(margin_d);
   at::parallel_for(0, rows, cpu::items_per_chunk(D), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const scalar_t* rs = sp + row * D;
-      const scalar_t* ry = yp + row * D;
-      acc e_s, e_t;
-      row_errors<scalar_t, acc>(rs, tp + row * D, ry, D, &e_s, &e_t);
-      const acc scale = active<acc>(e_s, e_t, margin) ? acc(2) * coef * row_weight<acc>(weight, row) : acc(0);
-      for (int64_t k = 0; k < D; ++k)
-        gp[row * D + k] = static_cast<scalar_t>(scale * (static_cast<acc>(rs[k]) - static_cast<acc>(ry[k])));
+    if (D == 4) {
+      chunk_grad<4, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, coef, margin, gp);
+    } else {
+      chunk_grad<0, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, coef, margin, gp);
     }
   });
 }

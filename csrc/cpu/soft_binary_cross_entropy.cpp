@@ -14,6 +14,8 @@ constexpr int64_t kChunk = 16384;
 
 // CPU tensors: validating labels up front is cheap and gives a clear error (GPU kernels give NaN).
 void check_labels(const at::Tensor& target, int64_t ignore_index) {
+  TORCH_CHECK(ignore_index >= INT32_MIN && ignore_index <= INT32_MAX,
+              "kdops.soft_binary_cross_entropy: ignore_index must fit in int32, got ", ignore_index);
   const int64_t* y = target.const_data_ptr<int64_t>();
   for (int64_t i = 0; i < target.numel(); ++i)
     TORCH_CHECK(y[i] == ignore_index || label_ok(y[i]), "kdops.soft_binary_cross_entropy: target element ", i, " = ",
@@ -26,6 +28,9 @@ template <typename scalar_t, typename acc>
 std::array<acc, 2> chunk_loss(const scalar_t* sp, const scalar_t* tp, const int64_t* target, int64_t begin,
                               int64_t end, int64_t ignore_index, acc wp, acc wn, acc inv_t, acc mu, bool unit_t) {
   acc total = 0, count = 0;
+  // Labels are 0, 1 or ignore_index (checked up front, with ignore_index within int32), so 32-bit
+  // labels compare the same; SSE2 has no 64-bit integer compare or int64 -> float conversion.
+  const int32_t ignore32 = static_cast<int32_t>(ignore_index);
   if (target == nullptr) {
 #pragma omp simd reduction(+ : total)
     for (int64_t i = begin; i < end; ++i)
@@ -35,8 +40,8 @@ std::array<acc, 2> chunk_loss(const scalar_t* sp, const scalar_t* tp, const int6
 #pragma omp simd reduction(+ : total, count)
     for (int64_t i = begin; i < end; ++i) {
       // branch-free (labels are validated up front): the loss at label y in {0, 1}, masked by `kept`
-      const int64_t label = target[i];
-      const bool kept = label != ignore_index;
+      const int32_t label = static_cast<int32_t>(target[i]);
+      const bool kept = label != ignore32;
       const acc l = loss<acc>(static_cast<acc>(sp[i]), static_cast<acc>(tp[i]), kept ? label : 0, wp, wn, inv_t, mu,
                               unit_t);
       total += kept ? l : acc(0);
@@ -83,6 +88,7 @@ std::tuple<at::Tensor, at::Tensor> soft_binary_cross_entropy_cpu(const at::Tenso
 template <typename scalar_t, typename acc>
 void chunk_grad(const scalar_t* sp, const scalar_t* tp, const int64_t* target, int64_t begin, int64_t end,
                 int64_t ignore_index, acc coef, acc wp, acc wn, acc inv_t, acc mu, bool unit_t, scalar_t* gp) {
+  const int32_t ignore32 = static_cast<int32_t>(ignore_index);  // see chunk_loss
   if (target == nullptr) {
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i)
@@ -91,8 +97,8 @@ void chunk_grad(const scalar_t* sp, const scalar_t* tp, const int64_t* target, i
   } else {
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {  // branch-free, labels validated up front
-      const int64_t label = target[i];
-      const bool kept = label != ignore_index;
+      const int32_t label = static_cast<int32_t>(target[i]);
+      const bool kept = label != ignore32;
       const acc g = grad<acc>(static_cast<acc>(sp[i]), static_cast<acc>(tp[i]), kept ? label : 0, wp, wn, inv_t, mu,
                               unit_t);
       gp[i] = static_cast<scalar_t>(kept ? coef * g : acc(0));

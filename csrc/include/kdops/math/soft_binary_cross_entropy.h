@@ -27,12 +27,12 @@ struct Coeffs {
         unit_temperature(p.temperature == 1.0) {}
 };
 
-// Loss of one kept anchor; `label` < 0 means no target.
+// Loss of one kept anchor; `label` < 0 means no target (int, not int64: it stays in vector registers).
 // The coefficients come as plain scalars (wp, wn, inv_t, mu, unit_t): a struct argument is privatised
 // per lane by GCC and stops a CPU loop from vectorising.
 
 template <typename acc>
-KDOPS_VEC_HD acc loss(acc zs, acc zt, int64_t label, acc wp, acc wn, acc inv_t, acc mu, bool unit_t) {
+KDOPS_VEC_HD acc loss(acc zs, acc zt, int label, acc wp, acc wn, acc inv_t, acc mu, bool unit_t) {
   const acc x = zs * inv_t, pt = math::sigmoid<acc>(zt * inv_t);
   const acc ls = math::log_sigmoid<acc>(x);
   const acc soft = -(wp * pt * ls + wn * (acc(1) - pt) * (ls - x));
@@ -45,7 +45,7 @@ KDOPS_VEC_HD acc loss(acc zs, acc zt, int64_t label, acc wp, acc wn, acc inv_t, 
 
 // dLoss/dz_s of one kept anchor; `label` < 0 means no target.
 template <typename acc>
-KDOPS_VEC_HD acc grad(acc zs, acc zt, int64_t label, acc wp, acc wn, acc inv_t, acc mu, bool unit_t) {
+KDOPS_VEC_HD acc grad(acc zs, acc zt, int label, acc wp, acc wn, acc inv_t, acc mu, bool unit_t) {
   const acc s = math::sigmoid<acc>(zs * inv_t), pt = math::sigmoid<acc>(zt * inv_t);
   const acc soft = inv_t * (wn * (acc(1) - pt) * s - wp * pt * (acc(1) - s));
   if (label < 0) return soft;
@@ -59,8 +59,9 @@ KDOPS_VEC_HD acc element(acc zs, acc zt, const int64_t* target, int64_t i, int64
   const int64_t label = target == nullptr ? -1 : target[i];
   if (label == ignore_index && target != nullptr) return acc(0);
   if (target != nullptr && !label_ok(label)) return static_cast<acc>(NAN);
-  return kGrad ? grad<acc>(zs, zt, label, k.wp, k.wn, k.inv_t, k.mu, k.unit_temperature)
-               : loss<acc>(zs, zt, label, k.wp, k.wn, k.inv_t, k.mu, k.unit_temperature);
+  const int y = static_cast<int>(label);  // -1 (no target), 0 or 1 here
+  return kGrad ? grad<acc>(zs, zt, y, k.wp, k.wn, k.inv_t, k.mu, k.unit_temperature)
+               : loss<acc>(zs, zt, y, k.wp, k.wn, k.inv_t, k.mu, k.unit_temperature);
 }
 
 }  // namespace soft_bce
