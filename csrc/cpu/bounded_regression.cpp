@@ -29,16 +29,19 @@ inline __attribute__((always_inline)) void errors(const scalar_t* rs, const scal
 
 // (weighted sum, count) over rows [begin, end): a plain function, since loops over a lambda's
 // captures stay scalar.
-template <int64_t kD, typename scalar_t, typename acc>
+template <int64_t kD, bool kWeighted, typename scalar_t, typename acc>
 std::array<acc, 2> chunk_loss(const scalar_t* sp, const scalar_t* tp, const scalar_t* yp, const acc* weight,
-                              int64_t begin, int64_t end, int64_t D, acc margin) {
+                              int64_t begin, int64_t end, int64_t D_runtime, acc margin) {
+  const int64_t D = kD > 0 ? kD : D_runtime;  // a compile-time row stride lets the row loop vectorise
   acc total = 0, count = 0;
 #pragma omp simd reduction(+ : total, count)
   for (int64_t row = begin; row < end; ++row) {
     acc e_s, e_t;
     errors<kD, scalar_t, acc>(sp + row * D, tp + row * D, yp + row * D, D, &e_s, &e_t);
-    total += active<acc>(e_s, e_t, margin) ? row_weight<acc>(weight, row) * e_s : acc(0);
-    count += row_counts<acc>(weight, row);
+    // kWeighted is a template switch: a `weight == nullptr` test per row would keep the loop scalar
+    const acc w = kWeighted ? weight[row] : acc(1);
+    total += active<acc>(e_s, e_t, margin) ? w * e_s : acc(0);
+    count += w > acc(0) ? acc(1) : acc(0);
   }
   return {total, count};
 }
@@ -53,8 +56,11 @@ void forward_impl(const at::Tensor& s, const at::Tensor& t, const at::Tensor& y,
   const scalar_t* yp = y.const_data_ptr<scalar_t>();
   const acc margin = static_cast<acc>(margin_d);
   auto sums = cpu::chunked_sum<acc, 2>(rows, cpu::items_per_chunk(D), [&](int64_t begin, int64_t end) {
-    return D == 4 ? chunk_loss<4, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, margin)
-                  : chunk_loss<0, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, margin);
+    if (weight == nullptr)
+      return D == 4 ? chunk_loss<4, false, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, margin)
+                    : chunk_loss<0, false, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, margin);
+    return D == 4 ? chunk_loss<4, true, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, margin)
+                  : chunk_loss<0, true, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, margin);
   });
   out.fill_(sums[1] == acc(0) ? acc(0) : sums[0] / sums[1]);
   norm.fill_(sums[1]);
@@ -75,15 +81,17 @@ std::tuple<at::Tensor, at::Tensor> bounded_regression_cpu(const at::Tensor& stud
   return {out, norm};
 }
 
-template <int64_t kD, typename scalar_t, typename acc>
+template <int64_t kD, bool kWeighted, typename scalar_t, typename acc>
 void chunk_grad(const scalar_t* sp, const scalar_t* tp, const scalar_t* yp, const acc* weight, int64_t begin,
-                int64_t end, int64_t D, acc coef, acc margin, scalar_t* gp) {
+                int64_t end, int64_t D_runtime, acc coef, acc margin, scalar_t* gp) {
+  const int64_t D = kD > 0 ? kD : D_runtime;
 #pragma omp simd
   for (int64_t row = begin; row < end; ++row) {
     acc e_s, e_t;
     errors<kD, scalar_t, acc>(sp + row * D, tp + row * D, yp + row * D, D, &e_s, &e_t);
-    const acc scale = active<acc>(e_s, e_t, margin) ? acc(2) * coef * row_weight<acc>(weight, row) : acc(0);
-    for (int64_t k = 0; k < (kD > 0 ? kD : D); ++k) {
+    const acc w = kWeighted ? weight[row] : acc(1);
+    const acc scale = active<acc>(e_s, e_t, margin) ? acc(2) * coef * w : acc(0);
+    for (int64_t k = 0; k < D; ++k) {
       const int64_t i = row * D + k;
       gp[i] = static_cast<scalar_t>(scale * (static_cast<acc>(sp[i]) - static_cast<acc>(yp[i])));
     }
@@ -101,11 +109,11 @@ void backward_impl(double coef_d, const at::Tensor& s, const at::Tensor& t, cons
   scalar_t* gp = grad.data_ptr<scalar_t>();
   const acc coef = static_cast<acc>(coef_d), margin = static_cast<acc>(margin_d);
   at::parallel_for(0, rows, cpu::items_per_chunk(D), [&](int64_t begin, int64_t end) {
-    if (D == 4) {
-      chunk_grad<4, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, coef, margin, gp);
-    } else {
-      chunk_grad<0, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, coef, margin, gp);
-    }
+    const bool weighted = weight != nullptr;
+    if (D == 4 && weighted) chunk_grad<4, true, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, coef, margin, gp);
+    if (D == 4 && !weighted) chunk_grad<4, false, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, coef, margin, gp);
+    if (D != 4 && weighted) chunk_grad<0, true, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, coef, margin, gp);
+    if (D != 4 && !weighted) chunk_grad<0, false, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, coef, margin, gp);
   });
 }
 
