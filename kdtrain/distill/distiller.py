@@ -53,6 +53,9 @@ class Distiller(nn.Module):
         self.profile = False       # when on, time each term (with CUDA sync)
         self.term_seconds: dict = {}
         self.last_raw: dict = {}
+        self.last_context = None   # kept only when profile is on (it holds the graph)
+        self._log = log
+        self._rpn_shape_warned = False
         if not self.term_names:
             return
         if teacher is None:
@@ -81,8 +84,6 @@ class Distiller(nn.Module):
                         continue
                     self.rpn_distill = True  # feature shapes are checked again each step
                 self.terms[name] = T.ChenRcnTerm() if name == "chen_rcn" else T.ChenRpnTerm()
-        self._log = log
-        self._rpn_shape_warned = False
 
     @property
     def teacher(self) -> Optional[nn.Module]:
@@ -127,6 +128,8 @@ class Distiller(nn.Module):
             losses = self._faster_rcnn_losses(image_list, s_feats, t_feats, targets, ctx)
         else:
             losses = self._one_stage_losses(image_list, s_feats, targets)
+        if self.profile:
+            self.last_context = ctx
         raw = {}
         for name, term in self.terms.items():
             start = self._tick()
