@@ -33,15 +33,16 @@ def _fg_kernel(boxes_ptr, index_ptr, fg_ptr, zeros_ptr, K, H, W, tiles, BLOCK_P:
         x2 = tl.load(boxes_ptr + 4 * k + 2, mask=k_ok, other=0.0).to(ACC)
         y2 = tl.load(boxes_ptr + 4 * k + 3, mask=k_ok, other=0.0).to(ACC)
         image = tl.load(index_ptr + k, mask=k_ok, other=-1)
-        # x - x is 0 exactly for finite x, NaN for NaN and +-inf.
-        finite = (x1 - x1 == 0.0) & (y1 - y1 == 0.0) & (x2 - x2 == 0.0) & (y2 - y2 == 0.0)
+        # |x| < inf is false for NaN and +-inf.
+        finite = (tl.abs(x1) < float("inf")) & (tl.abs(y1) < float("inf")) & (tl.abs(x2) < float("inf")) & \
+            (tl.abs(y2) < float("inf"))
         wmin, wmax = tl.floor(x1), tl.ceil(x2)
         hmin, hmax = tl.floor(y1), tl.ceil(y2)
         valid = k_ok & (image == n) & finite & (x2 >= x1) & (y2 >= y1)
         valid = valid & (wmax >= 0.0) & (hmax >= 0.0) & (wmin <= last_w) & (hmin <= last_h)
         wmin, hmin = tl.maximum(wmin, 0.0), tl.maximum(hmin, 0.0)
         wmax, hmax = tl.minimum(wmax, last_w), tl.minimum(hmax, last_h)
-        value = 1.0 / ((hmax - hmin + 1.0) * (wmax - wmin + 1.0))
+        value = 1.0 / tl.where(valid, (hmax - hmin + 1.0) * (wmax - wmin + 1.0), 1.0)
         cover = valid[None, :] & (px[:, None] >= wmin[None, :]) & (px[:, None] <= wmax[None, :]) & \
             (py[:, None] >= hmin[None, :]) & (py[:, None] <= hmax[None, :])
         best = tl.maximum(best, tl.max(tl.where(cover, value[None, :], 0.0), axis=1))
