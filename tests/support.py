@@ -51,12 +51,19 @@ def randn(shape, dtype, device, seed, requires_grad=False):
 
 
 def non_contiguous(x):
-    """The same values in a non-contiguous layout (a transposed copy viewed back)."""
-    y = x.detach().transpose(-1, -2).contiguous().transpose(-1, -2)
-    if y.is_contiguous():  # H or W == 1: use a strided slice of a wider buffer instead
-        wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device)
-        wide[..., ::2] = x.detach()
-        y = wide[..., ::2]
+    """The same values as a strided view (every other element of a buffer twice as wide along the last
+    dimension larger than 1). A tensor with a single element cannot be non-contiguous and is returned as is."""
+    dims = [d for d in range(x.dim()) if x.shape[d] > 1]
+    if not dims:
+        return x
+    d = dims[-1]
+    wide_shape = list(x.shape)
+    wide_shape[d] *= 2
+    wide = torch.zeros(wide_shape, dtype=x.dtype, device=x.device)
+    index = [slice(None)] * x.dim()
+    index[d] = slice(None, None, 2)
+    wide[tuple(index)] = x.detach()
+    y = wide[tuple(index)]
     assert not y.is_contiguous()
     return y.requires_grad_(x.requires_grad)
 
