@@ -3,6 +3,7 @@
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdops.ops.box_masks import box_masks
@@ -49,8 +50,16 @@ class GcBlock(nn.Module):
     def forward(self, feat: Tensor) -> Tensor:
         """(N, C, H, W) -> delta (N, C)."""
         context = gc_context(feat, self.conv_mask.weight, self.conv_mask.bias, backend=self.backend)
-        x = context[:, :, None, None].to(self.channel_add[0].weight.dtype)
-        return self.channel_add(x).flatten(1)
+        # The MLP runs on (N, C) vectors: 1x1 convs on a 1x1 map are matmuls, and plain ops avoid the
+        # per-call cost of the conv and layer-norm kernels (~30 ms per GcBlock fwd+bwd on a loaded 2-core
+        # CPU, against < 1 ms). Same parameters and math as self.channel_add (official shapes).
+        first, norm, _, last = self.channel_add
+        x = context.to(first.weight.dtype)
+        x = F.linear(x, first.weight.flatten(1), first.bias)
+        mean = x.mean(dim=1, keepdim=True)
+        var = (x - mean).square().mean(dim=1, keepdim=True)
+        x = (x - mean) * torch.rsqrt(var + norm.eps) * norm.weight.flatten() + norm.bias.flatten()
+        return F.linear(torch.relu(x), last.weight.flatten(1), last.bias)
 
 
 class FGDLoss(nn.Module):
