@@ -8,7 +8,11 @@ Each op has four backends computing the same function (SPEC.md): "reference" (pu
 from kdops import _extension  # noqa: F401  (loads the native kernels, warns once if missing)
 from kdops._backend import BACKENDS, BackendUnavailableError, available_backends
 from kdops.ops.attention_masks import attention_masks
+from kdops.ops.box_masks import box_masks
+from kdops.ops.fgd_focal_loss import fgd_focal_loss
 from kdops.ops.feature_imitation import feature_imitation
+from kdops.ops.gc_context import gc_context
+from kdops.ops.relation_mse import relation_mse
 from kdops import nn  # noqa: E402
 
 __version__ = "0.1.0"
@@ -18,6 +22,10 @@ __all__ = [
     "BackendUnavailableError",
     "attention_masks",
     "available_backends",
+    "box_masks",
     "feature_imitation",
+    "fgd_focal_loss",
+    "gc_context",
     "nn",
+    "relation_mse",
 ]

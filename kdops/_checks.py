@@ -50,8 +50,15 @@ def positive(value, op: str, arg: str) -> float:
     return float(value)
 
 
-def pixel_map(mask, like: torch.Tensor, op: str, arg: str) -> torch.Tensor:
-    """An (N, H, W) weight map for the (N, C, H, W) tensor `like`, returned in like's dtype.
+def real(value, op: str, arg: str) -> float:
+    """A finite real number (a loss weight)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        raise ValueError(f"kdops.{op}: {arg} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def pixel_map(mask, like: torch.Tensor, op: str, arg: str, dtype=None) -> torch.Tensor:
+    """An (N, H, W) weight map for the (N, C, H, W) tensor `like`, returned in `dtype` (default: like's dtype).
 
     The map is treated as a constant weight: it must not require grad.
     """
@@ -65,4 +72,4 @@ def pixel_map(mask, like: torch.Tensor, op: str, arg: str) -> torch.Tensor:
         raise ValueError(f"kdops.{op}: {arg} must be on {like.device} like the features, got {mask.device}")
     if mask.requires_grad:
         raise ValueError(f"kdops.{op}: {arg} is a constant weight map and must not require grad; pass {arg}.detach()")
-    return mask.to(like.dtype)
+    return mask.to(like.dtype if dtype is None else dtype)
