@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 
 from kdtrain.config import TrainConfig
@@ -74,7 +75,7 @@ def _base_config(d: DemoConfig, data: dict, output_dir: str, seed: int) -> Train
 
 def run_demo(d: DemoConfig, log=print) -> dict:
     started = time.perf_counter()
-    data_root = os.path.join(d.cache_dir, "shapes-" + _key(d.image_size, d.train_images, d.val_images, "v1"))
+    data_root = os.path.join(d.cache_dir, "shapes-" + _key(d.image_size, d.train_images, d.val_images, "v2"))
     log(f"[demo] dataset: {data_root}")
     data = make_shapes_dataset(data_root, d.train_images, d.val_images, size=d.image_size)
 
@@ -92,6 +93,7 @@ def run_demo(d: DemoConfig, log=print) -> dict:
     else:
         cfg = _base_config(d, data, teacher_dir, seed=0)
         cfg.arch, cfg.iterations = d.teacher_arch, d.teacher_iterations
+        cfg.resume = "auto"  # an interrupted demo continues its teacher from the last checkpoint
         log(f"[demo] training teacher {d.teacher_arch} for {d.teacher_iterations} iterations")
         s = train(cfg, log=log)
         rows["teacher"] = {**s["eval"], "params": s["params"], "train_seconds_per_iter": s["train_seconds_per_iter"]}
@@ -100,7 +102,9 @@ def run_demo(d: DemoConfig, log=print) -> dict:
     for seed in d.seeds:
         for recipe in ("none", d.recipe):
             name = "student" if recipe == "none" else f"student+{recipe}"
-            cfg = _base_config(d, data, os.path.join(d.output_dir, f"{name.replace('+', '_')}-seed{seed}"), seed)
+            run_dir = os.path.join(d.output_dir, f"{name.replace('+', '_')}-seed{seed}")
+            shutil.rmtree(run_dir, ignore_errors=True)  # students always start fresh: no stale metrics
+            cfg = _base_config(d, data, run_dir, seed)
             cfg.arch, cfg.iterations, cfg.recipe = d.student_arch, d.student_iterations, recipe
             if recipe != "none":
                 cfg.teacher, cfg.distill_weights = teacher_path, d.distill_weights

@@ -11,7 +11,7 @@ from kdtrain.cli import build_parser, main
 from kdtrain.config import make_config, read_config_file
 from kdtrain.schedule import lr_factor
 
-from conftest import train_args
+from kdtrain_testutil import train_args
 
 
 def test_help_explains_every_subcommand(capsys):

@@ -10,7 +10,7 @@ from kdtrain.distill.distiller import Distiller
 from kdtrain.engine import export_student
 from kdtrain.models import build_detector, load_detector
 
-from conftest import TINY_KWARGS, tiny_spec, kdops_has
+from kdtrain_testutil import TINY_KWARGS, tiny_spec, kdops_has
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 from kdtrain.cli import main
 from kdtrain.metrics_log import read_jsonl
 
-from conftest import REPO, train_args
+from kdtrain_testutil import REPO, train_args
 
 
 def _env():
