@@ -50,13 +50,6 @@ def positive(value, op: str, arg: str) -> float:
     return float(value)
 
 
-def real(value, op: str, arg: str) -> float:
-    """A finite real number (a loss weight)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
-        raise ValueError(f"kdops.{op}: {arg} must be a finite number, got {value!r}")
-    return float(value)
-
-
 def pixel_map(mask, like: torch.Tensor, op: str, arg: str, dtype=None) -> torch.Tensor:
     """An (N, H, W) weight map for the (N, C, H, W) tensor `like`, returned in `dtype` (default: like's dtype).
 
@@ -73,3 +66,53 @@ def pixel_map(mask, like: torch.Tensor, op: str, arg: str, dtype=None) -> torch.
     if mask.requires_grad:
         raise ValueError(f"kdops.{op}: {arg} is a constant weight map and must not require grad; pass {arg}.detach()")
     return mask.to(like.dtype if dtype is None else dtype)
+
+
+def unit_interval(value, op: str, arg: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"kdops.{op}: {arg} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def number(value, op: str, arg: str) -> float:
+    """A finite real number (int or float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        raise ValueError(f"kdops.{op}: {arg} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def integer(value, op: str, arg: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"kdops.{op}: {arg} must be an int, got {value!r}")
+    return value
+
+
+def detached(x, op: str, arg: str) -> torch.Tensor:
+    """An input the op does not differentiate with respect to."""
+    if x.requires_grad:
+        raise ValueError(f"kdops.{op}: {arg} gets no gradient from this op and must not require grad; "
+                         f"pass {arg}.detach()")
+    return x
+
+
+def weight_vector(w, length: int, like: torch.Tensor, dtype: torch.dtype, op: str, arg: str) -> torch.Tensor:
+    """A constant (length,) floating weight vector on like's device, returned in `dtype`."""
+    float_tensor(w, op, arg)
+    if w.shape != (length,):
+        raise ValueError(f"kdops.{op}: {arg} must have shape ({length},), got {tuple(w.shape)}")
+    if w.device != like.device:
+        raise ValueError(f"kdops.{op}: {arg} must be on {like.device}, got {w.device}")
+    detached(w, op, arg)
+    return w.to(dtype)
+
+
+def labels(y, shape, like: torch.Tensor, op: str, arg: str) -> torch.Tensor:
+    """An integer label tensor of `shape` on like's device, returned as int64."""
+    tensor(y, op, arg)
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(f"kdops.{op}: {arg} must be an integer tensor of class labels, got {y.dtype}")
+    if tuple(y.shape) != tuple(shape):
+        raise ValueError(f"kdops.{op}: {arg} must have shape {tuple(shape)}, got {tuple(y.shape)}")
+    if y.device != like.device:
+        raise ValueError(f"kdops.{op}: {arg} must be on {like.device}, got {y.device}")
+    return y.to(torch.int64)

@@ -106,7 +106,7 @@ def fgd_focal_loss(student: Tensor, teacher: Tensor, fg: Tensor, bg: Tensor, tem
     fg = _checks.pixel_map(fg, student, OP, "fg", dtype=acc)
     bg = _checks.pixel_map(bg, student, OP, "bg", dtype=acc)
     temperature = _checks.positive(temperature, OP, "temperature")
-    alpha, beta, gamma = (_checks.real(v, OP, name) for v, name in ((alpha, "alpha"), (beta, "beta"), (gamma, "gamma")))
+    alpha, beta, gamma = (_checks.number(v, OP, name) for v, name in ((alpha, "alpha"), (beta, "beta"), (gamma, "gamma")))
     which = _backend.resolve(OP, student.device, backend)
     out = _registry.call(which, OP, reference.fgd_focal_loss, student, teacher, fg, bg, temperature, alpha, beta,
                          gamma)

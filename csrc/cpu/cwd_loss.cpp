@@ -1,0 +1,116 @@
+// CPU kernels of channel-wise distillation (SPEC §6). Forward: per (n, c) row, one pass for the maxima
+// and one for the exp-sums; rows go in fixed chunks whose sums are added in order (deterministic).
+// Backward: one elementwise pass from the saved row statistics.
+#include <torch/library.h>
+
+#include "chunked_sum.h"
+#include "kdops/math/cwd_loss.h"
+#include "../ops/cwd_loss.h"
+
+namespace kdops {
+namespace {
+
+using namespace cwd;
+
+template <typename scalar_t>
+void forward_impl(const at::Tensor& s, const at::Tensor& t, double tau, at::Tensor& out, at::Tensor& stats) {
+  using acc = acc_t<scalar_t>;
+  const int64_t rows = s.size(0) * s.size(1), HW = s.size(2) * s.size(3);
+  const scalar_t* sp = s.const_data_ptr<scalar_t>();
+  const scalar_t* tp = t.const_data_ptr<scalar_t>();
+  acc* st_all = stats.data_ptr<acc>();
+  const acc inv_tau = acc(1) / static_cast<acc>(tau);
+  auto sums = cpu::chunked_sum<acc, 1>(rows, cpu::items_per_chunk(HW), [&](int64_t begin, int64_t end) {
+    acc total = 0;
+    for (int64_t row = begin; row < end; ++row) {
+      const scalar_t* x = sp + row * HW;
+      const scalar_t* y = tp + row * HW;
+      acc ms = -INFINITY, mt = -INFINITY;
+#pragma omp simd reduction(max : ms, mt)
+      for (int64_t j = 0; j < HW; ++j) {
+        ms = std::max(ms, static_cast<acc>(x[j]));
+        mt = std::max(mt, static_cast<acc>(y[j]));
+      }
+      acc sum_s = 0, sum_t = 0, a = 0;
+#pragma omp simd reduction(+ : sum_s, sum_t, a)
+      for (int64_t j = 0; j < HW; ++j) {
+        const acc ds = static_cast<acc>(x[j]) - ms, dt = static_cast<acc>(y[j]) - mt;
+        const acc et = math::exp_<acc>(dt * inv_tau);
+        sum_s += math::exp_<acc>(ds * inv_tau);
+        sum_t += et;
+        a += et * (dt - ds);
+      }
+      acc* st = st_all + row * kStats;
+      st[kMaxS] = ms;
+      st[kLogSumS] = std::log(sum_s);
+      st[kMaxT] = mt;
+      st[kLogSumT] = std::log(sum_t);
+      total += row_kl<acc>(inv_tau, sum_s, sum_t, a);
+    }
+    return std::array<acc, 1>{total};
+  });
+  const acc scale = static_cast<acc>(tau * tau) / static_cast<acc>(std::max<int64_t>(rows, 1));
+  out.fill_(sums[0] * scale);
+}
+
+std::tuple<at::Tensor, at::Tensor> cwd_loss_cpu(const at::Tensor& student, const at::Tensor& teacher, double tau) {
+  check_cwd_loss_args(student, teacher, tau);
+  const auto opts = student.options().dtype(acc_dtype(student.scalar_type()));
+  at::Tensor out = at::empty({}, opts), stats = at::empty({student.size(0) * student.size(1), kStats}, opts);
+  const at::Tensor s = student.contiguous(), t = teacher.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "kdops_cwd_loss_cpu",
+                                  [&] { forward_impl<scalar_t>(s, t, tau, out, stats); });
+  return {out, stats};
+}
+
+template <typename scalar_t>
+void backward_impl(double coef_d, const at::Tensor& s, const at::Tensor& t, const at::Tensor& stats, double tau,
+                   at::Tensor& grad) {
+  using acc = acc_t<scalar_t>;
+  const int64_t rows = s.size(0) * s.size(1), HW = s.size(2) * s.size(3);
+  const scalar_t* sp = s.const_data_ptr<scalar_t>();
+  const scalar_t* tp = t.const_data_ptr<scalar_t>();
+  const acc* st_all = stats.const_data_ptr<acc>();
+  scalar_t* gp = grad.data_ptr<scalar_t>();
+  const acc coef = static_cast<acc>(coef_d), inv_tau = acc(1) / static_cast<acc>(tau);
+  at::parallel_for(0, rows, cpu::items_per_chunk(HW), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const acc* st = st_all + row * kStats;
+      const acc max_s = st[kMaxS], log_sum_s = st[kLogSumS], max_t = st[kMaxT], log_sum_t = st[kLogSumT];
+      const scalar_t* x = sp + row * HW;
+      const scalar_t* y = tp + row * HW;
+      scalar_t* g = gp + row * HW;
+#pragma omp simd
+      for (int64_t j = 0; j < HW; ++j)
+        g[j] = static_cast<scalar_t>(coef * grad_element<acc>(static_cast<acc>(x[j]), static_cast<acc>(y[j]), max_s, log_sum_s,
+                                                                max_t, log_sum_t, inv_tau));
+    }
+  });
+}
+
+at::Tensor cwd_loss_backward_cpu(const at::Tensor& grad_out, const at::Tensor& student, const at::Tensor& teacher,
+                                 const at::Tensor& row_stats, double tau) {
+  check_cwd_loss_args(student, teacher, tau);
+  const int64_t rows = student.size(0) * student.size(1);
+  TORCH_CHECK(grad_out.numel() == 1, "kdops.cwd_loss_backward: grad must be a scalar");
+  TORCH_CHECK(row_stats.dim() == 2 && row_stats.size(0) == rows && row_stats.size(1) == kStats &&
+                  row_stats.scalar_type() == acc_dtype(student.scalar_type()),
+              "kdops.cwd_loss_backward: row_stats must be the forward's (N*C, ", kStats, ") statistics");
+  at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
+  if (student.numel() == 0) return grad;
+  // CPU tensor: reading the scalar is a plain memory load, not a device sync.
+  const double coef = grad_out.item<double>() * tau / static_cast<double>(rows);
+  const at::Tensor s = student.contiguous(), t = teacher.contiguous(), st = row_stats.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "kdops_cwd_loss_backward_cpu",
+                                  [&] { backward_impl<scalar_t>(coef, s, t, st, tau, grad); });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kdops, CPU, m) {
+  m.impl("cwd_loss", &cwd_loss_cpu);
+  m.impl("cwd_loss_backward", &cwd_loss_backward_cpu);
+}
+
+}  // namespace kdops

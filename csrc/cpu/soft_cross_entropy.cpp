@@ -1,0 +1,192 @@
+// CPU kernels of the class-weighted soft cross-entropy (SPEC §7). Forward: per row, one pass for the
+// maxima and one for the exp-sums (math/soft_cross_entropy.h); rows are cut into fixed chunks whose
+// sums are added in order (deterministic). Backward: one pass per row from the saved row_stats.
+#include <torch/library.h>
+
+#include "chunked_sum.h"
+#include "kdops/math/soft_cross_entropy.h"
+#include "../ops/soft_cross_entropy.h"
+
+namespace kdops {
+namespace {
+
+using namespace soft_ce;
+
+// CPU tensors: checking the labels up front is cheap and gives a clear error (the GPU kernels
+// turn a bad label into a NaN loss instead, since raising would need a host sync).
+void check_labels(const at::Tensor& target, int64_t classes, int64_t ignore_index) {
+  const int64_t* y = target.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < target.numel(); ++i)
+    TORCH_CHECK(y[i] == ignore_index || label_ok(y[i], classes), "kdops.soft_cross_entropy: target[", i, "] = ", y[i],
+                " is outside [0, ", classes, ") and is not ignore_index (", ignore_index, ")");
+}
+
+template <typename scalar_t>
+void forward_impl(const at::Tensor& s, const at::Tensor& t, const at::Tensor& w, const int64_t* target,
+                  double temperature, double mu_d, int64_t ignore_index, at::Tensor& out, at::Tensor& norm,
+                  at::Tensor& stats) {
+  using acc = acc_t<scalar_t>;
+  const int64_t rows = s.size(0), C = s.size(1);
+  const scalar_t* sp = s.const_data_ptr<scalar_t>();
+  const scalar_t* tp = t.const_data_ptr<scalar_t>();
+  const acc* wp = w.const_data_ptr<acc>();
+  acc* st_all = stats.data_ptr<acc>();
+  const acc inv_t = acc(1) / static_cast<acc>(temperature), mu = static_cast<acc>(mu_d);
+  const bool has_target = target != nullptr, separate_sum1 = has_target && temperature != 1.0;
+  auto sums = cpu::chunked_sum<acc, 2>(rows, cpu::items_per_chunk(C), [&](int64_t begin, int64_t end) {
+    std::array<acc, 2> r{};
+    for (int64_t row = begin; row < end; ++row) {
+      const scalar_t* zs = sp + row * C;
+      const scalar_t* zt = tp + row * C;
+      acc ms = -INFINITY, mt = -INFINITY;
+#pragma omp simd reduction(max : ms, mt)
+      for (int64_t c = 0; c < C; ++c) {
+        ms = std::max(ms, static_cast<acc>(zs[c]));
+        mt = std::max(mt, static_cast<acc>(zt[c]));
+      }
+      acc sum_s = 0, sum_t = 0, a = 0, b = 0, sum_1 = 0;
+#pragma omp simd reduction(+ : sum_s, sum_t, a, b)
+      for (int64_t c = 0; c < C; ++c) {
+        const acc ds = static_cast<acc>(zs[c]) - ms;
+        const acc et = math::exp_<acc>((static_cast<acc>(zt[c]) - mt) * inv_t);
+        sum_s += math::exp_<acc>(ds * inv_t);
+        sum_t += et;
+        a += wp[c] * et;
+        b += wp[c] * et * ds;
+      }
+      if (separate_sum1) {
+#pragma omp simd reduction(+ : sum_1)
+        for (int64_t c = 0; c < C; ++c) sum_1 += math::exp_<acc>(static_cast<acc>(zs[c]) - ms);
+      } else {
+        sum_1 = sum_s;
+      }
+      const bool kept = row_kept(target, row, ignore_index);
+      const int64_t label = has_target ? target[row] : 0;
+      const bool ok = !has_target || label_ok(label, C);
+      const acc zy_shift = has_target && ok ? static_cast<acc>(zs[label]) - ms : acc(0);
+      acc* st = st_all + row * kStats;
+      const acc loss = row_loss<acc>(inv_t, sum_s, sum_t, sum_1, a, b, has_target, ok, zy_shift, mu, &st[kWeight]);
+      st[kMaxS] = ms;
+      st[kLogSumS] = std::log(sum_s);
+      st[kMaxT] = mt;
+      st[kLogSumT] = std::log(sum_t);
+      st[kLogSum1] = std::log(sum_1);
+      if (kept) {
+        r[0] += loss;
+        r[1] += acc(1);
+      }
+    }
+    return r;
+  });
+  out.fill_(sums[1] == acc(0) ? acc(0) : sums[0] / sums[1]);
+  norm.fill_(sums[1]);
+}
+
+at::Tensor weights_or_ones(const c10::optional<at::Tensor>& class_weight, const at::Tensor& student) {
+  if (class_weight.has_value()) return class_weight->contiguous();
+  return at::ones({student.size(1)}, student.options().dtype(acc_dtype(student.scalar_type())));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_cross_entropy_cpu(
+    const at::Tensor& student, const at::Tensor& teacher, const c10::optional<at::Tensor>& class_weight,
+    const c10::optional<at::Tensor>& target, double temperature, double mu, int64_t ignore_index) {
+  check_soft_cross_entropy_args(student, teacher, class_weight, target, temperature);
+  const auto opts = student.options().dtype(acc_dtype(student.scalar_type()));
+  at::Tensor out = at::empty({}, opts), norm = at::empty({}, opts);
+  at::Tensor stats = at::empty({student.size(0), kStats}, opts);
+  const at::Tensor s = student.contiguous(), t = teacher.contiguous(), w = weights_or_ones(class_weight, student);
+  const at::Tensor y = target.has_value() ? target->contiguous() : at::Tensor();
+  if (target.has_value()) check_labels(y, student.size(1), ignore_index);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "kdops_soft_cross_entropy_cpu", [&] {
+    forward_impl<scalar_t>(s, t, w, target.has_value() ? y.const_data_ptr<int64_t>() : nullptr, temperature, mu,
+                           ignore_index, out, norm, stats);
+  });
+  return {out, norm, stats};
+}
+
+// One row of the gradient; the switches are template parameters so the loop body has no branch.
+template <bool kHasTarget, bool kUnitTemperature, typename scalar_t, typename acc>
+void gradient_row(const scalar_t* zs, const scalar_t* zt, const acc* wp, const acc* st, int64_t C, int64_t label,
+                  acc coef, acc inv_t, acc mu, scalar_t* g) {
+  const acc max_s = st[kMaxS], log_sum_s = st[kLogSumS], max_t = st[kMaxT], log_sum_t = st[kLogSumT];
+  const acc log_sum_1 = st[kLogSum1], weight = st[kWeight];
+  auto element = [&](int64_t c, bool is_label) {
+    return static_cast<scalar_t>(coef * grad_element<acc, kHasTarget, kUnitTemperature>(
+                                            static_cast<acc>(zs[c]), static_cast<acc>(zt[c]), wp[c], max_s, log_sum_s,
+                                            max_t, log_sum_t, log_sum_1, weight, inv_t, is_label, mu));
+  };
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) g[c] = element(c, false);
+  if (label >= 0) g[label] = element(label, true);  // the one-hot term, outside the vector loop
+}
+
+template <typename scalar_t>
+void backward_impl(double coef_d, const at::Tensor& s, const at::Tensor& t, const at::Tensor& w,
+                   const int64_t* target, const at::Tensor& stats, double temperature, double mu_d,
+                   int64_t ignore_index, at::Tensor& grad) {
+  using acc = acc_t<scalar_t>;
+  const int64_t rows = s.size(0), C = s.size(1);
+  const scalar_t* sp = s.const_data_ptr<scalar_t>();
+  const scalar_t* tp = t.const_data_ptr<scalar_t>();
+  const acc* wp = w.const_data_ptr<acc>();
+  const acc* st_all = stats.const_data_ptr<acc>();
+  scalar_t* gp = grad.data_ptr<scalar_t>();
+  const acc coef = static_cast<acc>(coef_d), inv_t = acc(1) / static_cast<acc>(temperature);
+  const acc mu = static_cast<acc>(mu_d);
+  const bool unit_t = temperature == 1.0;
+  at::parallel_for(0, rows, cpu::items_per_chunk(C), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const scalar_t* zs = sp + row * C;
+      const scalar_t* zt = tp + row * C;
+      const acc* st = st_all + row * kStats;
+      scalar_t* g = gp + row * C;
+      if (target == nullptr) {
+        gradient_row<false, false>(zs, zt, wp, st, C, -1, coef, inv_t, mu, g);
+      } else if (target[row] == ignore_index) {
+        for (int64_t c = 0; c < C; ++c) g[c] = scalar_t(0);
+      } else if (unit_t) {
+        gradient_row<true, true>(zs, zt, wp, st, C, target[row], coef, inv_t, mu, g);
+      } else {
+        gradient_row<true, false>(zs, zt, wp, st, C, target[row], coef, inv_t, mu, g);
+      }
+    }
+  });
+}
+
+at::Tensor soft_cross_entropy_backward_cpu(const at::Tensor& grad_out, const at::Tensor& student,
+                                           const at::Tensor& teacher, const c10::optional<at::Tensor>& class_weight,
+                                           const c10::optional<at::Tensor>& target, const at::Tensor& norm,
+                                           const at::Tensor& row_stats, double temperature, double mu,
+                                           int64_t ignore_index) {
+  check_soft_cross_entropy_args(student, teacher, class_weight, target, temperature);
+  TORCH_CHECK(grad_out.numel() == 1 && norm.numel() == 1,
+              "kdops.soft_cross_entropy_backward: grad and norm must be scalars");
+  TORCH_CHECK(row_stats.dim() == 2 && row_stats.size(0) == student.size(0) && row_stats.size(1) == kStats &&
+                  row_stats.scalar_type() == acc_dtype(student.scalar_type()),
+              "kdops.soft_cross_entropy_backward: row_stats must be the forward's (rows, ", kStats, ") statistics");
+  at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
+  if (student.numel() == 0) return grad;
+  // CPU tensors: reading the two scalars is a plain memory load, not a device sync.
+  const double n = norm.item<double>();
+  const double coef = n == 0.0 ? 0.0 : grad_out.item<double>() / n;
+  const at::Tensor s = student.contiguous(), t = teacher.contiguous(), w = weights_or_ones(class_weight, student);
+  const at::Tensor y = target.has_value() ? target->contiguous() : at::Tensor();
+  const at::Tensor st = row_stats.contiguous();
+  if (target.has_value()) check_labels(y, student.size(1), ignore_index);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "kdops_soft_cross_entropy_backward_cpu",
+                                  [&] {
+                                    backward_impl<scalar_t>(coef, s, t, w,
+                                                            target.has_value() ? y.const_data_ptr<int64_t>() : nullptr,
+                                                            st, temperature, mu, ignore_index, grad);
+                                  });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kdops, CPU, m) {
+  m.impl("soft_cross_entropy", &soft_cross_entropy_cpu);
+  m.impl("soft_cross_entropy_backward", &soft_cross_entropy_backward_cpu);
+}
+
+}  // namespace kdops

@@ -1,0 +1,45 @@
+"""Teacher-bounded L2 regression of Chen 2017 (SPEC §7), per row of D values (D = 4 for boxes):
+    e_s = ||r_s - y||^2, e_t = ||r_t - y||^2
+    L_b = sum_i w_i * [e_s + m > e_t] * e_s / Z,   Z = rows (no weight) or #{i : w_i > 0}
+The bound is decided per row. The teacher only enters through the indicator, which is piecewise
+constant in it, so it gets no gradient.
+"""
+
+import torch
+
+from kdops.reference._common import acc_dtype, safe_mean
+
+
+def _errors(student, teacher, target, dtype):
+    y = target.to(dtype)
+    e_s = (student.to(dtype) - y).square().sum(dim=1)
+    e_t = (teacher.to(dtype) - y).square().sum(dim=1)
+    return e_s, e_t
+
+
+def _count(weight, rows, like):
+    if weight is None:
+        return torch.tensor(float(rows), dtype=like.dtype, device=like.device)
+    return (weight > 0).sum().to(like.dtype)
+
+
+def bounded_regression(student, teacher, target, weight=None, margin: float = 0.0):
+    """student, teacher, target: (rows, D); weight: optional (rows,). Returns (0-dim loss, Z)."""
+    dtype = acc_dtype(student)
+    e_s, e_t = _errors(student, teacher, target, dtype)
+    per_row = torch.where(e_s + margin > e_t, e_s, torch.zeros_like(e_s))
+    if weight is not None:
+        per_row = weight.to(dtype) * per_row
+    count = _count(weight, e_s.shape[0], e_s)
+    return safe_mean(per_row.sum(), count), count
+
+
+def bounded_regression_backward(grad, student, teacher, target, weight, norm, margin: float):
+    """dL/dr_s = grad / Z * w_i * [e_s + m > e_t] * 2 (r_s - y)."""
+    dtype = acc_dtype(student)
+    e_s, e_t = _errors(student, teacher, target, dtype)
+    active = (e_s + margin > e_t).to(dtype)
+    if weight is not None:
+        active = active * weight.to(dtype)
+    g = 2 * (student.to(dtype) - target.to(dtype)) * active[:, None]
+    return (safe_mean(grad.to(dtype), norm.to(dtype)) * g).to(student.dtype)

@@ -1,0 +1,168 @@
+"""kdops.bounded_regression (SPEC §7): every backend against the reference, per-row bounds, gradients,
+registration, bad input."""
+
+import itertools
+
+import pytest
+import torch
+from torch.library import opcheck
+
+import kdops
+from kdops.reference import bounded_regression as reference
+from support import DTYPES, assert_close, backend_params, non_contiguous, randn
+
+SHAPES = [(1, 4), (1024, 4), (37, 91, 4), (5, 7)]
+SMALL_SHAPES = [(1, 4), (300, 4), (3, 5, 4), (4, 7)]  # for the Triton interpreter
+MODES = list(itertools.product((0.0, 0.25), (False, True)))  # (margin, per-row weight)
+
+
+def _inputs(shape, dtype, device, seed, with_weight, margin=0.0):
+    """Student, teacher, target with every row's e_s + margin - e_t at least 0.05 away from 0 (off the kink)."""
+    target = randn(shape, torch.float64, device, seed)
+    student = target + randn(shape, torch.float64, device, seed + 1)
+    teacher = target + 1.2 * randn(shape, torch.float64, device, seed + 2)
+    gap = ((student - target) ** 2).sum(-1) + margin - ((teacher - target) ** 2).sum(-1)
+    near = gap.abs() < 0.05
+    teacher[near] = target[near]  # e_t = 0: the row is active whatever the student
+    weight = None
+    if with_weight:
+        g = torch.Generator().manual_seed(seed + 3)
+        weight = (torch.rand(shape[:-1], generator=g, dtype=torch.float64) > 0.5).to(device, torch.float64)
+    return student.to(dtype), teacher.to(dtype), target.to(dtype), weight
+
+
+def _expected(student, teacher, target, margin, weight, grad_out):
+    d = student.shape[-1]
+    s = student.detach().double().requires_grad_()
+    w = None if weight is None else weight.double().reshape(-1)
+    out, _ = reference.bounded_regression(s.reshape(-1, d), teacher.double().reshape(-1, d),
+                                          target.double().reshape(-1, d), w, margin)
+    (out * grad_out).backward()
+    return out.detach(), s.grad
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
+def test_matches_reference(backend, device, dtype, layout):
+    shapes = SMALL_SHAPES if backend == "triton" and device == "cpu" else SHAPES
+    for i, (shape, (margin, with_weight)) in enumerate(itertools.product(shapes, MODES)):
+        seed = torch.randint(0, 2**31 - 1, ()).item() + i
+        student, teacher, target, weight = _inputs(shape, dtype, device, seed, with_weight, margin)
+        if layout == "non_contiguous":
+            student, teacher, target = non_contiguous(student), non_contiguous(teacher), non_contiguous(target)
+        student.requires_grad_()
+        grad_out = 0.5 + i % 3
+        w = None if weight is None else weight.float()
+        out = kdops.bounded_regression(student, teacher, target, margin, w, backend=backend)
+        exp, exp_grad = _expected(student, teacher, target, margin, w, grad_out)
+        assert out.shape == () and out.dtype == torch.float32
+        assert_close(out, exp, torch.float32, scale=10)
+        (out * grad_out).backward()
+        assert student.grad.dtype == dtype
+        assert_close(student.grad, exp_grad, dtype)
+
+
+@pytest.mark.parametrize("margin,with_weight", MODES)
+def test_reference_closed_form_backward_matches_autograd(margin, with_weight):
+    student, teacher, target, weight = _inputs((30, 4), torch.float64, "cpu", 3, with_weight, margin)
+    student.requires_grad_()
+    out, norm = reference.bounded_regression(student, teacher, target, weight, margin)
+    expected = torch.autograd.grad(out * 1.7, student)[0]
+    closed = reference.bounded_regression_backward(torch.tensor(1.7, dtype=torch.float64), student.detach(), teacher,
+                                                   target, weight, norm, margin)
+    torch.testing.assert_close(closed, expected)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("margin,with_weight", MODES)
+def test_gradcheck_float64(backend, margin, with_weight):
+    if kdops.available_backends()[backend] != "available":
+        pytest.skip(kdops.available_backends()[backend])
+    student, teacher, target, weight = _inputs((9, 4), torch.float64, "cpu", 5, with_weight, margin)
+    student.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda s: kdops.bounded_regression(s, teacher, target, margin, weight, backend=backend), (student,))
+
+
+def _backends_here():
+    return [b for b in ("reference", "cpu", "triton") if kdops._backend._why_not(b, torch.device("cpu")) is None]
+
+
+def test_bound_is_decided_per_row():
+    """Row 0: student worse than teacher (penalised); row 1: better (free); row 2: better, but not by the margin."""
+    y = torch.zeros(3, 4)
+    s = torch.tensor([[1.0, 0, 0, 0], [0.1, 0, 0, 0], [0.5, 0, 0, 0]], requires_grad=True)
+    t = torch.tensor([[0.5, 0, 0, 0], [1.0, 0, 0, 0], [0.6, 0, 0, 0]])
+    for backend in _backends_here():
+        s.grad = None
+        out = kdops.bounded_regression(s, t, y, margin=0.2, backend=backend)
+        torch.testing.assert_close(out, torch.tensor((1.0 + 0.25) / 3))
+        out.backward()
+        torch.testing.assert_close(s.grad[:, 0], torch.tensor([2 * 1.0 / 3, 0.0, 2 * 0.5 / 3]))
+        # without the margin, row 2 is better than the teacher and free too
+        torch.testing.assert_close(kdops.bounded_regression(s, t, y, backend=backend), torch.tensor(1.0 / 3))
+
+
+def test_weight_mean_is_over_rows_with_positive_weight():
+    y = torch.randn(6, 4)
+    s, t = y + torch.randn(6, 4), y.clone()  # a perfect teacher: every row is bounded (active)
+    w = torch.tensor([1.0, 0, 2.0, 0, 0, 1.0])
+    expected = (w * ((s - y) ** 2).sum(1)).sum() / 3
+    for backend in _backends_here():
+        torch.testing.assert_close(kdops.bounded_regression(s, t, y, weight=w, backend=backend), expected)
+        assert kdops.bounded_regression(s, t, y, weight=torch.zeros(6), backend=backend).item() == 0.0
+
+
+def test_teacher_gets_no_gradient():
+    s, y = torch.randn(5, 4, requires_grad=True), torch.randn(5, 4)
+    t = torch.randn(5, 4, requires_grad=True)
+    for backend in _backends_here():
+        out = kdops.bounded_regression(s, t, y, backend=backend)
+        out.backward()
+        assert t.grad is None or not t.grad.any(), backend
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_opcheck(backend, device, with_weight):
+    op = torch.ops.kdops_triton.bounded_regression if backend == "triton" else torch.ops.kdops.bounded_regression
+    student, teacher, target, weight = _inputs((9, 4), torch.float32, device, 7, with_weight)
+    weight = None if weight is None else weight.float()
+    opcheck(op.default, (student.requires_grad_(), teacher, target, weight, 0.1))
+
+
+def test_compile_fullgraph():
+    def loss_fn(student, teacher, target, weight):
+        return kdops.bounded_regression(student, teacher, target, 0.1, weight)
+
+    student, teacher, target, weight = _inputs((8, 3, 4), torch.float32, "cpu", 9, True)
+    weight = weight.float()
+    student.requires_grad_()
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    out = compiled(student, teacher, target, weight)
+    out.backward()
+    grad, student.grad = student.grad, None
+    expected = loss_fn(student, teacher, target, weight)
+    expected.backward()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grad, student.grad)
+
+
+X = torch.randn(6, 4)
+
+
+@pytest.mark.parametrize("args,kwargs,error,match", [
+    ((X, torch.randn(5, 4), X), {}, ValueError, "student_reg and teacher_reg must have the same shape"),
+    ((X, X, torch.randn(6, 3)), {}, ValueError, "student_reg and target must have the same shape"),
+    ((X, X, X.double()), {}, TypeError, "student_reg and target must have the same dtype"),
+    ((X.long(), X.long(), X.long()), {}, TypeError, "student_reg must be float16"),
+    ((X, X, torch.randn(6, 4, requires_grad=True)), {}, ValueError, "target gets no gradient"),
+    ((X, X, X), {"weight": torch.ones(5)}, ValueError, r"weight must have the rows' shape \(6,\)"),
+    ((X, X, X), {"weight": torch.ones(6, requires_grad=True)}, ValueError, "weight gets no gradient"),
+    ((X, X, X), {"margin": float("nan")}, ValueError, "margin must be a finite number"),
+    ((torch.randn(3, 0),) * 3, {}, ValueError, "non-empty last dimension"),
+])
+def test_bad_input(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        kdops.bounded_regression(*args, **kwargs)

@@ -1,0 +1,131 @@
+"""kdops.cwd_loss (SPEC §6): every backend against the reference, gradients, registration, bad input."""
+
+import pytest
+import torch
+from torch.library import opcheck
+
+import kdops
+from kdops.reference import cwd_loss as reference
+from support import DTYPES, assert_close, backend_params, non_contiguous, randn
+
+SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (2, 257, 1, 1), (2, 7, 37, 41), (1, 257, 13, 21)]
+SMALL_SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (1, 33, 5, 7)]  # for the Triton interpreter
+TAUS = (1.0, 4.0)
+
+
+def _expected(student, teacher, tau, grad_out):
+    s = student.detach().double().requires_grad_()
+    out = reference.cwd_loss(s, teacher.double(), tau)
+    (out * grad_out).backward()
+    return out.detach(), s.grad
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
+def test_matches_reference(backend, device, dtype, layout):
+    shapes = SMALL_SHAPES if backend == "triton" and device == "cpu" else SHAPES
+    for i, shape in enumerate(shapes):
+        for tau in TAUS:
+            seed = torch.randint(0, 2**31 - 1, ()).item() + i
+            student = (2 * randn(shape, torch.float64, device, seed)).to(dtype)
+            teacher = (2 * randn(shape, torch.float64, device, seed + 1)).to(dtype)
+            if layout == "non_contiguous":
+                student, teacher = non_contiguous(student), non_contiguous(teacher)
+            student.requires_grad_()
+            grad_out = 0.5 + i % 3
+            out = kdops.cwd_loss(student, teacher, tau, backend=backend)
+            exp, exp_grad = _expected(student, teacher, tau, grad_out)
+            assert out.shape == () and out.dtype == torch.float32
+            assert_close(out, exp, torch.float32, scale=10)
+            (out * grad_out).backward()
+            assert student.grad.dtype == dtype
+            assert_close(student.grad, exp_grad, dtype)
+
+
+@pytest.mark.parametrize("tau", TAUS)
+def test_reference_closed_form_backward_matches_autograd(tau):
+    student = randn((2, 3, 4, 5), torch.float64, "cpu", 3, requires_grad=True)
+    teacher = randn((2, 3, 4, 5), torch.float64, "cpu", 4)
+    expected = torch.autograd.grad(reference.cwd_loss(student, teacher, tau) * 1.7, student)[0]
+    closed = reference.cwd_loss_backward(torch.tensor(1.7, dtype=torch.float64), student.detach(), teacher, tau)
+    torch.testing.assert_close(closed, expected)
+
+
+def test_reference_matches_the_kl_definition():
+    s, t = randn((2, 3, 4, 5), torch.float64, "cpu", 1), randn((2, 3, 4, 5), torch.float64, "cpu", 2)
+    tau = 2.0
+    log_ps = torch.log_softmax(s.reshape(6, 20) / tau, dim=1)
+    pt = torch.softmax(t.reshape(6, 20) / tau, dim=1)
+    kl = torch.nn.functional.kl_div(log_ps, pt, reduction="sum")
+    torch.testing.assert_close(reference.cwd_loss(s, t, tau), kl * tau**2 / 6)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("tau", TAUS)
+def test_gradcheck_float64(backend, tau):
+    if kdops.available_backends()[backend] != "available":
+        pytest.skip(kdops.available_backends()[backend])
+    student = randn((2, 3, 4, 5), torch.float64, "cpu", 5, requires_grad=True)
+    teacher = randn((2, 3, 4, 5), torch.float64, "cpu", 6)
+    assert torch.autograd.gradcheck(lambda s: kdops.cwd_loss(s, teacher, tau, backend=backend), (student,))
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_opcheck(backend, device):
+    op = torch.ops.kdops_triton.cwd_loss if backend == "triton" else torch.ops.kdops.cwd_loss
+    student = randn((2, 3, 4, 5), torch.float32, device, 7, requires_grad=True)
+    opcheck(op.default, (student, randn((2, 3, 4, 5), torch.float32, device, 8), 2.0))
+
+
+def test_compile_fullgraph():
+    def loss_fn(student, teacher):
+        return kdops.cwd_loss(student, teacher, 2.0) + kdops.pkd_loss(student, teacher)
+
+    student = randn((2, 4, 6, 5), torch.float32, "cpu", 9, requires_grad=True)
+    teacher = randn((2, 4, 6, 5), torch.float32, "cpu", 10)
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    out = compiled(student, teacher)
+    out.backward()
+    grad, student.grad = student.grad, None
+    expected = loss_fn(student, teacher)
+    expected.backward()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grad, student.grad)
+
+
+def _backends_here():
+    return [b for b in ("reference", "cpu", "triton") if kdops._backend._why_not(b, torch.device("cpu")) is None]
+
+
+def test_identical_maps_give_zero_and_large_values_stay_finite():
+    s = torch.randn(2, 3, 5, 5) * 1e3
+    for backend in _backends_here():
+        assert kdops.cwd_loss(s, s.clone(), backend=backend).abs().item() < 1e-6, backend
+        out = kdops.cwd_loss(s, s.flip(-1), backend=backend)
+        torch.testing.assert_close(out.double(), reference.cwd_loss(s.double(), s.flip(-1).double()),
+                                   rtol=1e-5, atol=1e-2)
+
+
+def test_empty_batch_is_zero_and_nan_propagates():
+    for backend in _backends_here():
+        assert kdops.cwd_loss(torch.zeros(0, 3, 4, 5), torch.zeros(0, 3, 4, 5), backend=backend).item() == 0.0
+        s = torch.randn(1, 2, 3, 3)
+        s[0, 1, 1, 1] = float("nan")
+        assert torch.isnan(kdops.cwd_loss(s, torch.randn(1, 2, 3, 3), backend=backend)), backend
+
+
+X = torch.randn(2, 3, 4, 5)
+
+
+@pytest.mark.parametrize("args,kwargs,error,match", [
+    ((X, torch.randn(2, 3, 4, 6)), {}, ValueError, "student and teacher must have the same shape"),
+    ((X, X.double()), {}, TypeError, "student and teacher must have the same dtype"),
+    ((X[0], X[0]), {}, ValueError, "student must be a 4-D"),
+    ((X, torch.randn(2, 3, 4, 5, requires_grad=True)), {}, ValueError, "teacher gets no gradient"),
+    ((X, X), {"tau": 0}, ValueError, "tau must be a number > 0"),
+    ((torch.zeros(1, 2, 0, 3),) * 2, {}, ValueError, r"H\*W >= 1"),
+])
+def test_bad_input(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        kdops.cwd_loss(*args, **kwargs)
