@@ -14,7 +14,7 @@
 
 #include "kdops/math/fgd_focal_loss.h"
 #include "../ops/fgd_focal_loss.h"
-#include "fgd_rows.cuh"
+#include "rows.cuh"
 #include "reduce.cuh"
 
 namespace kdops {

@@ -1,4 +1,4 @@
-// Row kernels shared by the FGD CUDA kernels: scaled softmaxes (A = len * softmax(x * scale)) and
+// Row kernels shared by the CUDA kernels: scaled softmaxes (A = len * softmax(x * scale)) and
 // fixed-order sums of partials. One row per block; blockDim.x must be a multiple of 32.
 #pragma once
 #include "reduce.cuh"
