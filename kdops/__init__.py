@@ -9,9 +9,13 @@ from kdops import _extension  # noqa: F401  (loads the native kernels, warns onc
 from kdops._backend import BACKENDS, BackendUnavailableError, available_backends
 from kdops.ops.attention_masks import attention_masks
 from kdops.ops.bounded_regression import bounded_regression
+from kdops.ops.box_masks import box_masks
 from kdops.ops.cwd_loss import cwd_loss
 from kdops.ops.feature_imitation import feature_imitation
+from kdops.ops.fgd_focal_loss import fgd_focal_loss
+from kdops.ops.gc_context import gc_context
 from kdops.ops.pkd_loss import pkd_loss
+from kdops.ops.relation_mse import relation_mse
 from kdops.ops.soft_binary_cross_entropy import soft_binary_cross_entropy
 from kdops.ops.soft_cross_entropy import soft_cross_entropy
 from kdops import nn  # noqa: E402
@@ -24,10 +28,14 @@ __all__ = [
     "attention_masks",
     "available_backends",
     "bounded_regression",
+    "box_masks",
     "cwd_loss",
     "feature_imitation",
+    "fgd_focal_loss",
+    "gc_context",
     "nn",
     "pkd_loss",
+    "relation_mse",
     "soft_binary_cross_entropy",
     "soft_cross_entropy",
 ]

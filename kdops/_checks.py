@@ -50,8 +50,8 @@ def positive(value, op: str, arg: str) -> float:
     return float(value)
 
 
-def pixel_map(mask, like: torch.Tensor, op: str, arg: str) -> torch.Tensor:
-    """An (N, H, W) weight map for the (N, C, H, W) tensor `like`, returned in like's dtype.
+def pixel_map(mask, like: torch.Tensor, op: str, arg: str, dtype=None) -> torch.Tensor:
+    """An (N, H, W) weight map for the (N, C, H, W) tensor `like`, returned in `dtype` (default: like's dtype).
 
     The map is treated as a constant weight: it must not require grad.
     """
@@ -65,7 +65,7 @@ def pixel_map(mask, like: torch.Tensor, op: str, arg: str) -> torch.Tensor:
         raise ValueError(f"kdops.{op}: {arg} must be on {like.device} like the features, got {mask.device}")
     if mask.requires_grad:
         raise ValueError(f"kdops.{op}: {arg} is a constant weight map and must not require grad; pass {arg}.detach()")
-    return mask.to(like.dtype)
+    return mask.to(like.dtype if dtype is None else dtype)
 
 
 def unit_interval(value, op: str, arg: str) -> float:

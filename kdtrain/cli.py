@@ -1,9 +1,10 @@
-"""Command line: ``python -m kdtrain [train|eval|predict|demo] ...`` (no arguments: the demo)."""
+"""Command line: ``python -m kdtrain [train|eval|predict|pseudo-label|two-step|demo] ...`` (no arguments: the demo)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from kdtrain.distill.recipes import DEFAULT_WEIGHTS, RECIPES
@@ -28,6 +29,11 @@ def _add_train_parser(sub):
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=S,
                        description="Train a torchvision detector on COCO-format data. Values come from the "
                                    "built-in defaults, then --config, then these flags.")
+    _add_train_arguments(p)
+    return p
+
+
+def _add_train_arguments(p):
     p.add_argument("--config", help="YAML or TOML file of options (same names as the flags, dashes or underscores)")
     g = p.add_argument_group("data")
     g.add_argument("--train-images", help="folder of training images")
@@ -40,6 +46,10 @@ def _add_train_parser(sub):
     g.add_argument("--hflip", type=float, help="horizontal flip probability (default 0.5)")
     g.add_argument("--aspect-ratio-group-factor", type=int, help="aspect-ratio grouping bins (-1 off; default 3)")
     g.add_argument("--workers", type=int, help="data loading worker processes (default 2)")
+    g.add_argument("--labeled-fraction", type=float,
+                   help="train on this fraction of the training images only (label-scarce runs; default 1)")
+    g.add_argument("--labeled-subset-seed", type=int,
+                   help="seed choosing the labeled fraction, apart from --seed so runs share a subset (default 0)")
     g = p.add_argument_group("student model")
     g.add_argument("--arch", choices=ARCHITECTURES, help="detector (default fasterrcnn_mobilenet_v3_large_320_fpn)")
     g.add_argument("--num-classes", type=int, help="classes including background (default: from the dataset)")
@@ -60,6 +70,9 @@ def _add_train_parser(sub):
                         + ", ".join(f"{k}={v:g}" for k, v in DEFAULT_WEIGHTS.items()))
     g.add_argument("--distill-warmup", type=int, help="iterations over which distillation weights ramp from 0 (default 0)")
     g.add_argument("--imitation-mask", choices=("none", "boxes"), help="imitation on the whole map or inside the boxes only")
+    g.add_argument("--student-scale", type=float,
+                   help="low-resolution student (Chen 2017): its input is the teacher's size times this (e.g. 0.5); "
+                        "the teacher sees full resolution through its own transform (default 1)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--iterations", type=int, help="training iterations (default 1000 unless --epochs)")
     g.add_argument("--epochs", type=float, help="training length in epochs (instead of --iterations)")
@@ -86,6 +99,59 @@ def _add_train_parser(sub):
     g.add_argument("--threads", type=int, help="CPU threads per process (default: all cores / local processes)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto (cuda when visible)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _add_pseudo_label_parser(sub):
+    p = sub.add_parser("pseudo-label", help="teachers label an image folder: COCO json of pseudo-labels",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="One or more teachers predict on unlabeled images; their boxes are merged "
+                                   "(union) in the student's label space and written as a COCO instances json. "
+                                   "Under torchrun each rank labels a shard and rank 0 writes.")
+    p.add_argument("--teacher", dest="teachers", action="append", required=True, metavar="CKPT",
+                   help="kdtrain teacher checkpoint (repeat for several teachers)")
+    p.add_argument("--images", required=True, help="folder of images to label")
+    p.add_argument("--output", required=True, help="COCO json to write")
+    p.add_argument("--class-map", dest="class_maps", action="append", default=[], metavar="FILE",
+                   help="JSON/YAML {teacher class name or id: student class name or null}: once for all "
+                        "teachers or once per teacher in --teacher order; unnamed classes are dropped")
+    p.add_argument("--categories-from", metavar="COCO_JSON",
+                   help="the student's categories (ids and names) from this json; default: the mapped names, ids 1..K")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="keep teacher boxes scoring at least this")
+    p.add_argument("--nms-iou", type=float, default=0.5, help="class-wise NMS IoU of each teacher's boxes")
+    p.add_argument("--max-detections", type=int, default=100, help="per teacher and image")
+    p.add_argument("--merge-nms-iou", type=float, default=None,
+                   help="NMS over the merged teachers' boxes (default off: the paper found it does not help)")
+    p.add_argument("--keep-empty", action="store_true",
+                   help="keep images without any box (as background); default drops them, as the paper does")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2, help="image loading worker processes")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default all cores / processes)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def _add_two_step_parser(sub):
+    p = sub.add_parser("two-step", help="pseudo-label distillation then fine-tuning (Banitalebi 2021)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=S,
+                       description="Step 1 trains the student on the teacher's pseudo-labels of --unlabeled-images "
+                                   "with feature imitation masked by the teacher's boxes; step 2 fine-tunes it on "
+                                   "--train-images/--train-ann (optionally --labeled-fraction). Outputs go to "
+                                   "OUTPUT_DIR/step1 and OUTPUT_DIR/step2. All train flags apply to both steps.")
+    g = p.add_argument_group("two-step")
+    g.add_argument("--steps", help="steps to run: 1, 2 or 1,2 (default 1,2)")
+    g.add_argument("--unlabeled-images", help="step-1 image folder (default: --train-images)")
+    g.add_argument("--pseudo-ann", help="existing pseudo-labels json (from pseudo-label); else --teacher writes "
+                                        "OUTPUT_DIR/pseudo_labels.json")
+    g.add_argument("--class-map", dest="class_maps", action="append", metavar="FILE", help="as in pseudo-label")
+    g.add_argument("--pseudo-score-threshold", type=float, help="teacher score threshold (default 0.5)")
+    g.add_argument("--pseudo-nms-iou", type=float, help="teacher NMS IoU (default 0.5)")
+    g.add_argument("--pseudo-max-detections", type=int, help="per image (default 100)")
+    g.add_argument("--step1-iterations", type=int, help="default --iterations")
+    g.add_argument("--step2-iterations", type=int, help="default --iterations")
+    g.add_argument("--step2-lr", type=float, help="fine-tuning learning rate (default --lr)")
+    g.add_argument("--step1-init", help="step 2 alone: the step-1 student (default OUTPUT_DIR/step1/model_final.pth)")
+    _add_train_arguments(p)
     return p
 
 
@@ -155,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_eval_parser(sub)
     _add_predict_parser(sub)
+    _add_pseudo_label_parser(sub)
+    _add_two_step_parser(sub)
     _add_demo_parser(sub)
     return parser
 
@@ -169,20 +237,69 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_eval(args)
     if args.command == "predict":
         return _cmd_predict(args)
+    if args.command == "pseudo-label":
+        return _cmd_pseudo_label(args)
+    if args.command == "two-step":
+        return _cmd_two_step(args)
     return _cmd_demo(args)
 
 
-def _cmd_train(args) -> int:
+def _train_config(values: dict):
     from kdtrain.config import make_config, read_config_file
-    from kdtrain.engine import train
 
-    values = vars(args).copy()
+    values = dict(values)
     file_values = read_config_file(values.pop("config")) if "config" in values else {}
     if "model_kwargs_list" in values:
         values["model_kwargs"] = {**file_values.get("model_kwargs", {}), **dict(values.pop("model_kwargs_list"))}
-    summary = train(make_config(file_values, values))
+    return make_config(file_values, values)
+
+
+def _cmd_train(args) -> int:
+    from kdtrain.engine import train
+
+    summary = train(_train_config(vars(args)))
     if "eval" in summary:
         print(json.dumps(summary["eval"], indent=2))
+    return 0
+
+
+def _cmd_pseudo_label(args) -> int:
+    from kdtrain.distributed import cleanup, init_distributed
+    from kdtrain.pseudo.labeler import PseudoLabelConfig, pseudo_label
+    from kdtrain.runtime import set_threads
+
+    info = init_distributed(args.device)
+    try:
+        set_threads(args.threads, int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)))
+        cfg = PseudoLabelConfig(
+            teachers=args.teachers, images=args.images, output=args.output, class_maps=args.class_maps,
+            categories_from=args.categories_from, score_threshold=args.score_threshold, nms_iou=args.nms_iou,
+            max_detections=args.max_detections, merge_nms_iou=args.merge_nms_iou, keep_empty=args.keep_empty,
+            batch_size=args.batch_size, workers=args.workers, progress=args.progress)
+        pseudo_label(cfg, info)
+    finally:
+        cleanup(info)
+    return 0
+
+
+TWO_STEP_KEYS = ("steps", "unlabeled_images", "pseudo_ann", "class_maps", "pseudo_score_threshold",
+                 "pseudo_nms_iou", "pseudo_max_detections", "step1_iterations", "step2_iterations", "step2_lr",
+                 "step1_init")
+
+
+def _cmd_two_step(args) -> int:
+    from kdtrain.two_step import TwoStepConfig, run_two_step
+
+    values = vars(args).copy()
+    own = {k: values.pop(k) for k in TWO_STEP_KEYS if k in values}
+    if "steps" in own:
+        own["steps"] = tuple(int(x) for x in str(own["steps"]).split(",") if x.strip())
+        if not own["steps"] or not set(own["steps"]) <= {1, 2}:
+            raise SystemExit("--steps must be 1, 2 or 1,2")
+    summaries = run_two_step(TwoStepConfig(base=_train_config(values), **own))
+    for step, summary in summaries.items():
+        if "eval" in summary:
+            print(step, json.dumps(summary["eval"], indent=2))
     return 0
 
 

@@ -19,6 +19,8 @@ class TrainConfig:
     hflip: float = 0.5
     aspect_ratio_group_factor: int = 3
     workers: int = 2
+    labeled_fraction: float = 1.0   # train on this fraction of the training images (label-scarce runs)
+    labeled_subset_seed: int = 0    # which fraction: fixed apart from --seed so runs share one subset
     # student model
     arch: str = "fasterrcnn_mobilenet_v3_large_320_fpn"
     num_classes: Optional[int] = None
@@ -36,6 +38,7 @@ class TrainConfig:
     distill_weights: Optional[str] = None
     distill_warmup: int = 0
     imitation_mask: str = "none"
+    student_scale: float = 1.0      # low-resolution student (Chen 2017): its input is the teacher's x this
     # optimisation
     iterations: Optional[int] = None
     epochs: Optional[float] = None

@@ -10,10 +10,13 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 
 from kdtrain.config import TrainConfig
-from kdtrain.data.coco import CocoDetection
+from kdtrain.data.coco import CocoDetection, collate
+from kdtrain.distill.cost import measure_step_and_terms
+from kdtrain.distill.distiller import Distiller
 from kdtrain.data.synthetic import make_shapes_dataset
 from kdtrain.distributed import DistInfo
 from kdtrain.engine import FINAL, train
@@ -72,7 +75,7 @@ def _base_config(d: DemoConfig, data: dict, output_dir: str, seed: int) -> Train
 
 def run_demo(d: DemoConfig, log=print) -> dict:
     started = time.perf_counter()
-    data_root = os.path.join(d.cache_dir, "shapes-" + _key(d.image_size, d.train_images, d.val_images, "v1"))
+    data_root = os.path.join(d.cache_dir, "shapes-" + _key(d.image_size, d.train_images, d.val_images, "v2"))
     log(f"[demo] dataset: {data_root}")
     data = make_shapes_dataset(data_root, d.train_images, d.val_images, size=d.image_size)
 
@@ -90,6 +93,7 @@ def run_demo(d: DemoConfig, log=print) -> dict:
     else:
         cfg = _base_config(d, data, teacher_dir, seed=0)
         cfg.arch, cfg.iterations = d.teacher_arch, d.teacher_iterations
+        cfg.resume = "auto"  # an interrupted demo continues its teacher from the last checkpoint
         log(f"[demo] training teacher {d.teacher_arch} for {d.teacher_iterations} iterations")
         s = train(cfg, log=log)
         rows["teacher"] = {**s["eval"], "params": s["params"], "train_seconds_per_iter": s["train_seconds_per_iter"]}
@@ -98,7 +102,9 @@ def run_demo(d: DemoConfig, log=print) -> dict:
     for seed in d.seeds:
         for recipe in ("none", d.recipe):
             name = "student" if recipe == "none" else f"student+{recipe}"
-            cfg = _base_config(d, data, os.path.join(d.output_dir, f"{name.replace('+', '_')}-seed{seed}"), seed)
+            run_dir = os.path.join(d.output_dir, f"{name.replace('+', '_')}-seed{seed}")
+            shutil.rmtree(run_dir, ignore_errors=True)  # students always start fresh: no stale metrics
+            cfg = _base_config(d, data, run_dir, seed)
             cfg.arch, cfg.iterations, cfg.recipe = d.student_arch, d.student_iterations, recipe
             if recipe != "none":
                 cfg.teacher, cfg.distill_weights = teacher_path, d.distill_weights
@@ -115,7 +121,14 @@ def run_demo(d: DemoConfig, log=print) -> dict:
         rows[name]["params"] = mine[0]["params"]
         rows[name]["seeds"] = [r["seed"] for r in mine]
         rows[name]["mAP_per_seed"] = [r["mAP"] for r in mine]
-    result = {"config": dataclasses.asdict(d), "rows": rows, "runs": runs,
+    term_cost = None
+    if d.recipe != "none":
+        term_cost = profile_terms(d, data, teacher_path, os.path.join(
+            d.output_dir, f"student_{d.recipe}-seed{d.seeds[0]}", FINAL))
+        log("[demo] distillation cost per training step: " + ", ".join(
+            f"{k} {v * 1000:.1f} ms ({v / term_cost['step']:.1%})" for k, v in term_cost.items() if k != "step")
+            + f" of a {term_cost['step'] * 1000:.0f} ms forward+backward")
+    result = {"config": dataclasses.asdict(d), "rows": rows, "runs": runs, "distill_cost_seconds": term_cost,
               "wall_seconds": time.perf_counter() - started}
     os.makedirs(d.output_dir, exist_ok=True)
     with open(os.path.join(d.output_dir, "demo_results.json"), "w") as f:
@@ -125,3 +138,13 @@ def run_demo(d: DemoConfig, log=print) -> dict:
     log(f"[demo] wall time {result['wall_seconds'] / 60:.1f} min; results in {d.output_dir}/demo_results.json, "
         f"plot in {d.output_dir}/demo_results.png")
     return result
+
+
+def profile_terms(d: DemoConfig, data: dict, teacher_path: str, student_path: str) -> dict:
+    """Seconds of a student step and of each distillation term (forward + backward), one demo batch."""
+    student, _, _ = load_detector(student_path)
+    teacher, _, _ = load_detector(teacher_path)
+    distiller = Distiller(student, teacher, d.recipe, d.distill_weights, log=lambda *a: None)
+    train_set = CocoDetection(data["train"]["images"], data["train"]["ann"], train=False)
+    images, targets = collate([train_set[i] for i in range(d.batch_size)])
+    return measure_step_and_terms(distiller, images, targets, repeats=5)

@@ -16,6 +16,7 @@ from kdtrain import checkpoint as ckpt_io
 from kdtrain.config import TrainConfig
 from kdtrain.data.batching import TrainBatchStream
 from kdtrain.data.coco import CocoDetection
+from kdtrain.data.subset import keep_labeled_fraction
 from kdtrain.distill.distiller import Distiller
 from kdtrain.distributed import DistInfo, barrier, cleanup, init_distributed
 from kdtrain.evaluate import evaluate
@@ -37,11 +38,31 @@ def build_teacher(cfg: TrainConfig, num_classes: int):
     return None
 
 
+def student_input_sizes(cfg: TrainConfig, teacher, log) -> tuple:
+    """(min_size, max_size) of the student's transform.
+
+    A low-resolution student (--student-scale s, Chen 2017 §4.1) gets the teacher's
+    sizes times s; the teacher keeps its own transform at full resolution.
+    """
+    if cfg.student_scale == 1.0:
+        return cfg.min_size, cfg.max_size
+    if not 0.0 < cfg.student_scale < 1.0:
+        raise ValueError(f"--student-scale must be in (0, 1], got {cfg.student_scale}")
+    if teacher is None:
+        raise ValueError("--student-scale needs a teacher and a distillation --recipe")
+    t_min, t_max = teacher.transform.min_size[-1], teacher.transform.max_size
+    sizes = (max(1, round(t_min * cfg.student_scale)), max(1, round(t_max * cfg.student_scale)))
+    log(f"[kdtrain] low-resolution student: input {sizes[0]}/{sizes[1]} px (teacher {t_min}/{t_max}, "
+        f"x{cfg.student_scale:g}); --min-size/--max-size apply to the teacher only")
+    return sizes
+
+
 def build_datasets(cfg: TrainConfig):
     if not (cfg.train_images and cfg.train_ann):
         raise ValueError("training needs --train-images and --train-ann")
     train_set = CocoDetection(cfg.train_images, cfg.train_ann, train=True, hflip_prob=cfg.hflip,
                               invalid_boxes=cfg.invalid_boxes, category_ids_as_labels=cfg.category_ids_as_labels)
+    keep_labeled_fraction(train_set, cfg.labeled_fraction, cfg.labeled_subset_seed)
     val_set = None
     if cfg.val_images and cfg.val_ann and not cfg.no_eval:
         val_set = CocoDetection(cfg.val_images, cfg.val_ann, train=False, invalid_boxes=cfg.invalid_boxes,
@@ -98,15 +119,17 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
     device = info.device
     train_set, val_set = build_datasets(cfg)
     num_classes = cfg.num_classes or train_set.num_classes
-    spec = ModelSpec(cfg.arch, num_classes, cfg.weights, cfg.weights_backbone, cfg.min_size, cfg.max_size,
+    with torch.random.fork_rng(devices=[]):  # a random-init teacher must not change the student's init
+        teacher = build_teacher(cfg, num_classes) if cfg.recipe != "none" else None
+    min_size, max_size = student_input_sizes(cfg, teacher, log)
+    spec = ModelSpec(cfg.arch, num_classes, cfg.weights, cfg.weights_backbone, min_size, max_size,
                      dict(cfg.model_kwargs))
     student = build_detector(spec)
     if cfg.init:
         init_model, _, _ = load_detector(cfg.init)
         student.load_state_dict(init_model.state_dict())
-    teacher = build_teacher(cfg, num_classes) if cfg.recipe != "none" else None
     distiller = Distiller(student, teacher, cfg.recipe, cfg.distill_weights, cfg.distill_warmup,
-                          cfg.imitation_mask, log=log).to(device)
+                          cfg.imitation_mask, log=log, student_scale=cfg.student_scale).to(device)
     params = [p for p in distiller.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

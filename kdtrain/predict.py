@@ -42,12 +42,13 @@ def predict_folder(model, folder: str, label_to_cat_id: dict, image_ids: dict | 
     model.eval()
     device = next(model.parameters()).device
     names = list_images(folder)
+    default_ids = {name: i + 1 for i, name in enumerate(names)}
     results = []
     for start in tqdm(range(0, len(names), batch_size), desc="predict", disable=not progress, leave=False):
         batch = names[start:start + batch_size]
         images = [read_image(os.path.join(folder, n)).to(device) for n in batch]
         for name, out in zip(batch, model(images)):
-            image_id = image_ids[name] if image_ids else names.index(name) + 1
+            image_id = (image_ids or default_ids)[name]
             for box, score, label in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist()):
                 if score < score_threshold or label not in label_to_cat_id:
                     continue

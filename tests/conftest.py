@@ -6,7 +6,11 @@ before triton.jit decorates the kernels, i.e. before any kdops.triton module is 
 
 import os
 
-import torch
+# Passive OpenMP waiting: the kdtrain tests start several processes (DDP, subprocess runs) on few
+# cores, where spinning threads slow everything down several-fold. Set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

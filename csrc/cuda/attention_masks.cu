@@ -2,7 +2,7 @@
 // Forward: one read of feat. Each thread owns one pixel and walks the channels, so the
 // per-pixel sum (m) stays in a register and loads are coalesced; the per-channel sums (k)
 // are reduced across each warp and written as per-warp partials, then added in a fixed
-// order (deterministic, no atomics). Two small kernels finish the two softmaxes.
+// order (deterministic, no atomics). Row kernels (rows.cuh) add the partials and finish the softmaxes.
 // c10 headers only: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE headers we do not use.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -12,6 +12,7 @@
 #include "kdops/math/attention_masks.h"
 #include "../ops/attention_masks.h"
 #include "reduce.cuh"
+#include "rows.cuh"
 
 namespace kdops {
 namespace {
@@ -38,45 +39,6 @@ __global__ void stats_kernel(const scalar_t* __restrict__ f, acc* __restrict__ m
   if (active) m_sum[n * HW + hw] = m;
 }
 
-// channel[n, c] = C * softmax_c(k[n, c] / HW / temp), k summed from the per-warp partials.
-template <typename acc>
-__global__ void channel_softmax_kernel(const acc* __restrict__ k_part, acc* __restrict__ channel, int64_t C,
-                                       int64_t partials, acc scale) {
-  const int64_t n = blockIdx.x;
-  acc* out = channel + n * C;
-  acc local_max = -INFINITY;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    acc k = 0;
-    for (int64_t p = 0; p < partials; ++p) k += k_part[(n * partials + p) * C + c];
-    out[c] = k * scale;
-    local_max = fmax(local_max, out[c]);
-  }
-  const acc mx = block_max(local_max);
-  acc local_sum = 0;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    out[c] = exp(out[c] - mx);
-    local_sum += out[c];
-  }
-  const acc factor = static_cast<acc>(C) / block_sum(local_sum);
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) out[c] *= factor;
-}
-
-// In place: row[i] = len * softmax(row[i] * scale) over one row per block.
-template <typename acc>
-__global__ void scaled_softmax_inplace_kernel(acc* __restrict__ data, int64_t len, acc scale) {
-  acc* row = data + blockIdx.x * len;
-  acc local_max = -INFINITY;
-  for (int64_t i = threadIdx.x; i < len; i += blockDim.x) local_max = fmax(local_max, row[i] * scale);
-  const acc mx = block_max(local_max);
-  acc local_sum = 0;
-  for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
-    row[i] = exp(row[i] * scale - mx);
-    local_sum += row[i];
-  }
-  const acc factor = static_cast<acc>(len) / block_sum(local_sum);
-  for (int64_t i = threadIdx.x; i < len; i += blockDim.x) row[i] *= factor;
-}
-
 std::tuple<at::Tensor, at::Tensor> attention_masks_cuda(const at::Tensor& feat_in, double temperature) {
   check_attention_masks_args(feat_in, temperature);
   const c10::cuda::CUDAGuard guard(feat_in.device());
@@ -96,10 +58,11 @@ std::tuple<at::Tensor, at::Tensor> attention_masks_cuda(const at::Tensor& feat_i
     stats_kernel<scalar_t, acc><<<dim3(tiles, N), kPixelsPerBlock, 0, stream>>>(
         feat.const_data_ptr<scalar_t>(), spatial.data_ptr<acc>(), k_part.data_ptr<acc>(), C, HW);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    channel_softmax_kernel<acc><<<N, 256, 0, stream>>>(k_part.const_data_ptr<acc>(), channel.data_ptr<acc>(), C,
-                                                       partials, inv_temp / static_cast<acc>(HW));
+    sum_partials_kernel<acc><<<N, 256, 0, stream>>>(k_part.const_data_ptr<acc>(), channel.data_ptr<acc>(), partials, C);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    scaled_softmax_inplace_kernel<acc><<<N, 1024, 0, stream>>>(spatial.data_ptr<acc>(), HW,
+    scaled_softmax_rows_kernel<acc><<<N, 256, 0, stream>>>(channel.data_ptr<acc>(), C, inv_temp / static_cast<acc>(HW));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    scaled_softmax_rows_kernel<acc><<<N, 1024, 0, stream>>>(spatial.data_ptr<acc>(), HW,
                                                                inv_temp / static_cast<acc>(C));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

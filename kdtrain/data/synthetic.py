@@ -22,10 +22,10 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     # Low-frequency colour field + pixel noise + clutter lines.
     coarse = rng.uniform(40, 215, size=(4, 4, 3)).astype(np.uint8)
     field = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BILINEAR), dtype=np.float32)
-    field += rng.normal(0, 14, size=field.shape)
+    field += rng.normal(0, 8, size=field.shape)
     image = Image.fromarray(np.clip(field, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    for _ in range(rng.integers(2, 6)):
+    for _ in range(rng.integers(1, 4)):
         pts = [tuple(rng.uniform(0, size, 2)) for _ in range(2)]
         draw.line(pts, fill=tuple(int(v) for v in rng.integers(0, 255, 3)), width=int(rng.integers(1, 3)))
     return image
@@ -110,7 +110,7 @@ def write_split(root: str, split: str, num_images: int, seed: int, size: int,
 
 
 def make_shapes_dataset(root: str, train_images: int = 600, val_images: int = 150, size: int = 160,
-                        min_obj: int = 8, max_obj: int = 72, max_objects: int = 5, seed: int = 0) -> dict:
+                        min_obj: int = 10, max_obj: int = 64, max_objects: int = 4, seed: int = 0) -> dict:
     """Create (or reuse, if complete) the dataset; returns paths for train and val."""
     paths = {}
     for split, n, split_seed in (("train", train_images, seed), ("val", val_images, seed + 10_000)):

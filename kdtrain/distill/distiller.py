@@ -38,7 +38,7 @@ def check_degenerate_boxes(targets) -> None:
 class Distiller(nn.Module):
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module] = None, recipe: str = "none",
                  weights: Optional[dict] = None, warmup_iters: int = 0, imitation_mask: str = "none",
-                 log=print):
+                 log=print, student_scale: float = 1.0):
         super().__init__()
         self.student = student
         self.term_names = recipes.parse_recipe(recipe)
@@ -53,6 +53,12 @@ class Distiller(nn.Module):
         self.profile = False       # when on, time each term (with CUDA sync)
         self.term_seconds: dict = {}
         self.last_raw: dict = {}
+        self.last_context = None   # kept only when profile is on (it holds the graph)
+        self._log = log
+        self._rpn_shape_warned = False
+        # A low-resolution student (Chen 2017 §4.1) has its own smaller input; the
+        # teacher then sees full resolution through its own transform.
+        self.student_scale = float(student_scale)
         if not self.term_names:
             return
         if teacher is None:
@@ -60,7 +66,7 @@ class Distiller(nn.Module):
         freeze(teacher)
         s_channels, s_strides = probe_levels(student.backbone)
         t_channels, t_strides = probe_levels(teacher.backbone)
-        self.pairs = pair_levels(s_strides, t_strides)
+        self.pairs = pair_levels(s_strides, t_strides, student_input_scale=self.student_scale)
         log(f"[kdtrain] level pairs (student->teacher @stride): "
             + ", ".join(f"{p.student}->{p.teacher}@{p.stride}" for p in self.pairs))
         for name in self.term_names:
@@ -81,8 +87,6 @@ class Distiller(nn.Module):
                         continue
                     self.rpn_distill = True  # feature shapes are checked again each step
                 self.terms[name] = T.ChenRcnTerm() if name == "chen_rcn" else T.ChenRpnTerm()
-        self._log = log
-        self._rpn_shape_warned = False
 
     @property
     def teacher(self) -> Optional[nn.Module]:
@@ -118,15 +122,20 @@ class Distiller(nn.Module):
         check_degenerate_boxes(targets)
         s_feats = _as_dict(student.backbone(image_list.tensors))
         need_teacher = bool(self.terms)
-        t_feats = None
+        t_feats, t_image_list, t_targets = None, image_list, targets
         if need_teacher:
             with torch.no_grad():
-                t_feats = _as_dict(self.teacher.backbone(image_list.tensors))
-        ctx = DistillContext(s_feats, t_feats, self.pairs, targets)
+                if self.student_scale != 1.0:
+                    t_image_list, t_targets = teacher_input(self.teacher, images, image_list, targets)
+                t_feats = _as_dict(self.teacher.backbone(t_image_list.tensors))
+        # Terms see boxes in the teacher's padded pixels (level pairs carry teacher strides).
+        ctx = DistillContext(s_feats, t_feats, self.pairs, t_targets)
         if self.family == "two_stage":
-            losses = self._faster_rcnn_losses(image_list, s_feats, t_feats, targets, ctx)
+            losses = self._faster_rcnn_losses(image_list, s_feats, t_feats, targets, ctx, t_image_list)
         else:
             losses = self._one_stage_losses(image_list, s_feats, targets)
+        if self.profile:
+            self.last_context = ctx
         raw = {}
         for name, term in self.terms.items():
             start = self._tick()
@@ -145,7 +154,7 @@ class Distiller(nn.Module):
             torch.cuda.synchronize()
         return time.perf_counter()
 
-    def _faster_rcnn_losses(self, image_list, s_feats, t_feats, targets, ctx):
+    def _faster_rcnn_losses(self, image_list, s_feats, t_feats, targets, ctx, t_image_list):
         student, teacher = self.student, self.teacher
         if self.rpn_distill:
             proposals, rpn_losses, rpn_out = rpn_forward_with_logits(student.rpn, image_list, s_feats, targets)
@@ -167,7 +176,10 @@ class Distiller(nn.Module):
         proposals, _matched, labels, regression_targets = heads.select_training_samples(proposals, targets)
         s_logits, s_reg = _box_head_outputs(heads, s_feats, proposals, image_list.image_sizes)
         with torch.no_grad():
-            t_logits, t_reg = _box_head_outputs(teacher.roi_heads, t_feats, proposals, image_list.image_sizes)
+            # The same proposals, mapped to the teacher's resolution when it has its own input;
+            # box deltas are relative to the proposal, so both heads' outputs still compare.
+            t_proposals = scale_boxes(proposals, image_list.image_sizes, t_image_list.image_sizes)
+            t_logits, t_reg = _box_head_outputs(teacher.roi_heads, t_feats, t_proposals, t_image_list.image_sizes)
         loss_classifier, loss_box_reg = fastrcnn_loss(s_logits, s_reg, labels, regression_targets)
         ctx.roi = RoiOutputs(s_logits, t_logits, s_reg, t_reg, torch.cat(labels), torch.cat(regression_targets))
         return {**rpn_losses, "loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
@@ -181,6 +193,24 @@ class Distiller(nn.Module):
             num_anchors_per_level = [x.size(2) * x.size(3) for x in feats]
             return student.compute_loss(targets, head_outputs, anchors, num_anchors_per_level)
         return student.compute_loss(targets, head_outputs, anchors)
+
+
+def scale_boxes(boxes: list, from_sizes: list, to_sizes: list) -> list:
+    """Per-image boxes from one resized image size (h, w) to another."""
+    if list(from_sizes) == list(to_sizes):
+        return boxes
+    out = []
+    for b, (fh, fw), (th, tw) in zip(boxes, from_sizes, to_sizes):
+        out.append(b * b.new_tensor([tw / fw, th / fh, tw / fw, th / fh]))
+    return out
+
+
+def teacher_input(teacher, images, student_image_list, student_targets):
+    """The teacher's own transform of the raw images, and the student's boxes mapped onto it."""
+    t_image_list, _ = teacher.transform(images)
+    boxes = scale_boxes([t["boxes"] for t in student_targets], student_image_list.image_sizes,
+                        t_image_list.image_sizes)
+    return t_image_list, [{**t, "boxes": b} for t, b in zip(student_targets, boxes)]
 
 
 def _box_head_outputs(roi_heads, features, proposals, image_sizes):

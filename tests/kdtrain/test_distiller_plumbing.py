@@ -10,7 +10,7 @@ from kdtrain.distill.distiller import Distiller
 from kdtrain.engine import export_student
 from kdtrain.models import build_detector, load_detector
 
-from conftest import TINY_KWARGS, tiny_spec, kdops_has
+from kdtrain_testutil import TINY_KWARGS, tiny_spec, kdops_has
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +146,30 @@ def test_missing_teacher_and_unknown_recipe_are_clear():
         Distiller(student, None, "imitation")
     with pytest.raises(ValueError, match="unknown recipe 'hint'"):
         Distiller(student, None, "hint")
+
+
+def test_term_cost_measurement_reports_each_term(batch):
+    from kdtrain.distill.cost import measure_step_and_terms
+
+    student, teacher = _pair()
+    d = Distiller(student, teacher, "imitation")
+    costs = measure_step_and_terms(d, *batch, repeats=1)
+    assert set(costs) == {"step", "imitation"}
+    assert 0 < costs["imitation"] < costs["step"]
+    assert d.last_context is None and not d.profile  # nothing from profiling stays alive
+
+
+def test_one_stage_students_train_with_feature_distillation(batch):
+    from kdtrain.models import ModelSpec
+
+    teacher = build_detector(tiny_spec("fasterrcnn_resnet18_fpn"))
+    for arch in ("retinanet_resnet50_fpn", "fcos_resnet50_fpn"):
+        torch.manual_seed(0)
+        # One-stage detectors take none of the Faster R-CNN head arguments of tiny_spec.
+        student = build_detector(ModelSpec(arch, 6, min_size=64, max_size=64))
+        d = Distiller(student, teacher, "imitation").train()
+        # RetinaNet/FCOS levels (strides 8..128) pair with ResNet-FPN 8..64 by stride.
+        assert [p.stride for p in d.pairs] == [8, 16, 32, 64]
+        losses = d(*batch)
+        assert "distill_imitation" in losses and all(torch.isfinite(v) for v in losses.values())
+        sum(losses.values()).backward()

@@ -9,7 +9,7 @@ from kdtrain.distill.levels import LevelPair, level_strides, pair_levels
 from kdtrain.distill.probe import probe_levels
 from kdtrain.models import build_detector
 
-from conftest import tiny_spec
+from kdtrain_testutil import tiny_spec
 
 
 def test_strides_of_torchvision_backbones():

@@ -9,7 +9,7 @@ from kdtrain.cli import main
 from kdtrain.evaluate import METRIC_NAMES
 from kdtrain.metrics_log import read_jsonl
 
-from conftest import kdops_has, train_args
+from kdtrain_testutil import kdops_has, train_args
 
 RECIPE_OPS = {
     "none": (),

@@ -1,0 +1,249 @@
+// CPU kernels of the FGD focal loss (SPEC §3).
+// Forward, two passes over S and T: (1) per task (image, pixel block) the channel sums of |S| and
+// |T| per pixel and per-block partial pixel sums per channel -> both sides' attention masks;
+// (2) per (n, c) row the teacher-weighted squared differences under M_fg and M_bg. Everything else
+// lives in (N, H*W) and (N, C) vectors. Backward is one elementwise pass writing dS.
+// Partial sums are added in a fixed order, so results do not depend on the thread count.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "kdops/math/fgd_focal_loss.h"
+#include "../ops/fgd_focal_loss.h"
+
+namespace kdops {
+namespace {
+
+constexpr int64_t kPixelBlock = 2048;
+
+inline int64_t row_grain(int64_t hw) { return std::max<int64_t>(1, 32768 / hw); }
+
+// out[i] = len * softmax(x[i] * scale) over one row, in place allowed.
+template <typename acc>
+void scaled_softmax_row(const acc* x, acc* out, int64_t len, acc scale) {
+  acc mx = -std::numeric_limits<acc>::infinity();
+  for (int64_t i = 0; i < len; ++i) mx = std::max(mx, x[i] * scale);
+  acc total = 0;
+  for (int64_t i = 0; i < len; ++i) {
+    out[i] = std::exp(x[i] * scale - mx);
+    total += out[i];
+  }
+  const acc factor = static_cast<acc>(len) / total;
+  for (int64_t i = 0; i < len; ++i) out[i] *= factor;
+}
+
+// Returns sum |a_s - a_t| over one row and writes out = d(sum |a_s - a_t| / N)/d(logits) * post_scale,
+// through the scaled softmax a_s = len * softmax(logits / temp).
+template <typename acc>
+acc attention_l1_row(const acc* a_s, const acc* a_t, acc* out, int64_t len, acc inv_n, acc inv_temp,
+                     acc post_scale) {
+  acc l1 = 0, weighted = 0;
+  for (int64_t i = 0; i < len; ++i) {
+    l1 += std::abs(a_s[i] - a_t[i]);
+    weighted += a_s[i] * focal::l1_grad(a_s[i], a_t[i], inv_n);
+  }
+  weighted /= static_cast<acc>(len);
+  for (int64_t i = 0; i < len; ++i)
+    out[i] = attention::scaled_softmax_grad<acc>(a_s[i], focal::l1_grad(a_s[i], a_t[i], inv_n), weighted, inv_temp) *
+             post_scale;
+  return l1;
+}
+
+template <typename scalar_t>
+void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& fg, const at::Tensor& bg,
+                  double temperature, double alpha, double beta, double gamma, at::Tensor& loss, at::Tensor& terms,
+                  at::Tensor& t_spatial, at::Tensor& t_channel, at::Tensor& pixel_att, at::Tensor& channel_att) {
+  using acc = acc_t<scalar_t>;
+  const int64_t N = student.size(0), C = student.size(1), HW = student.size(2) * student.size(3);
+  const int64_t blocks = (HW + kPixelBlock - 1) / kPixelBlock;
+  const scalar_t* s = student.const_data_ptr<scalar_t>();
+  const scalar_t* t = teacher.const_data_ptr<scalar_t>();
+  acc* t_sp = t_spatial.data_ptr<acc>();
+  acc* t_ch = t_channel.data_ptr<acc>();
+  std::vector<acc> s_sp(N * HW), s_ch(N * C), ks_part(N * blocks * C), kt_part(N * blocks * C);
+
+  // Pass 1: per-pixel channel sums (into the spatial buffers) and per-block per-channel sums of |S|, |T|.
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / blocks, p0 = (task % blocks) * kPixelBlock;
+      const int64_t len = std::min(kPixelBlock, HW - p0);
+      acc* ms = s_sp.data() + n * HW + p0;
+      acc* mt = t_sp + n * HW + p0;
+      std::fill(ms, ms + len, acc(0));
+      std::fill(mt, mt + len, acc(0));
+      for (int64_t c = 0; c < C; ++c) {
+        const scalar_t* sr = s + (n * C + c) * HW + p0;
+        const scalar_t* tr = t + (n * C + c) * HW + p0;
+        acc ks = 0, kt = 0;
+#pragma omp simd reduction(+ : ks, kt)
+        for (int64_t j = 0; j < len; ++j) {
+          const acc a = std::abs(static_cast<acc>(sr[j])), b = std::abs(static_cast<acc>(tr[j]));
+          ms[j] += a;
+          mt[j] += b;
+          ks += a;
+          kt += b;
+        }
+        ks_part[task * C + c] = ks;
+        kt_part[task * C + c] = kt;
+      }
+    }
+  });
+
+  // Masks and the attention loss with its gradient coefficients, one image per task.
+  const acc inv_temp = acc(1) / static_cast<acc>(temperature), inv_n = acc(1) / static_cast<acc>(N);
+  std::vector<acc> att_part(N);
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      acc* ks = s_ch.data() + n * C;
+      acc* kt = t_ch + n * C;
+      std::fill(ks, ks + C, acc(0));
+      std::fill(kt, kt + C, acc(0));
+      for (int64_t b = 0; b < blocks; ++b)
+        for (int64_t c = 0; c < C; ++c) {
+          ks[c] += ks_part[(n * blocks + b) * C + c];
+          kt[c] += kt_part[(n * blocks + b) * C + c];
+        }
+      scaled_softmax_row<acc>(s_sp.data() + n * HW, s_sp.data() + n * HW, HW, inv_temp / C);
+      scaled_softmax_row<acc>(t_sp + n * HW, t_sp + n * HW, HW, inv_temp / C);
+      scaled_softmax_row<acc>(ks, ks, C, inv_temp / HW);
+      scaled_softmax_row<acc>(kt, kt, C, inv_temp / HW);
+      att_part[n] = attention_l1_row<acc>(ks, kt, channel_att.data_ptr<acc>() + n * C, C, inv_n, inv_temp,
+                                          acc(1) / HW) +
+                    attention_l1_row<acc>(s_sp.data() + n * HW, t_sp + n * HW, pixel_att.data_ptr<acc>() + n * HW,
+                                          HW, inv_n, inv_temp, acc(1) / C);
+    }
+  });
+
+  // Pass 2: sum_j M[j] * A_S^t[j] * (S - T)^2 per (n, c) row, times A_C^t[n, c].
+  std::vector<acc> fg_w(N * HW), bg_w(N * HW), fg_part(N * C), bg_part(N * C);
+  const acc* fgp = fg.const_data_ptr<acc>();
+  const acc* bgp = bg.const_data_ptr<acc>();
+  for (int64_t i = 0; i < N * HW; ++i) {
+    fg_w[i] = fgp[i] * t_sp[i];
+    bg_w[i] = bgp[i] * t_sp[i];
+  }
+  at::parallel_for(0, N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / C;
+      const scalar_t* sr = s + row * HW;
+      const scalar_t* tr = t + row * HW;
+      const acc* fw = fg_w.data() + n * HW;
+      const acc* bw = bg_w.data() + n * HW;
+      acc sf = 0, sb = 0;
+#pragma omp simd reduction(+ : sf, sb)
+      for (int64_t j = 0; j < HW; ++j) {
+        const acc d = static_cast<acc>(sr[j]) - static_cast<acc>(tr[j]);
+        sf += fw[j] * d * d;
+        sb += bw[j] * d * d;
+      }
+      fg_part[row] = sf * t_ch[row];
+      bg_part[row] = sb * t_ch[row];
+    }
+  });
+
+  acc l_fg = 0, l_bg = 0, l_att = 0;
+  for (int64_t row = 0; row < N * C; ++row) {
+    l_fg += fg_part[row];
+    l_bg += bg_part[row];
+  }
+  for (int64_t n = 0; n < N; ++n) l_att += att_part[n];
+  acc* tm = terms.data_ptr<acc>();
+  tm[0] = l_fg * inv_n;
+  tm[1] = l_bg * inv_n;
+  tm[2] = l_att * inv_n;
+  loss.fill_(static_cast<acc>(alpha) * tm[0] + static_cast<acc>(beta) * tm[1] + static_cast<acc>(gamma) * tm[2]);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fgd_focal_loss_cpu(
+    const at::Tensor& student_in, const at::Tensor& teacher_in, const at::Tensor& fg_in, const at::Tensor& bg_in,
+    double temperature, double alpha, double beta, double gamma) {
+  check_fgd_focal_loss_args(student_in, teacher_in, fg_in, bg_in, temperature);
+  const at::Tensor student = student_in.contiguous(), teacher = teacher_in.contiguous();
+  const at::Tensor fg = fg_in.contiguous(), bg = bg_in.contiguous();
+  const int64_t N = student.size(0), C = student.size(1), H = student.size(2), W = student.size(3);
+  const auto opts = student.options().dtype(acc_dtype(student.scalar_type()));
+  at::Tensor loss = at::zeros({}, opts), terms = at::zeros({3}, opts);
+  at::Tensor t_spatial = at::empty({N, H, W}, opts), t_channel = at::empty({N, C}, opts);
+  at::Tensor pixel_att = at::empty({N, H, W}, opts), channel_att = at::empty({N, C}, opts);
+  if (N == 0) return {loss, terms, t_spatial, t_channel, pixel_att, channel_att};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "kdops_fgd_focal_loss_cpu", [&] {
+    forward_impl<scalar_t>(student, teacher, fg, bg, temperature, alpha, beta, gamma, loss, terms, t_spatial,
+                           t_channel, pixel_att, channel_att);
+  });
+  return {loss, terms, t_spatial, t_channel, pixel_att, channel_att};
+}
+
+template <typename scalar_t>
+void backward_impl(const at::Tensor& grad_loss, const at::Tensor& grad_terms, const at::Tensor& student,
+                   const at::Tensor& teacher, const at::Tensor& fg, const at::Tensor& bg, const at::Tensor& t_spatial,
+                   const at::Tensor& t_channel, const at::Tensor& pixel_att, const at::Tensor& channel_att,
+                   double alpha, double beta, double gamma, at::Tensor& grad) {
+  using acc = acc_t<scalar_t>;
+  const int64_t N = student.size(0), C = student.size(1), HW = student.size(2) * student.size(3);
+  // CPU tensors: reading the incoming gradients is a plain memory load, not a device sync.
+  const acc gl = grad_loss.const_data_ptr<acc>()[0];
+  const acc* gt = grad_terms.const_data_ptr<acc>();
+  const acc c_fg = static_cast<acc>(alpha) * gl + gt[0], c_bg = static_cast<acc>(beta) * gl + gt[1];
+  const acc c_att = static_cast<acc>(gamma) * gl + gt[2];
+  const acc two_over_n = acc(2) / static_cast<acc>(N);
+  const acc* fgp = fg.const_data_ptr<acc>();
+  const acc* bgp = bg.const_data_ptr<acc>();
+  const acc* t_sp = t_spatial.const_data_ptr<acc>();
+  const acc* pa = pixel_att.const_data_ptr<acc>();
+  std::vector<acc> pixel_weight(N * HW), pixel_att_scaled(N * HW);
+  for (int64_t i = 0; i < N * HW; ++i) {
+    pixel_weight[i] = two_over_n * (c_fg * fgp[i] + c_bg * bgp[i]) * t_sp[i];
+    pixel_att_scaled[i] = c_att * pa[i];
+  }
+  const acc* t_ch = t_channel.const_data_ptr<acc>();
+  const acc* ca = channel_att.const_data_ptr<acc>();
+  const scalar_t* s = student.const_data_ptr<scalar_t>();
+  const scalar_t* t = teacher.const_data_ptr<scalar_t>();
+  scalar_t* out = grad.data_ptr<scalar_t>();
+  at::parallel_for(0, N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / C;
+      const acc* pw = pixel_weight.data() + n * HW;
+      const acc* pat = pixel_att_scaled.data() + n * HW;
+      const acc cw = t_ch[row], cat = c_att * ca[row];
+      const scalar_t* sr = s + row * HW;
+      const scalar_t* tr = t + row * HW;
+      scalar_t* o = out + row * HW;
+#pragma omp simd
+      for (int64_t j = 0; j < HW; ++j) o[j] = focal::grad_student<acc, scalar_t>(sr[j], tr[j], pw[j], cw, pat[j], cat);
+    }
+  });
+}
+
+at::Tensor fgd_focal_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& grad_terms,
+                                       const at::Tensor& student_in, const at::Tensor& teacher_in,
+                                       const at::Tensor& fg, const at::Tensor& bg, const at::Tensor& t_spatial,
+                                       const at::Tensor& t_channel, const at::Tensor& pixel_att,
+                                       const at::Tensor& channel_att, double alpha, double beta, double gamma) {
+  check_fgd_focal_loss_backward_args(grad_loss, grad_terms, student_in, teacher_in, fg, bg, t_spatial, t_channel,
+                                     pixel_att, channel_att);
+  const at::Tensor student = student_in.contiguous(), teacher = teacher_in.contiguous();
+  at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
+  if (student.numel() == 0) return grad;
+  const auto acc_type = acc_dtype(student.scalar_type());
+  const auto prep = [&](const at::Tensor& x) { return x.to(acc_type).contiguous(); };
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "kdops_fgd_focal_loss_backward_cpu",
+                                  [&] {
+                                    backward_impl<scalar_t>(prep(grad_loss), prep(grad_terms), student, teacher,
+                                                            prep(fg), prep(bg), prep(t_spatial), prep(t_channel),
+                                                            prep(pixel_att), prep(channel_att), alpha, beta, gamma,
+                                                            grad);
+                                  });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kdops, CPU, m) {
+  m.impl("fgd_focal_loss", &fgd_focal_loss_cpu);
+  m.impl("fgd_focal_loss_backward", &fgd_focal_loss_backward_cpu);
+}
+
+}  // namespace kdops

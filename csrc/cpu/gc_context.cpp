@@ -1,0 +1,178 @@
+// CPU kernels of the GcBlock context pooling (SPEC §4).
+// Forward, one pass over F with an online softmax: each task (image, pixel block) computes its
+// logits, a block-local max and exp-sum, and partial contexts sum_j exp(l_j - max_b) F[c, j] while
+// the block is still in cache; per image the blocks are merged in order, rescaled to the global max.
+// Backward, one pass: ubar = g . context needs no pass, so each block computes u_j = g . F[:, j],
+// dl_j = p_j (u_j - ubar), the partial weight gradient sum_j dl_j F[c, j] and (if asked) dF.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "kdops/math/gc_context.h"
+#include "../ops/gc_context.h"
+
+namespace kdops {
+namespace {
+
+// Pixels per task: about 512 KiB of features, so the second sweep over the block hits the cache.
+int64_t pixel_block(int64_t C, int64_t elem_size) {
+  return std::max<int64_t>(64, std::min<int64_t>(4096, (512 * 1024) / (C * elem_size)));
+}
+
+template <typename scalar_t>
+void forward_impl(const at::Tensor& feat, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& context,
+                  at::Tensor& probs) {
+  using acc = acc_t<scalar_t>;
+  const int64_t N = feat.size(0), C = feat.size(1), HW = feat.size(2) * feat.size(3);
+  const int64_t block = pixel_block(C, sizeof(scalar_t)), blocks = (HW + block - 1) / block;
+  const scalar_t* f = feat.const_data_ptr<scalar_t>();
+  const acc* w = weight.const_data_ptr<acc>();
+  const acc b = bias.const_data_ptr<acc>()[0];
+  acc* logits = probs.data_ptr<acc>();  // holds the logits until the softmax is known
+  std::vector<acc> ctx_part(N * blocks * C), block_max(N * blocks), block_sum(N * blocks);
+
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc> e(block);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / blocks, p0 = (task % blocks) * block;
+      const int64_t len = std::min(block, HW - p0);
+      acc* l = logits + n * HW + p0;
+      std::fill(l, l + len, b);
+      for (int64_t c = 0; c < C; ++c) {
+        const scalar_t* row = f + (n * C + c) * HW + p0;
+        const acc wc = w[c];
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) l[j] += wc * static_cast<acc>(row[j]);
+      }
+      acc mx = -std::numeric_limits<acc>::infinity(), total = 0;
+      for (int64_t j = 0; j < len; ++j) mx = std::max(mx, l[j]);
+      for (int64_t j = 0; j < len; ++j) {
+        e[j] = std::exp(l[j] - mx);
+        total += e[j];
+      }
+      block_max[task] = mx;
+      block_sum[task] = total;
+      for (int64_t c = 0; c < C; ++c) {
+        const scalar_t* row = f + (n * C + c) * HW + p0;
+        acc s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < len; ++j) s += e[j] * static_cast<acc>(row[j]);
+        ctx_part[task * C + c] = s;
+      }
+    }
+  });
+
+  acc* ctx = context.data_ptr<acc>();
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc> rescale(blocks);
+    for (int64_t n = begin; n < end; ++n) {
+      acc mx = -std::numeric_limits<acc>::infinity(), z = 0;
+      for (int64_t k = 0; k < blocks; ++k) mx = std::max(mx, block_max[n * blocks + k]);
+      for (int64_t k = 0; k < blocks; ++k) {
+        rescale[k] = std::exp(block_max[n * blocks + k] - mx);
+        z += block_sum[n * blocks + k] * rescale[k];
+      }
+      acc* cn = ctx + n * C;
+      std::fill(cn, cn + C, acc(0));
+      for (int64_t k = 0; k < blocks; ++k)
+        for (int64_t c = 0; c < C; ++c) cn[c] += ctx_part[(n * blocks + k) * C + c] * rescale[k];
+      const acc inv_z = acc(1) / z;
+      for (int64_t c = 0; c < C; ++c) cn[c] *= inv_z;
+      acc* p = logits + n * HW;
+      for (int64_t j = 0; j < HW; ++j) p[j] = std::exp(p[j] - mx) * inv_z;
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> gc_context_cpu(const at::Tensor& feat_in, const at::Tensor& weight_in,
+                                                  const at::Tensor& bias_in) {
+  check_gc_context_args(feat_in, weight_in, bias_in);
+  const at::Tensor feat = feat_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  const int64_t N = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3);
+  const auto opts = feat.options().dtype(acc_dtype(feat.scalar_type()));
+  at::Tensor context = at::empty({N, C}, opts), probs = at::empty({N, H, W}, opts);
+  if (N == 0) return {context, probs};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "kdops_gc_context_cpu",
+                                  [&] { forward_impl<scalar_t>(feat, weight, bias, context, probs); });
+  return {context, probs};
+}
+
+template <typename scalar_t>
+void backward_impl(const at::Tensor& grad_context, const at::Tensor& feat, const at::Tensor& weight,
+                   const at::Tensor& context, const at::Tensor& probs, bool need_feat, at::Tensor& grad_feat,
+                   at::Tensor& grad_weight) {
+  using acc = acc_t<scalar_t>;
+  const int64_t N = feat.size(0), C = feat.size(1), HW = feat.size(2) * feat.size(3);
+  const int64_t block = pixel_block(C, sizeof(scalar_t)), blocks = (HW + block - 1) / block;
+  const scalar_t* f = feat.const_data_ptr<scalar_t>();
+  const acc* w = weight.const_data_ptr<acc>();
+  const acc* g = grad_context.const_data_ptr<acc>();
+  const acc* ctx = context.const_data_ptr<acc>();
+  const acc* probs_p = probs.const_data_ptr<acc>();
+  scalar_t* df = need_feat ? grad_feat.data_ptr<scalar_t>() : nullptr;
+  std::vector<acc> ubar(N, acc(0)), dw_part(N * blocks * C);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) ubar[n] += g[n * C + c] * ctx[n * C + c];
+
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc> dl(block);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / blocks, p0 = (task % blocks) * block;
+      const int64_t len = std::min(block, HW - p0);
+      const acc* gn = g + n * C;
+      const acc* p = probs_p + n * HW + p0;
+      std::fill(dl.begin(), dl.begin() + len, acc(0));
+      for (int64_t c = 0; c < C; ++c) {  // u_j, accumulated in dl
+        const scalar_t* row = f + (n * C + c) * HW + p0;
+        const acc gc = gn[c];
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) dl[j] += gc * static_cast<acc>(row[j]);
+      }
+      for (int64_t j = 0; j < len; ++j) dl[j] = gc::logit_grad<acc>(p[j], dl[j], ubar[n]);
+      for (int64_t c = 0; c < C; ++c) {
+        const scalar_t* row = f + (n * C + c) * HW + p0;
+        acc s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < len; ++j) s += dl[j] * static_cast<acc>(row[j]);
+        dw_part[task * C + c] = s;
+        if (df != nullptr) {
+          scalar_t* out = df + (n * C + c) * HW + p0;
+          const acc gc = gn[c], wc = w[c];
+#pragma omp simd
+          for (int64_t j = 0; j < len; ++j) out[j] = gc::grad_feat<acc, scalar_t>(p[j], gc, wc, dl[j]);
+        }
+      }
+    }
+  });
+
+  acc* gw = grad_weight.data_ptr<acc>();
+  std::fill(gw, gw + C, acc(0));
+  for (int64_t task = 0; task < N * blocks; ++task)
+    for (int64_t c = 0; c < C; ++c) gw[c] += dw_part[task * C + c];
+}
+
+std::tuple<at::Tensor, at::Tensor> gc_context_backward_cpu(const at::Tensor& grad_context, const at::Tensor& feat_in,
+                                                           const at::Tensor& weight, const at::Tensor& context,
+                                                           const at::Tensor& probs, bool need_feat) {
+  check_gc_context_backward_args(grad_context, feat_in, weight, context, probs);
+  const at::Tensor feat = feat_in.contiguous();
+  at::Tensor grad_feat = need_feat ? at::empty_like(feat, at::MemoryFormat::Contiguous) : feat.new_empty({0});
+  at::Tensor grad_weight = at::zeros_like(weight);
+  if (feat.numel() == 0) return {grad_feat, grad_weight};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "kdops_gc_context_backward_cpu", [&] {
+    backward_impl<scalar_t>(grad_context.contiguous(), feat, weight.contiguous(), context.contiguous(),
+                            probs.contiguous(), need_feat, grad_feat, grad_weight);
+  });
+  return {grad_feat, grad_weight};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kdops, CPU, m) {
+  m.impl("gc_context", &gc_context_cpu);
+  m.impl("gc_context_backward", &gc_context_backward_cpu);
+}
+
+}  // namespace kdops

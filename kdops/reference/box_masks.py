@@ -1,0 +1,47 @@
+"""FGD box masks, SPEC §2: M_fg = max over covering boxes of 1 / (clipped box area), M_bg = [M_fg == 0] / count.
+
+Vectorised over boxes (no Python loop): each box's coverage is the outer product of its row and
+column ranges, and the per-image max is a scatter_reduce over the boxes' image indices.
+"""
+
+import torch
+
+
+def _acc_dtype(boxes: torch.Tensor) -> torch.dtype:
+    return torch.float64 if boxes.dtype == torch.float64 else torch.float32
+
+
+def box_spans(boxes: torch.Tensor, image_index: torch.Tensor, batch: int, height: int, width: int):
+    """Per box: (wmin, hmin, wmax, hmax) clipped to the map, the value 1 / clipped area, and whether the
+    box writes anything (finite, x2 >= x1, y2 >= y1, an image in [0, batch), not entirely outside)."""
+    b = boxes.to(_acc_dtype(boxes))
+    valid = torch.isfinite(b).all(dim=1) & (b[:, 2] >= b[:, 0]) & (b[:, 3] >= b[:, 1])
+    valid &= (image_index >= 0) & (image_index < batch)
+    b = torch.where(valid[:, None], b, torch.zeros_like(b))  # keep NaN/inf out of floor/ceil
+    wmin, hmin = torch.floor(b[:, 0]), torch.floor(b[:, 1])
+    wmax, hmax = torch.ceil(b[:, 2]), torch.ceil(b[:, 3])
+    valid &= (wmax >= 0) & (hmax >= 0) & (wmin <= width - 1) & (hmin <= height - 1)
+    wmin, hmin = wmin.clamp(min=0), hmin.clamp(min=0)
+    wmax, hmax = wmax.clamp(max=width - 1), hmax.clamp(max=height - 1)
+    value = 1.0 / ((hmax - hmin + 1) * (wmax - wmin + 1))
+    return wmin, hmin, wmax, hmax, torch.where(valid, value, torch.zeros_like(value))
+
+
+def box_masks(boxes: torch.Tensor, image_index: torch.Tensor, batch: int, height: int, width: int):
+    """Returns (fg, bg), each (batch, height, width), float32 (float64 for float64 boxes)."""
+    dtype = _acc_dtype(boxes)
+    wmin, hmin, wmax, hmax, value = box_spans(boxes, image_index, batch, height, width)
+    xs = torch.arange(width, device=boxes.device, dtype=dtype)
+    ys = torch.arange(height, device=boxes.device, dtype=dtype)
+    cols = (xs >= wmin[:, None]) & (xs <= wmax[:, None])  # (K, W)
+    rows = (ys >= hmin[:, None]) & (ys <= hmax[:, None])  # (K, H)
+    cover = (rows[:, :, None] & cols[:, None, :]).to(dtype) * value[:, None, None]
+    fg = torch.zeros(batch, height * width, dtype=dtype, device=boxes.device)
+    if batch > 0 and boxes.shape[0] > 0:
+        index = image_index.clamp(0, batch - 1)  # boxes of no image have value 0: the max ignores them
+        cover = cover.reshape(-1, height * width)
+        fg = fg.scatter_reduce(0, index[:, None].expand_as(cover), cover, "amax", include_self=True)
+    background = (fg == 0).to(dtype)
+    count = background.sum(dim=1, keepdim=True)
+    bg = background / torch.where(count == 0, torch.ones_like(count), count)
+    return fg.reshape(batch, height, width), bg.reshape(batch, height, width)

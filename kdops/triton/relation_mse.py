@@ -1,0 +1,81 @@
+"""Triton kernels of the FGD relation loss (SPEC §4): same algorithm as csrc/cuda/relation_mse.cu.
+
+Forward: one program per (n, c) row sums r = S - T + delta and r^2 over the row; one program adds
+the row partials in a fixed order. Backward: one elementwise pass, 2 grad / N read on the device.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from kdops.triton._common import acc_dtype, block_for, tl_acc
+
+
+@triton.jit
+def _row_kernel(s_ptr, t_ptr, ds_ptr, dt_ptr, row_sum_ptr, row_sq_ptr, HW, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    delta = tl.load(ds_ptr + row) - tl.load(dt_ptr + row)
+    offs = tl.arange(0, BLOCK)
+    total = tl.zeros([BLOCK], ACC)
+    sq = tl.zeros([BLOCK], ACC)
+    for start in range(0, HW, BLOCK):
+        j = start + offs
+        ok = j < HW
+        s = tl.load(s_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
+        t = tl.load(t_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
+        r = tl.where(ok, s - t + delta, 0.0)
+        total += r
+        sq += r * r
+    tl.store(row_sum_ptr + row, tl.sum(total, axis=0))
+    tl.store(row_sq_ptr + row, tl.sum(sq, axis=0))
+
+
+@triton.jit
+def _finalize_kernel(row_sq_ptr, rows, inv_n, out_ptr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros([BLOCK], ACC)
+    for start in range(0, rows, BLOCK):
+        acc += tl.load(row_sq_ptr + start + offs, mask=start + offs < rows, other=0.0)
+    tl.store(out_ptr, tl.sum(acc, axis=0) * inv_n)
+
+
+def forward(student, teacher, delta_s, delta_t):
+    s, t = student.contiguous(), teacher.contiguous()
+    ds, dt = delta_s.contiguous(), delta_t.contiguous()
+    n, c, h, w = s.shape
+    acc = acc_dtype(s.dtype)
+    loss = torch.zeros((), dtype=acc, device=s.device)
+    row_sum = torch.zeros((n, c), dtype=acc, device=s.device)
+    if n * c == 0:
+        return loss, row_sum
+    row_sq = torch.empty((n, c), dtype=acc, device=s.device)
+    _row_kernel[(n * c,)](s, t, ds, dt, row_sum, row_sq, h * w, BLOCK=block_for(h * w, 2048), ACC=tl_acc(acc))
+    _finalize_kernel[(1,)](row_sq, n * c, 1.0 / n, loss, BLOCK=1024, ACC=tl_acc(acc))
+    return loss, row_sum
+
+
+@triton.jit
+def _grad_kernel(grad_ptr, s_ptr, t_ptr, ds_ptr, dt_ptr, out_ptr, HW, two_over_n, BLOCK: tl.constexpr,
+                 ACC: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = j < HW
+    coef = tl.load(grad_ptr).to(ACC) * two_over_n
+    delta = tl.load(ds_ptr + row) - tl.load(dt_ptr + row)
+    s = tl.load(s_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
+    t = tl.load(t_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
+    tl.store(out_ptr + row * HW + j, (coef * (s - t + delta)).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def backward(grad, student, teacher, delta_s, delta_t):
+    s, t = student.contiguous(), teacher.contiguous()
+    out = torch.empty_like(s)
+    if s.numel() == 0:
+        return out
+    n, c, h, w = s.shape
+    acc = acc_dtype(s.dtype)
+    block = block_for(h * w, 1024)
+    _grad_kernel[(n * c, triton.cdiv(h * w, block))](grad.to(acc).reshape(1), s, t, delta_s.contiguous(),
+                                                     delta_t.contiguous(), out, h * w, 2.0 / n, BLOCK=block,
+                                                     ACC=tl_acc(acc))
+    return out

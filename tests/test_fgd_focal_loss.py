@@ -1,0 +1,161 @@
+"""kdops.fgd_focal_loss (SPEC §3): every backend against the reference, gradients, registration, bad input."""
+
+import pytest
+import torch
+from torch.library import opcheck
+
+import kdops
+from fgd_inputs import attention_off_kinks, masks
+from kdops.reference import fgd_focal_loss as reference
+from support import DTYPES, assert_close, backend_params, non_contiguous, randn
+
+SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (3, 257, 1, 1), (2, 7, 37, 41), (1, 257, 13, 21)]
+SMALL_SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (1, 33, 5, 7)]  # for the Triton interpreter
+WEIGHTS = (1.5, 0.7, 2.0)  # alpha, beta, gamma: all terms matter in the gradient
+
+
+def _inputs(shape, dtype, device, seed, temperature):
+    """Student, teacher and box masks, redrawn until |A^s - A^t| stays off its kink."""
+    for attempt in range(50):
+        s = randn(shape, dtype, device, seed + 7 * attempt)
+        t = randn(shape, dtype, device, seed + 7 * attempt + 1)
+        if attention_off_kinks(s.cpu(), t.cpu(), temperature):
+            break
+    fg, bg = masks(shape[0], shape[2], shape[3], seed, device)
+    return s, t, fg, bg
+
+
+def _objective(loss, terms, seed):
+    """grad_output other than 1 on the loss and on every term."""
+    w = randn((3,), torch.float64, loss.device, seed + 3)
+    return 1.7 * loss.double() + (terms.double() * w).sum()
+
+
+def _expected(student, teacher, fg, bg, temperature, seed):
+    s = student.detach().double().requires_grad_()
+    loss, terms = reference.fgd_focal_loss(s, teacher.detach().double(), fg.double(), bg.double(), temperature,
+                                           *WEIGHTS)
+    _objective(loss, terms, seed).backward()
+    return loss.detach(), terms.detach(), s.grad
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
+def test_matches_reference(backend, device, dtype, layout):
+    shapes = SMALL_SHAPES if backend == "triton" and device == "cpu" else SHAPES
+    for i, shape in enumerate(shapes):
+        seed = torch.randint(0, 2**31 - 1, ()).item() + i  # fresh inputs every run
+        temperature = 0.5 if i % 2 == 0 else 0.8
+        student, teacher, fg, bg = _inputs(shape, dtype, device, seed, temperature)
+        if layout == "non_contiguous":
+            student, teacher, fg, bg = (non_contiguous(x) for x in (student, teacher, fg, bg))
+        student.requires_grad_()
+        loss, terms = kdops.fgd_focal_loss(student, teacher, fg, bg, temperature, *WEIGHTS, return_terms=True,
+                                           backend=backend)
+        exp_loss, exp_terms, exp_grad = _expected(student, teacher, fg, bg, temperature, seed)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        assert loss.shape == () and terms.shape == (3,) and loss.dtype == terms.dtype == acc
+        assert_close(terms, exp_terms, torch.float32, scale=1e3)
+        assert_close(loss, exp_loss, torch.float32, scale=1e3)
+        _objective(loss, terms, seed).backward()
+        assert student.grad.dtype == dtype and student.grad.shape == student.shape
+        assert_close(student.grad, exp_grad, dtype, scale=10)
+
+
+def test_reference_closed_form_backward_matches_autograd():
+    student, teacher, fg, bg = _inputs((2, 6, 5, 7), torch.float64, "cpu", 11, 0.7)
+    student.requires_grad_()
+    loss, terms = reference.fgd_focal_loss(student, teacher, fg.double(), bg.double(), 0.7, *WEIGHTS)
+    g_loss, g_terms = torch.tensor(1.3, dtype=torch.float64), randn((3,), torch.float64, "cpu", 12)
+    expected = torch.autograd.grad(g_loss * loss + (g_terms * terms).sum(), student)[0]
+    saved = reference.attention_grads(student.detach(), teacher, 0.7)
+    closed = reference.fgd_focal_loss_backward(g_loss, g_terms, student.detach(), teacher, fg.double(), bg.double(),
+                                               *saved, *WEIGHTS)
+    torch.testing.assert_close(closed, expected)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_gradcheck_float64(backend):
+    if kdops.available_backends()[backend] != "available":
+        pytest.skip(kdops.available_backends()[backend])
+    student, teacher, fg, bg = _inputs((2, 3, 4, 5), torch.float64, "cpu", 5, 0.6)
+    student.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda s: kdops.fgd_focal_loss(s, teacher, fg, bg, 0.6, *WEIGHTS, return_terms=True, backend=backend),
+        (student,))
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_opcheck(backend, device):
+    op = torch.ops.kdops_triton.fgd_focal_loss if backend == "triton" else torch.ops.kdops.fgd_focal_loss
+    student, teacher, fg, bg = _inputs((2, 3, 4, 5), torch.float32, device, 7, 0.5)
+    opcheck(op.default, (student.requires_grad_(), teacher, fg, bg, 0.5, *WEIGHTS))
+
+
+def test_compile_fullgraph():
+    def loss_fn(s, t, fg, bg):
+        loss, terms = kdops.fgd_focal_loss(s, t, fg, bg, 0.5, *WEIGHTS, return_terms=True)
+        return loss + terms[2]
+
+    student, teacher, fg, bg = _inputs((2, 4, 6, 5), torch.float32, "cpu", 9, 0.5)
+    student.requires_grad_()
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    out = compiled(student, teacher, fg, bg)
+    out.backward()
+    grad, student.grad = student.grad, None
+    loss_fn(student, teacher, fg, bg).backward()
+    torch.testing.assert_close(out, loss_fn(student, teacher, fg, bg))
+    torch.testing.assert_close(grad, student.grad)
+
+
+def test_empty_batch_gives_zero():
+    for backend in ("reference", "cpu"):
+        if kdops.available_backends()[backend] != "available":
+            continue
+        empty = torch.zeros(0, 4, 3, 5)
+        loss = kdops.fgd_focal_loss(empty, empty, torch.zeros(0, 3, 5), torch.zeros(0, 3, 5), backend=backend)
+        assert loss.item() == 0
+
+
+def test_does_not_write_into_the_inputs():
+    student, teacher, fg, bg = _inputs((2, 3, 4, 5), torch.float32, "cpu", 1, 0.5)
+    student.requires_grad_()
+    before = [x.detach().clone() for x in (student, teacher, fg, bg)]
+    kdops.fgd_focal_loss(student, teacher, fg, bg).backward()
+    assert all(torch.equal(x.detach(), b) for x, b in zip((student, teacher, fg, bg), before))
+
+
+def _bad(**change):
+    args = dict(student=torch.randn(2, 3, 4, 5), teacher=torch.randn(2, 3, 4, 5), fg=torch.zeros(2, 4, 5),
+                bg=torch.ones(2, 4, 5) / 20)
+    args.update(change)
+    return args
+
+
+@pytest.mark.parametrize("args,kwargs,error,match", [
+    (_bad(teacher=torch.randn(2, 3, 4, 5, requires_grad=True)), {}, ValueError, "teacher must not require grad"),
+    (_bad(fg=torch.zeros(2, 5, 4)), {}, ValueError, r"fg must have shape \(N, H, W\) = \(2, 4, 5\)"),
+    (_bad(bg=torch.zeros(2, 4, 5, device="meta")), {}, ValueError, "bg must be on cpu"),
+    (_bad(fg=torch.zeros(2, 4, 5, requires_grad=True)), {}, ValueError, "fg is a constant weight map"),
+    (_bad(student=torch.randn(3, 4, 5)), {}, ValueError, "student must be a 4-D"),
+    (_bad(teacher=torch.randn(2, 3, 4, 5, dtype=torch.float64)), {}, TypeError, "must have the same dtype"),
+    (_bad(teacher=torch.randn(2, 3, 4, 6)), {}, ValueError, "must have the same shape"),
+    (_bad(), {"temperature": 0.0}, ValueError, "temperature must be a number > 0"),
+    (_bad(), {"alpha": float("nan")}, ValueError, "alpha must be a finite number"),
+    (_bad(), {"backend": "cuda"}, kdops.BackendUnavailableError, "backend 'cuda' cannot run"),
+])
+def test_bad_input(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        kdops.fgd_focal_loss(**args, **kwargs)
+
+
+def test_native_kernel_checks_its_own_arguments():
+    if kdops.available_backends()["cpu"] != "available":
+        pytest.skip("native extension not built")
+    s = torch.randn(2, 3, 4, 5)
+    with pytest.raises(RuntimeError, match="fg must have shape"):
+        torch.ops.kdops.fgd_focal_loss(s, s, torch.zeros(2, 5, 4), torch.zeros(2, 4, 5), 0.5, 1.0, 1.0, 1.0)
+    with pytest.raises(RuntimeError, match="bg must be Float for Float features"):
+        torch.ops.kdops.fgd_focal_loss(s, s, torch.zeros(2, 4, 5), torch.zeros(2, 4, 5, dtype=torch.float64), 0.5,
+                                       1.0, 1.0, 1.0)

@@ -1,0 +1,135 @@
+"""kdops.gc_context (SPEC §4): every backend against the reference, gradients, registration, bad input."""
+
+import pytest
+import torch
+from torch.library import opcheck
+
+import kdops
+from kdops.reference import gc_context as reference
+from support import DTYPES, assert_close, backend_params, non_contiguous, randn
+
+SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (3, 257, 1, 1), (2, 7, 37, 41), (1, 257, 13, 21)]
+SMALL_SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (1, 33, 5, 7)]  # for the Triton interpreter
+
+
+def _params(c, device, seed):
+    weight = randn((1, c, 1, 1), torch.float32, device, seed) / c ** 0.5
+    bias = randn((1,), torch.float32, device, seed + 1)
+    return weight.requires_grad_(), bias.requires_grad_()
+
+
+def _expected(feat, weight, bias, grad_out):
+    f = feat.detach().double().requires_grad_()
+    w = weight.detach().double().reshape(-1).requires_grad_()
+    b = bias.detach().double().requires_grad_()
+    context, _ = reference.gc_context(f, w, b)
+    (context * grad_out).sum().backward()
+    return context.detach(), f.grad, w.grad
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
+def test_matches_reference(backend, device, dtype, layout):
+    shapes = SMALL_SHAPES if backend == "triton" and device == "cpu" else SHAPES
+    for i, shape in enumerate(shapes):
+        seed = torch.randint(0, 2**31 - 1, ()).item() + i  # fresh inputs every run
+        feat = randn(shape, dtype, device, seed)
+        if layout == "non_contiguous":
+            feat = non_contiguous(feat)
+        feat.requires_grad_()
+        weight, bias = _params(shape[1], device, seed + 2)
+        grad_out = randn(shape[:2], torch.float64, device, seed + 4)
+        context = kdops.gc_context(feat, weight, bias, backend=backend)
+        exp_ctx, exp_gf, exp_gw = _expected(feat, weight, bias, grad_out)
+        assert context.shape == shape[:2] and context.dtype == torch.float32
+        assert_close(context, exp_ctx, torch.float32, scale=10)
+        (context.double() * grad_out).sum().backward()
+        assert feat.grad.dtype == dtype
+        assert_close(feat.grad, exp_gf, dtype, scale=10)
+        assert_close(weight.grad.reshape(-1), exp_gw, torch.float32, scale=100)
+        assert torch.equal(bias.grad, torch.zeros_like(bias))  # softmax is shift-invariant
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_detached_feature_still_trains_the_weight(backend, device):
+    """A detached teacher feature: only the weight gradient (need_feat = false in the backward)."""
+    feat = randn((2, 5, 6, 7), torch.float32, device, 3)
+    weight, bias = _params(5, device, 4)
+    context = kdops.gc_context(feat, weight, bias, backend=backend)
+    context.pow(2).sum().backward()
+    _, _, exp_gw = _expected(feat, weight, bias, 2 * context.detach().double())
+    assert_close(weight.grad.reshape(-1), exp_gw, torch.float32, scale=100)
+
+
+def test_reference_closed_form_backward_matches_autograd():
+    feat = randn((2, 6, 5, 7), torch.float64, "cpu", 11, requires_grad=True)
+    weight = randn((6,), torch.float64, "cpu", 12, requires_grad=True)
+    bias = randn((1,), torch.float64, "cpu", 13)
+    context, probs = reference.gc_context(feat, weight, bias)
+    g = randn(context.shape, torch.float64, "cpu", 14)
+    expected = torch.autograd.grad((context * g).sum(), (feat, weight))
+    closed = reference.gc_context_backward(g, feat.detach(), weight.detach(), context.detach(), probs.detach())
+    torch.testing.assert_close(closed[0], expected[0])
+    torch.testing.assert_close(closed[1], expected[1])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_gradcheck_float64(backend):
+    if kdops.available_backends()[backend] != "available":
+        pytest.skip(kdops.available_backends()[backend])
+    feat = randn((2, 3, 4, 5), torch.float64, "cpu", 5, requires_grad=True)
+    weight = randn((1, 3, 1, 1), torch.float64, "cpu", 6, requires_grad=True)
+    bias = randn((1,), torch.float64, "cpu", 7, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f, w, b: kdops.gc_context(f, w, b, backend=backend), (feat, weight, bias))
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_opcheck(backend, device):
+    op = torch.ops.kdops_triton.gc_context if backend == "triton" else torch.ops.kdops.gc_context
+    feat = randn((2, 3, 4, 5), torch.float32, device, 7, requires_grad=True)
+    weight = randn((3,), torch.float32, device, 8, requires_grad=True)
+    bias = randn((1,), torch.float32, device, 9, requires_grad=True)
+    opcheck(op.default, (feat, weight, bias))
+
+
+def test_compile_fullgraph():
+    def fn(feat, weight, bias):
+        return kdops.gc_context(feat, weight, bias).pow(2).sum()
+
+    feat = randn((2, 4, 6, 5), torch.float32, "cpu", 9, requires_grad=True)
+    weight, bias = _params(4, "cpu", 10)
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    out = compiled(feat, weight, bias)
+    grads = torch.autograd.grad(out, (feat, weight))
+    torch.testing.assert_close(out, fn(feat, weight, bias))
+    for a, b in zip(grads, torch.autograd.grad(fn(feat, weight, bias), (feat, weight))):
+        torch.testing.assert_close(a, b)
+
+
+def test_does_not_write_into_the_inputs():
+    feat = randn((2, 3, 4, 5), torch.float32, "cpu", 1, requires_grad=True)
+    weight, bias = _params(3, "cpu", 2)
+    before = [x.detach().clone() for x in (feat, weight, bias)]
+    kdops.gc_context(feat, weight, bias).sum().backward()
+    assert all(torch.equal(x.detach(), b) for x, b in zip((feat, weight, bias), before))
+
+
+@pytest.mark.parametrize("args,error,match", [
+    ((torch.randn(3, 4, 5), torch.randn(3), None), ValueError, "feat must be a 4-D"),
+    ((torch.randn(2, 3, 4, 5), torch.randn(4), None), ValueError, r"weight must have C = 3 elements"),
+    ((torch.randn(2, 3, 4, 5), torch.randn(3, device="meta"), None), ValueError, "weight must be on cpu"),
+    ((torch.randn(2, 3, 4, 5), torch.randn(3), torch.randn(2)), ValueError, "bias must have one element"),
+    ((torch.randn(2, 3, 4, 5), torch.randn(3).long(), None), TypeError, "weight must be float16"),
+    ((torch.randn(2, 0, 4, 5), torch.randn(0), None), ValueError, "C >= 1 and H\\*W >= 1"),
+])
+def test_bad_input(args, error, match):
+    with pytest.raises(error, match=match):
+        kdops.gc_context(*args)
+
+
+def test_native_kernel_checks_its_own_arguments():
+    if kdops.available_backends()["cpu"] != "available":
+        pytest.skip("native extension not built")
+    with pytest.raises(RuntimeError, match="weight must have shape"):
+        torch.ops.kdops.gc_context(torch.randn(2, 3, 4, 5), torch.randn(4), torch.randn(1))
