@@ -159,11 +159,7 @@ at::Tensor soft_cross_entropy_backward_cpu(const at::Tensor& grad_out, const at:
                                            const at::Tensor& row_stats, double temperature, double mu,
                                            int64_t ignore_index) {
   check_soft_cross_entropy_args(student, teacher, class_weight, target, temperature);
-  TORCH_CHECK(grad_out.numel() == 1 && norm.numel() == 1,
-              "kdops.soft_cross_entropy_backward: grad and norm must be scalars");
-  TORCH_CHECK(row_stats.dim() == 2 && row_stats.size(0) == student.size(0) && row_stats.size(1) == kStats &&
-                  row_stats.scalar_type() == acc_dtype(student.scalar_type()),
-              "kdops.soft_cross_entropy_backward: row_stats must be the forward's (rows, ", kStats, ") statistics");
+  check_soft_cross_entropy_backward_args(grad_out, student, norm, row_stats);
   at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
   if (student.numel() == 0) return grad;
   // CPU tensors: reading the two scalars is a plain memory load, not a device sync.

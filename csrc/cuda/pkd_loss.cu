@@ -107,10 +107,7 @@ __global__ void backward_kernel(const acc* __restrict__ grad_out, const scalar_t
 at::Tensor pkd_loss_backward_cuda(const at::Tensor& grad_out, const at::Tensor& student, const at::Tensor& teacher,
                                   const at::Tensor& channel_stats) {
   check_pkd_loss_args(student, teacher);
-  TORCH_CHECK(grad_out.numel() == 1, "kdops.pkd_loss_backward: grad must be a scalar");
-  TORCH_CHECK(channel_stats.dim() == 2 && channel_stats.size(0) == student.size(1) &&
-                  channel_stats.size(1) == kStats && channel_stats.scalar_type() == acc_dtype(student.scalar_type()),
-              "kdops.pkd_loss_backward: channel_stats must be the forward's (C, ", kStats, ") statistics");
+  check_pkd_loss_backward_args(grad_out, student, channel_stats);
   const c10::cuda::CUDAGuard guard(student.device());
   at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
   const at::Tensor s = student.contiguous(), t = teacher.contiguous(), st = channel_stats.contiguous();

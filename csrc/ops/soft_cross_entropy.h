@@ -1,6 +1,7 @@
 // Argument checks shared by the CPU and CUDA kernels of soft_cross_entropy.
 #pragma once
 #include "kdops/common.h"
+#include "kdops/math/soft_cross_entropy.h"
 
 namespace kdops {
 
@@ -30,6 +31,17 @@ inline void check_soft_cross_entropy_args(const at::Tensor& student, const at::T
     TORCH_CHECK(y.scalar_type() == at::kLong, op, ": target must be int64, got ", y.scalar_type());
     TORCH_CHECK(y.device() == student.device(), op, ": target must be on ", student.device(), ", got ", y.device());
   }
+}
+
+// What the backward adds to the forward's checks: the scalars and the saved per-row statistics.
+inline void check_soft_cross_entropy_backward_args(const at::Tensor& grad_out, const at::Tensor& student,
+                                                   const at::Tensor& norm, const at::Tensor& row_stats) {
+  using soft_ce::kStats;
+  TORCH_CHECK(grad_out.numel() == 1 && norm.numel() == 1,
+              "kdops.soft_cross_entropy_backward: grad and norm must be scalars");
+  TORCH_CHECK(row_stats.dim() == 2 && row_stats.size(0) == student.size(0) && row_stats.size(1) == kStats &&
+                  row_stats.scalar_type() == acc_dtype(student.scalar_type()),
+              "kdops.soft_cross_entropy_backward: row_stats must be the forward's (rows, ", kStats, ") statistics");
 }
 
 }  // namespace kdops
