@@ -192,12 +192,22 @@ def _add_demo_parser(sub):
     d = DemoConfig()
     p = sub.add_parser("demo", help="built-in offline demo (the default when no subcommand is given)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--output-dir", default=d.output_dir, help="students, results json and plot")
+    p.add_argument("--variant", choices=("standard", "label-scarce"), default=d.variant,
+                   help="standard: student without vs with distillation; label-scarce: only --labeled-fraction "
+                        "of the training labels, two-step pseudo-label distillation vs supervised on that part")
+    p.add_argument("--output-dir", default=None,
+                   help="students, results json and plot (default kdtrain_demo, or kdtrain_demo_label_scarce)")
     p.add_argument("--cache-dir", default=d.cache_dir, help="generated dataset and cached teacher")
     p.add_argument("--recipe", default=d.recipe, help="distillation recipe of the distilled student")
     p.add_argument("--distill-weights", default=d.distill_weights, help="as in train")
     p.add_argument("--distill-warmup", type=int, default=d.distill_warmup)
     p.add_argument("--imitation-mask", choices=("none", "boxes"), default=d.imitation_mask)
+    p.add_argument("--labeled-fraction", type=float, default=d.labeled_fraction,
+                   help="label-scarce: fraction of training images that keep their labels")
+    p.add_argument("--step1-share", type=float, default=d.step1_share,
+                   help="label-scarce: share of the student budget the two-step student spends on pseudo-labels")
+    p.add_argument("--pseudo-score-threshold", type=float, default=d.pseudo_score_threshold,
+                   help="label-scarce: teacher score threshold for pseudo-labels")
     p.add_argument("--teacher-iterations", type=int, default=d.teacher_iterations)
     p.add_argument("--student-iterations", type=int, default=d.student_iterations)
     p.add_argument("--seeds", default=",".join(map(str, d.seeds)), help="comma-separated student seeds (results averaged)")
@@ -353,8 +363,13 @@ def _cmd_predict(args) -> int:
 
 def _cmd_demo(args) -> int:
     from kdtrain.demo import DemoConfig, run_demo
+    from kdtrain.demo_label_scarce import run_label_scarce_demo
 
-    d = DemoConfig(output_dir=args.output_dir, cache_dir=args.cache_dir, recipe=args.recipe,
+    label_scarce = args.variant == "label-scarce"
+    output_dir = args.output_dir or ("kdtrain_demo_label_scarce" if label_scarce else "kdtrain_demo")
+    d = DemoConfig(output_dir=output_dir, variant=args.variant, labeled_fraction=args.labeled_fraction,
+                   step1_share=args.step1_share, pseudo_score_threshold=args.pseudo_score_threshold,
+                   cache_dir=args.cache_dir, recipe=args.recipe,
                    distill_weights=args.distill_weights, distill_warmup=args.distill_warmup,
                    imitation_mask=args.imitation_mask, teacher_iterations=args.teacher_iterations,
                    student_iterations=args.student_iterations,
@@ -362,5 +377,5 @@ def _cmd_demo(args) -> int:
                    image_size=args.image_size, train_images=args.train_images, val_images=args.val_images,
                    batch_size=args.batch_size, threads=args.threads, workers=args.workers,
                    retrain_teacher=args.retrain_teacher, progress=args.progress)
-    run_demo(d)
+    (run_label_scarce_demo if label_scarce else run_demo)(d)
     return 0

@@ -43,7 +43,10 @@ class DemoConfig:
     val_images: int = 120
     teacher_arch: str = "fasterrcnn_resnet18_fpn"
     teacher_iterations: int = 300
-    student_arch: str = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    # Anchors sized for the 10-64 px objects of 160 px images (one size per FPN level).
+    teacher_anchors: tuple = (16, 32, 64, 128, 256)
+    student_arch: str = "fasterrcnn_mobilenet_v3_large_hires_fpn"
+    student_anchors: tuple = (16, 32, 64, 128)
     student_iterations: int = 240
     batch_size: int = 4
     lr: float = 0.02
@@ -52,6 +55,11 @@ class DemoConfig:
     distill_warmup: int = 40
     imitation_mask: str = "none"
     seeds: tuple = (0,)
+    # label-scarce variant (kdtrain/demo_label_scarce.py)
+    variant: str = "standard"  # "standard" | "label-scarce"
+    labeled_fraction: float = 0.15
+    step1_share: float = 0.5  # of the student budget spent on pseudo-labels (two-step)
+    pseudo_score_threshold: float = 0.5
     threads: int | None = None
     workers: int = 1
     retrain_teacher: bool = False
@@ -62,58 +70,58 @@ def _key(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def _base_config(d: DemoConfig, data: dict, output_dir: str, seed: int) -> TrainConfig:
+def _base_config(d: DemoConfig, data: dict, output_dir: str, seed: int, anchors) -> TrainConfig:
     return TrainConfig(
         train_images=data["train"]["images"], train_ann=data["train"]["ann"],
         val_images=data["val"]["images"], val_ann=data["val"]["ann"],
-        min_size=d.image_size, max_size=d.image_size, model_kwargs=dict(FAST_HEADS),
+        min_size=d.image_size, max_size=d.image_size, model_kwargs={**FAST_HEADS, "anchor_sizes": list(anchors)},
         batch_size=d.batch_size, lr=d.lr, lr_warmup=30, lr_schedule="cosine", workers=d.workers,
         output_dir=output_dir, seed=seed, threads=d.threads, checkpoint_every=100, log_every=10,
         progress=d.progress, device="auto", eval_batch_size=8,
     )
 
 
-def run_demo(d: DemoConfig, log=print) -> dict:
-    started = time.perf_counter()
+def prepare_data_and_teacher(d: DemoConfig, log=print) -> tuple[dict, str, dict]:
+    """The cached dataset and teacher (trained here when missing); returns (data, teacher_path, teacher_row)."""
     data_root = os.path.join(d.cache_dir, "shapes-" + _key(d.image_size, d.train_images, d.val_images, "v2"))
     log(f"[demo] dataset: {data_root}")
     data = make_shapes_dataset(data_root, d.train_images, d.val_images, size=d.image_size)
 
     teacher_dir = os.path.join(d.cache_dir, "teacher-" + _key(data_root, d.teacher_arch, d.teacher_iterations,
-                                                              d.batch_size, d.lr, FAST_HEADS, "v1"))
+                                                              d.batch_size, d.lr, FAST_HEADS, d.teacher_anchors, "v2"))
     teacher_path = os.path.join(teacher_dir, FINAL)
-    rows = {}
-    val_set = CocoDetection(data["val"]["images"], data["val"]["ann"])
     if os.path.isfile(teacher_path) and not d.retrain_teacher:
         log(f"[demo] reusing cached teacher {teacher_path}")
         teacher, _, _ = load_detector(teacher_path)
+        val_set = CocoDetection(data["val"]["images"], data["val"]["ann"])
         metrics = evaluate(teacher, val_set, DistInfo(), 8, 0, d.progress, desc="eval[teacher]")
-        rows["teacher"] = {**metrics, "params": count_parameters(teacher), "train_seconds_per_iter": None,
-                           "cached": True}
-    else:
-        cfg = _base_config(d, data, teacher_dir, seed=0)
-        cfg.arch, cfg.iterations = d.teacher_arch, d.teacher_iterations
-        cfg.resume = "auto"  # an interrupted demo continues its teacher from the last checkpoint
-        log(f"[demo] training teacher {d.teacher_arch} for {d.teacher_iterations} iterations")
-        s = train(cfg, log=log)
-        rows["teacher"] = {**s["eval"], "params": s["params"], "train_seconds_per_iter": s["train_seconds_per_iter"]}
+        return data, teacher_path, {**metrics, "params": count_parameters(teacher),
+                                    "train_seconds_per_iter": None, "cached": True}
+    cfg = _base_config(d, data, teacher_dir, seed=0, anchors=d.teacher_anchors)
+    cfg.arch, cfg.iterations = d.teacher_arch, d.teacher_iterations
+    cfg.resume = "auto"  # an interrupted demo continues its teacher from the last checkpoint
+    log(f"[demo] training teacher {d.teacher_arch} for {d.teacher_iterations} iterations")
+    s = train(cfg, log=log)
+    return data, teacher_path, {**s["eval"], "params": s["params"], "train_seconds_per_iter": s["train_seconds_per_iter"]}
 
-    runs = []
-    for seed in d.seeds:
-        for recipe in ("none", d.recipe):
-            name = "student" if recipe == "none" else f"student+{recipe}"
-            run_dir = os.path.join(d.output_dir, f"{name.replace('+', '_')}-seed{seed}")
-            shutil.rmtree(run_dir, ignore_errors=True)  # students always start fresh: no stale metrics
-            cfg = _base_config(d, data, run_dir, seed)
-            cfg.arch, cfg.iterations, cfg.recipe = d.student_arch, d.student_iterations, recipe
-            if recipe != "none":
-                cfg.teacher, cfg.distill_weights = teacher_path, d.distill_weights
-                cfg.distill_warmup, cfg.imitation_mask = d.distill_warmup, d.imitation_mask
-            log(f"[demo] training {name} (seed {seed}) for {d.student_iterations} iterations")
-            s = train(cfg, log=log)
-            runs.append({"name": name, "seed": seed, **s["eval"], "params": s["params"],
-                         "train_seconds_per_iter": s["train_seconds_per_iter"],
-                         "distill_term_seconds_per_iter": s["distill_term_seconds_per_iter"]})
+
+def student_config(d: DemoConfig, data: dict, run_dir: str, seed: int) -> TrainConfig:
+    """A fresh student run (stale results of an earlier demo are removed first)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = _base_config(d, data, run_dir, seed, anchors=d.student_anchors)
+    cfg.arch, cfg.iterations = d.student_arch, d.student_iterations
+    return cfg
+
+
+def run_record(name: str, seed: int, summary: dict) -> dict:
+    return {"name": name, "seed": seed, **summary["eval"], "params": summary["params"],
+            "train_seconds_per_iter": summary["train_seconds_per_iter"],
+            "distill_term_seconds_per_iter": summary.get("distill_term_seconds_per_iter")}
+
+
+def average_runs(runs: list[dict]) -> dict:
+    """One table row per run name: metrics averaged over its seeds, per-seed mAP kept."""
+    rows = {}
     for name in dict.fromkeys(r["name"] for r in runs):
         mine = [r for r in runs if r["name"] == name]
         rows[name] = {k: sum(r[k] for r in mine) / len(mine) for k in
@@ -121,14 +129,11 @@ def run_demo(d: DemoConfig, log=print) -> dict:
         rows[name]["params"] = mine[0]["params"]
         rows[name]["seeds"] = [r["seed"] for r in mine]
         rows[name]["mAP_per_seed"] = [r["mAP"] for r in mine]
-    term_cost = None
-    if d.recipe != "none":
-        term_cost = profile_terms(d, data, teacher_path, os.path.join(
-            d.output_dir, f"student_{d.recipe}-seed{d.seeds[0]}", FINAL))
-        log("[demo] distillation cost per training step: " + ", ".join(
-            f"{k} {v * 1000:.1f} ms ({v / term_cost['step']:.1%})" for k, v in term_cost.items() if k != "step")
-            + f" of a {term_cost['step'] * 1000:.0f} ms forward+backward")
-    result = {"config": dataclasses.asdict(d), "rows": rows, "runs": runs, "distill_cost_seconds": term_cost,
+    return rows
+
+
+def write_results(d: DemoConfig, rows: dict, runs: list[dict], started: float, log=print, **extra) -> dict:
+    result = {"config": dataclasses.asdict(d), "rows": rows, "runs": runs, **extra,
               "wall_seconds": time.perf_counter() - started}
     os.makedirs(d.output_dir, exist_ok=True)
     with open(os.path.join(d.output_dir, "demo_results.json"), "w") as f:
@@ -138,6 +143,31 @@ def run_demo(d: DemoConfig, log=print) -> dict:
     log(f"[demo] wall time {result['wall_seconds'] / 60:.1f} min; results in {d.output_dir}/demo_results.json, "
         f"plot in {d.output_dir}/demo_results.png")
     return result
+
+
+def run_demo(d: DemoConfig, log=print) -> dict:
+    started = time.perf_counter()
+    data, teacher_path, teacher_row = prepare_data_and_teacher(d, log)
+    runs = []
+    for seed in d.seeds:
+        for recipe in ("none", d.recipe):
+            name = "student" if recipe == "none" else f"student+{recipe}"
+            cfg = student_config(d, data, os.path.join(d.output_dir, f"{name.replace('+', '_')}-seed{seed}"), seed)
+            cfg.recipe = recipe
+            if recipe != "none":
+                cfg.teacher, cfg.distill_weights = teacher_path, d.distill_weights
+                cfg.distill_warmup, cfg.imitation_mask = d.distill_warmup, d.imitation_mask
+            log(f"[demo] training {name} (seed {seed}) for {d.student_iterations} iterations")
+            runs.append(run_record(name, seed, train(cfg, log=log)))
+    rows = {"teacher": teacher_row, **average_runs(runs)}
+    term_cost = None
+    if d.recipe != "none":
+        term_cost = profile_terms(d, data, teacher_path, os.path.join(
+            d.output_dir, f"student_{d.recipe}-seed{d.seeds[0]}", FINAL))
+        log("[demo] distillation cost per training step: " + ", ".join(
+            f"{k} {v * 1000:.1f} ms ({v / term_cost['step']:.1%})" for k, v in term_cost.items() if k != "step")
+            + f" of a {term_cost['step'] * 1000:.0f} ms forward+backward")
+    return write_results(d, rows, runs, started, log, distill_cost_seconds=term_cost)
 
 
 def profile_terms(d: DemoConfig, data: dict, teacher_path: str, student_path: str) -> dict:

@@ -13,7 +13,9 @@ import torch
 from torch import nn
 from torchvision.models import detection
 from torchvision.models import resnet as tv_resnet
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models import mobilenetv3 as tv_mobilenetv3
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
 # Architectures torchvision builds directly (with the weights API).
@@ -33,7 +35,13 @@ _RESNET_FASTERRCNN = {
     "fasterrcnn_resnet34_fpn": ("resnet34", tv_resnet.ResNet34_Weights),
     "fasterrcnn_resnet101_fpn": ("resnet101", tv_resnet.ResNet101_Weights),
 }
-ARCHITECTURES = sorted(list(_TORCHVISION_BUILDERS) + list(_RESNET_FASTERRCNN))
+# MobileNetV3-Large Faster R-CNN whose FPN starts at stride 8 (torchvision's
+# builders take both FPN inputs at stride 32, too coarse for small objects or
+# small images). Value: MobileNetV3 stage indices fed to the FPN.
+_MOBILENET_FASTERRCNN = {
+    "fasterrcnn_mobilenet_v3_large_hires_fpn": [2, 3, 4],  # strides 8, 16, 32 (+ 64 from max-pool)
+}
+ARCHITECTURES = sorted(list(_TORCHVISION_BUILDERS) + list(_RESNET_FASTERRCNN) + list(_MOBILENET_FASTERRCNN))
 
 
 @dataclasses.dataclass
@@ -46,6 +54,8 @@ class ModelSpec:
     max_size: Optional[int] = None
     # Extra keyword arguments for the detector constructor
     # (box_batch_size_per_image, rpn_pre_nms_top_n_train, ...).
+    # ``anchor_sizes`` (one size in pixels per FPN level, three aspect ratios
+    # each) replaces the builder's anchors; it must match the number of levels.
     kwargs: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -69,6 +79,8 @@ def build_detector(spec: ModelSpec) -> nn.Module:
         kwargs["min_size"] = spec.min_size
     if spec.max_size is not None:
         kwargs["max_size"] = spec.max_size
+    if "anchor_sizes" in kwargs:
+        _set_anchor_generator(spec.arch, kwargs, kwargs.pop("anchor_sizes"))
     if spec.arch in _TORCHVISION_BUILDERS:
         builder = _TORCHVISION_BUILDERS[spec.arch]
         if spec.weights is not None:
@@ -94,7 +106,36 @@ def build_detector(spec: ModelSpec) -> nn.Module:
         resnet = getattr(tv_resnet, depth)(weights=backbone_weights, norm_layer=norm_layer)
         backbone = _resnet_fpn_extractor(resnet, trainable)
         return detection.FasterRCNN(backbone, num_classes=spec.num_classes, **kwargs)
+    if spec.arch in _MOBILENET_FASTERRCNN:
+        if spec.weights is not None:
+            raise ValueError(f"torchvision publishes no detector weights for {spec.arch}; use --weights-backbone")
+        backbone_weights = _verify_weights(tv_mobilenetv3.MobileNet_V3_Large_Weights, spec.weights_backbone)
+        norm_layer = torchvision_frozen_bn() if backbone_weights is not None else nn.BatchNorm2d
+        trainable = 3 if backbone_weights is not None else 6
+        mobilenet = tv_mobilenetv3.mobilenet_v3_large(weights=backbone_weights, norm_layer=norm_layer)
+        returned = _MOBILENET_FASTERRCNN[spec.arch]
+        backbone = _mobilenet_extractor(mobilenet, True, trainable, returned_layers=returned)
+        if "rpn_anchor_generator" not in kwargs:  # torchvision's rule: 8 x stride
+            kwargs["rpn_anchor_generator"] = _anchor_generator([32, 64, 128, 256])
+        return detection.FasterRCNN(backbone, num_classes=spec.num_classes, **kwargs)
     raise ValueError(f"unknown architecture {spec.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+
+
+def _anchor_generator(sizes, scales=(1.0,)) -> AnchorGenerator:
+    return AnchorGenerator(sizes=tuple(tuple(s * k for k in scales) for s in sizes),
+                           aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
+
+
+def _set_anchor_generator(arch: str, kwargs: dict, sizes) -> None:
+    if not isinstance(sizes, (list, tuple)) or not sizes or not all(
+            isinstance(s, (int, float)) and s > 0 for s in sizes):
+        raise ValueError(f"anchor_sizes must be a non-empty list of positive sizes (one per FPN level), got {sizes!r}")
+    if arch.startswith("fasterrcnn"):
+        kwargs["rpn_anchor_generator"] = _anchor_generator(sizes)
+    elif arch.startswith("retinanet"):  # RetinaNet: three octave scales per level, as torchvision's
+        kwargs["anchor_generator"] = _anchor_generator(sizes, scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)))
+    else:
+        raise ValueError(f"anchor_sizes is not supported for {arch} (FCOS is anchor-free)")
 
 
 def torchvision_frozen_bn():
