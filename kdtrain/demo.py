@@ -25,9 +25,10 @@ from kdtrain.models import count_parameters, load_detector
 from kdtrain.report import format_table, write_plot
 
 # Small, fast Faster R-CNN settings shared by teacher and students: fewer
-# proposals and sampled ROIs (the ROI box head dominates a CPU step).
+# proposals and sampled ROIs (the ROI box head and torchvision's CPU roi_align
+# backward dominate a CPU step at this image size).
 FAST_HEADS = {
-    "box_batch_size_per_image": 64,
+    "box_batch_size_per_image": 32,
     "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
     "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 150,
     "box_detections_per_img": 50,
@@ -57,8 +58,8 @@ class DemoConfig:
     seeds: tuple = (0,)
     # label-scarce variant (kdtrain/demo_label_scarce.py)
     variant: str = "standard"  # "standard" | "label-scarce"
-    labeled_fraction: float = 0.15
-    step1_share: float = 0.5  # of the student budget spent on pseudo-labels (two-step)
+    labeled_fraction: float = 0.1
+    step1_share: float = 0.75  # of the student budget spent on pseudo-labels (two-step)
     pseudo_score_threshold: float = 0.5
     threads: int | None = None
     workers: int = 1

@@ -9,7 +9,8 @@ all of them). At one equal iteration budget B per student and seed:
 - ``student two-step``: step 1 learns from the teacher's pseudo-labels on every
   training image with imitation masked by the teacher's boxes, for
   ``step1_share`` x B iterations; step 2 fine-tunes on the labeled images for the
-  rest of B. The step-1 student is evaluated too (``student pseudo-only``).
+  rest of B at half the learning rate (a fine-tune). The step-1 student is
+  evaluated too (``student pseudo-only``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from kdtrain.distributed import DistInfo
 from kdtrain.engine import train
 from kdtrain.pseudo.labeler import PseudoLabelConfig, pseudo_label
 from kdtrain.two_step import TwoStepConfig, run_two_step
+
+FINE_TUNE_LR_FACTOR = 0.5  # step 2 starts from a trained student
 
 
 def _pseudo_labels(d: DemoConfig, data: dict, teacher_path: str, log) -> str:
@@ -68,7 +71,7 @@ def run_label_scarce_demo(d: DemoConfig, log=print) -> dict:
         log(f"[demo] two-step student (seed {seed}): {step1_iters} iterations on pseudo-labels, "
             f"then {step2_iters} on the labeled {percent}")
         out = run_two_step(TwoStepConfig(base=base, pseudo_ann=pseudo_ann, step1_iterations=step1_iters,
-                                         step2_iterations=step2_iters), log=log)
+                                         step2_iterations=step2_iters, step2_lr=d.lr * FINE_TUNE_LR_FACTOR), log=log)
         runs.append(run_record("student pseudo-only", seed, out["step1"]))
         both = run_record("student two-step", seed, out["step2"])
         both["train_seconds_per_iter"] = (

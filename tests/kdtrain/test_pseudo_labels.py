@@ -131,3 +131,31 @@ def test_filter_detections_threshold_nms_topk():
     assert s.tolist() == pytest.approx([0.9, 0.7]) and l.tolist() == [1, 2]  # class-wise NMS
     b, s, l = filter_detections(boxes, scores, labels, 0.0, None, 2)
     assert s.tolist() == pytest.approx([0.9, 0.8])
+
+
+def test_two_cpu_processes_shard_and_merge_like_one(tiny_data, teacher_ckpt, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from kdtrain_testutil import REPO
+
+    single = _label(tiny_data, tmp_path / "single.json", "--teacher", teacher_ckpt, "--keep-empty")
+    out = tmp_path / "ddp.json"
+    args = ["pseudo-label", "--images", tiny_data["val"]["images"], "--output", str(out), "--teacher", teacher_ckpt,
+            "--score-threshold", "0", "--max-detections", "5", "--batch-size", "3", "--workers", "0",
+            "--keep-empty", "--no-progress", "--device", "cpu"]
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "kdtrain", *args]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    merged = json.load(open(out))
+    assert sorted(i["file_name"] for i in merged["images"]) == sorted(i["file_name"] for i in single["images"])
+
+    def boxes(data):
+        names = {i["id"]: i["file_name"] for i in data["images"]}
+        return sorted((names[a["image_id"]], a["category_id"], *[round(v, 3) for v in a["bbox"]])
+                      for a in data["annotations"])
+
+    assert boxes(merged) == boxes(single)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp")]
