@@ -133,13 +133,14 @@ def average_runs(runs: list[dict]) -> dict:
     return rows
 
 
-def write_results(d: DemoConfig, rows: dict, runs: list[dict], started: float, log=print, **extra) -> dict:
+def write_results(d: DemoConfig, rows: dict, runs: list[dict], started: float, log=print, plot_title=None,
+                  **extra) -> dict:
     result = {"config": dataclasses.asdict(d), "rows": rows, "runs": runs, **extra,
               "wall_seconds": time.perf_counter() - started}
     os.makedirs(d.output_dir, exist_ok=True)
     with open(os.path.join(d.output_dir, "demo_results.json"), "w") as f:
         json.dump(result, f, indent=2)
-    write_plot(rows, os.path.join(d.output_dir, "demo_results.png"))
+    write_plot(rows, os.path.join(d.output_dir, "demo_results.png"), **({"title": plot_title} if plot_title else {}))
     log(format_table(rows))
     log(f"[demo] wall time {result['wall_seconds'] / 60:.1f} min; results in {d.output_dir}/demo_results.json, "
         f"plot in {d.output_dir}/demo_results.png")

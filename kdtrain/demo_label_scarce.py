@@ -79,6 +79,7 @@ def run_label_scarce_demo(d: DemoConfig, log=print) -> dict:
             + out["step2"]["train_seconds_per_iter"] * step2_iters) / d.student_iterations
         runs.append(both)
     rows = {"teacher": teacher_row, **average_runs(runs)}
-    return write_results(d, rows, runs, started, log, variant="label-scarce", pseudo_labels=pseudo_ann,
+    title = f"kdtrain label-scarce demo: {percent} labels, equal budget, mean of {len(d.seeds)} seed(s)"
+    return write_results(d, rows, runs, started, log, plot_title=title, variant="label-scarce", pseudo_labels=pseudo_ann,
                          budget_iterations={"supervised": d.student_iterations, "step1": step1_iters,
                                             "step2": step2_iters})

@@ -16,7 +16,7 @@ def format_table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def write_plot(rows: dict, path: str) -> None:
+def write_plot(rows: dict, path: str, title: str = "kdtrain demo: teacher vs student vs distilled student") -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -30,7 +30,7 @@ def write_plot(rows: dict, path: str) -> None:
     ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(COLUMNS))])
     ax.set_xticklabels(COLUMNS)
     ax.set_ylabel("COCO AP")
-    ax.set_title("kdtrain demo: teacher vs student vs distilled student")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
