@@ -363,7 +363,6 @@ def _cmd_predict(args) -> int:
 
 def _cmd_demo(args) -> int:
     from kdtrain.demo import DemoConfig, run_demo
-    from kdtrain.demo_label_scarce import run_label_scarce_demo
 
     label_scarce = args.variant == "label-scarce"
     output_dir = args.output_dir or ("kdtrain_demo_label_scarce" if label_scarce else "kdtrain_demo")
@@ -377,5 +376,5 @@ def _cmd_demo(args) -> int:
                    image_size=args.image_size, train_images=args.train_images, val_images=args.val_images,
                    batch_size=args.batch_size, threads=args.threads, workers=args.workers,
                    retrain_teacher=args.retrain_teacher, progress=args.progress)
-    (run_label_scarce_demo if label_scarce else run_demo)(d)
+    run_demo(d)
     return 0

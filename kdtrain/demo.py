@@ -148,6 +148,12 @@ def write_results(d: DemoConfig, rows: dict, runs: list[dict], started: float, l
 
 
 def run_demo(d: DemoConfig, log=print) -> dict:
+    if d.variant == "label-scarce":
+        from kdtrain.demo_label_scarce import run_label_scarce_demo  # it builds on this module
+
+        return run_label_scarce_demo(d, log)
+    if d.variant != "standard":
+        raise ValueError(f"DemoConfig.variant must be 'standard' or 'label-scarce', got {d.variant!r}")
     started = time.perf_counter()
     data, teacher_path, teacher_row = prepare_data_and_teacher(d, log)
     runs = []

@@ -5,7 +5,7 @@ import json
 import pytest
 from pycocotools.coco import COCO
 
-from kdtrain.demo import DemoConfig
+from kdtrain.demo import DemoConfig, run_demo
 from kdtrain.demo_label_scarce import run_label_scarce_demo
 
 
@@ -29,7 +29,7 @@ def test_label_scarce_demo_compares_two_step_with_supervised(tmp_path):
     assert saved["variant"] == "label-scarce" and saved["rows"].keys() == result["rows"].keys()
 
     lines.clear()
-    run_label_scarce_demo(_toy(tmp_path), log=lines.append)
+    run_demo(_toy(tmp_path), log=lines.append)  # run_demo dispatches on the variant
     assert any("reusing pseudo-labels" in line for line in lines)
 
 
@@ -37,3 +37,8 @@ def test_label_scarce_demo_compares_two_step_with_supervised(tmp_path):
 def test_label_scarce_demo_rejects_bad_split(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):
         run_label_scarce_demo(DemoConfig(**{field: value}))
+
+
+def test_unknown_demo_variant_is_clear():
+    with pytest.raises(ValueError, match="variant"):
+        run_demo(DemoConfig(variant="tiny"))
