@@ -70,3 +70,22 @@ def non_contiguous(x):
 
 __all__ = ["kdops", "backend_params", "tolerance", "assert_close", "randn", "non_contiguous", "DTYPES",
            "HALF_DTYPES", "CUDA"]
+
+
+def backends_on_cpu():
+    """Every backend that runs on CPU tensors in this session (the Triton one through the interpreter)."""
+    import kdops
+
+    return [b for b in ("reference", "cpu", "triton") if kdops._backend._why_not(b, torch.device("cpu")) is None]
+
+
+def assert_compiles_like_eager(loss_fn, leaf, *rest):
+    """torch.compile(fullgraph=True) of loss_fn gives eager's value and eager's gradient for ``leaf``."""
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    out = compiled(leaf, *rest)
+    out.backward()
+    grad, leaf.grad = leaf.grad, None
+    expected = loss_fn(leaf, *rest)
+    expected.backward()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grad, leaf.grad)

@@ -6,7 +6,7 @@ from torch.library import opcheck
 
 import kdops
 from kdops.reference import attention_masks as reference
-from support import DTYPES, assert_close, backend_params, non_contiguous, randn
+from support import DTYPES, assert_close, assert_compiles_like_eager, backend_params, non_contiguous, randn
 
 SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (3, 257, 1, 1), (2, 7, 37, 41), (1, 257, 13, 21)]
 SMALL_SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (1, 33, 5, 7)]  # for the Triton interpreter
@@ -94,13 +94,7 @@ def test_compile_fullgraph():
         return (spatial * spatial).mean() + channel.max()
 
     feat = randn((2, 4, 6, 5), torch.float32, "cpu", 9, requires_grad=True)
-    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
-    out = compiled(feat)
-    out.backward()
-    grad, feat.grad = feat.grad, None
-    loss_fn(feat).backward()
-    torch.testing.assert_close(out, loss_fn(feat))
-    torch.testing.assert_close(grad, feat.grad)
+    assert_compiles_like_eager(loss_fn, feat)
 
 
 def test_empty_batch_returns_empty_masks():

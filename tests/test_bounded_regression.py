@@ -9,7 +9,7 @@ from torch.library import opcheck
 
 import kdops
 from kdops.reference import bounded_regression as reference
-from support import DTYPES, assert_close, backend_params, non_contiguous, randn
+from support import DTYPES, assert_close, assert_compiles_like_eager, backend_params, backends_on_cpu, non_contiguous, randn
 
 SHAPES = [(1, 4), (1024, 4), (37, 91, 4), (5, 7)]
 SMALL_SHAPES = [(1, 4), (300, 4), (3, 5, 4), (4, 7)]  # for the Triton interpreter
@@ -85,16 +85,13 @@ def test_gradcheck_float64(backend, margin, with_weight):
         lambda s: kdops.bounded_regression(s, teacher, target, margin, weight, backend=backend), (student,))
 
 
-def _backends_here():
-    return [b for b in ("reference", "cpu", "triton") if kdops._backend._why_not(b, torch.device("cpu")) is None]
-
 
 def test_bound_is_decided_per_row():
     """Row 0: student worse than teacher (penalised); row 1: better (free); row 2: better, but not by the margin."""
     y = torch.zeros(3, 4)
     s = torch.tensor([[1.0, 0, 0, 0], [0.1, 0, 0, 0], [0.5, 0, 0, 0]], requires_grad=True)
     t = torch.tensor([[0.5, 0, 0, 0], [1.0, 0, 0, 0], [0.6, 0, 0, 0]])
-    for backend in _backends_here():
+    for backend in backends_on_cpu():
         s.grad = None
         out = kdops.bounded_regression(s, t, y, margin=0.2, backend=backend)
         torch.testing.assert_close(out, torch.tensor((1.0 + 0.25) / 3))
@@ -109,7 +106,7 @@ def test_weight_mean_is_over_rows_with_positive_weight():
     s, t = y + torch.randn(6, 4), y.clone()  # a perfect teacher: every row is bounded (active)
     w = torch.tensor([1.0, 0, 2.0, 0, 0, 1.0])
     expected = (w * ((s - y) ** 2).sum(1)).sum() / 3
-    for backend in _backends_here():
+    for backend in backends_on_cpu():
         torch.testing.assert_close(kdops.bounded_regression(s, t, y, weight=w, backend=backend), expected)
         assert kdops.bounded_regression(s, t, y, weight=torch.zeros(6), backend=backend).item() == 0.0
 
@@ -117,7 +114,7 @@ def test_weight_mean_is_over_rows_with_positive_weight():
 def test_teacher_gets_no_gradient():
     s, y = torch.randn(5, 4, requires_grad=True), torch.randn(5, 4)
     t = torch.randn(5, 4, requires_grad=True)
-    for backend in _backends_here():
+    for backend in backends_on_cpu():
         out = kdops.bounded_regression(s, t, y, backend=backend)
         out.backward()
         assert t.grad is None or not t.grad.any(), backend
@@ -139,14 +136,7 @@ def test_compile_fullgraph():
     student, teacher, target, weight = _inputs((8, 3, 4), torch.float32, "cpu", 9, True)
     weight = weight.float()
     student.requires_grad_()
-    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
-    out = compiled(student, teacher, target, weight)
-    out.backward()
-    grad, student.grad = student.grad, None
-    expected = loss_fn(student, teacher, target, weight)
-    expected.backward()
-    torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(grad, student.grad)
+    assert_compiles_like_eager(loss_fn, student, teacher, target, weight)
 
 
 X = torch.randn(6, 4)

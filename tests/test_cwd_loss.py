@@ -6,7 +6,7 @@ from torch.library import opcheck
 
 import kdops
 from kdops.reference import cwd_loss as reference
-from support import DTYPES, assert_close, backend_params, non_contiguous, randn
+from support import DTYPES, assert_close, assert_compiles_like_eager, backend_params, backends_on_cpu, non_contiguous, randn
 
 SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (2, 257, 1, 1), (2, 7, 37, 41), (1, 257, 13, 21)]
 SMALL_SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (1, 33, 5, 7)]  # for the Triton interpreter
@@ -84,23 +84,13 @@ def test_compile_fullgraph():
 
     student = randn((2, 4, 6, 5), torch.float32, "cpu", 9, requires_grad=True)
     teacher = randn((2, 4, 6, 5), torch.float32, "cpu", 10)
-    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
-    out = compiled(student, teacher)
-    out.backward()
-    grad, student.grad = student.grad, None
-    expected = loss_fn(student, teacher)
-    expected.backward()
-    torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(grad, student.grad)
+    assert_compiles_like_eager(loss_fn, student, teacher)
 
-
-def _backends_here():
-    return [b for b in ("reference", "cpu", "triton") if kdops._backend._why_not(b, torch.device("cpu")) is None]
 
 
 def test_identical_maps_give_zero_and_large_values_stay_finite():
     s = torch.randn(2, 3, 5, 5) * 1e3
-    for backend in _backends_here():
+    for backend in backends_on_cpu():
         assert kdops.cwd_loss(s, s.clone(), backend=backend).abs().item() < 1e-6, backend
         out = kdops.cwd_loss(s, s.flip(-1), backend=backend)
         torch.testing.assert_close(out.double(), reference.cwd_loss(s.double(), s.flip(-1).double()),
@@ -108,7 +98,7 @@ def test_identical_maps_give_zero_and_large_values_stay_finite():
 
 
 def test_empty_batch_is_zero_and_nan_propagates():
-    for backend in _backends_here():
+    for backend in backends_on_cpu():
         assert kdops.cwd_loss(torch.zeros(0, 3, 4, 5), torch.zeros(0, 3, 4, 5), backend=backend).item() == 0.0
         s = torch.randn(1, 2, 3, 3)
         s[0, 1, 1, 1] = float("nan")

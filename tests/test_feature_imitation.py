@@ -8,7 +8,7 @@ from torch.library import opcheck
 
 import kdops
 from kdops.reference import feature_imitation as reference
-from support import DTYPES, assert_close, backend_params, non_contiguous, randn
+from support import DTYPES, assert_close, assert_compiles_like_eager, backend_params, non_contiguous, randn
 
 SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (3, 257, 1, 1), (2, 7, 37, 41), (1, 257, 13, 21)]
 SMALL_SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (1, 33, 5, 7)]  # for the Triton interpreter
@@ -103,13 +103,7 @@ def test_compile_fullgraph():
 
     student, teacher, mask = _inputs((2, 4, 6, 5), torch.float32, "cpu", 9, True)
     student.requires_grad_()
-    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
-    out = compiled(student, teacher, mask)
-    out.backward()
-    grad, student.grad = student.grad, None
-    loss_fn(student, teacher, mask).backward()
-    torch.testing.assert_close(out, loss_fn(student, teacher, mask))
-    torch.testing.assert_close(grad, student.grad)
+    assert_compiles_like_eager(loss_fn, student, teacher, mask)
 
 
 def _fused_backends():

@@ -9,7 +9,7 @@ from torch.library import opcheck
 
 import kdops
 from kdops.reference import soft_binary_cross_entropy as reference
-from support import DTYPES, assert_close, backend_params, non_contiguous, randn
+from support import DTYPES, assert_close, assert_compiles_like_eager, backend_params, backends_on_cpu, non_contiguous, randn
 
 SHAPES = [(1,), (4097,), (2, 3, 13, 21), (1, 1)]
 SMALL_SHAPES = [(1,), (1500,), (2, 3, 5, 7)]  # for the Triton interpreter
@@ -105,18 +105,8 @@ def test_compile_fullgraph():
 
     student, teacher, target = _inputs((40,), torch.float32, "cpu", 9, True)
     student.requires_grad_()
-    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
-    out = compiled(student, teacher, target)
-    out.backward()
-    grad, student.grad = student.grad, None
-    expected = loss_fn(student, teacher, target)
-    expected.backward()
-    torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(grad, student.grad)
+    assert_compiles_like_eager(loss_fn, student, teacher, target)
 
-
-def _backends_here():
-    return [b for b in ("reference", "cpu", "triton") if kdops._backend._why_not(b, torch.device("cpu")) is None]
 
 
 def test_huge_logits_are_finite_and_correct():
@@ -124,7 +114,7 @@ def test_huge_logits_are_finite_and_correct():
     t = torch.tensor([-1e4, 1e4, -90.0, 90.0, 3.0])
     y = torch.tensor([1, 0, 0, 1, 1])
     expected = reference.soft_binary_cross_entropy(s.detach().double(), t.double(), y, 1.0, 1.5, 1.0, 0.5, -1)[0]
-    for backend in _backends_here():
+    for backend in backends_on_cpu():
         s.grad = None
         out = kdops.soft_binary_cross_entropy(s, t, target=y, mu=0.5, backend=backend)
         out.backward()
@@ -134,21 +124,21 @@ def test_huge_logits_are_finite_and_correct():
 
 def test_ignored_anchors_and_bad_labels():
     s, t = torch.randn(6), torch.randn(6)
-    for backend in _backends_here():
+    for backend in backends_on_cpu():
         out = kdops.soft_binary_cross_entropy(s, t, target=torch.full((6,), -1), mu=0.5, backend=backend)
         assert out.item() == 0.0, backend
     bad = torch.tensor([0, 1, 2, -1, 0, 1])
     if kdops.available_backends()["cpu"] == "available":
         with pytest.raises(RuntimeError, match="target element 2 = 2 is neither 0, 1 nor ignore_index"):
             kdops.soft_binary_cross_entropy(s, t, target=bad, backend="cpu")
-    for backend in set(_backends_here()) - {"cpu"}:  # documented: NaN instead of a host sync
+    for backend in set(backends_on_cpu()) - {"cpu"}:  # documented: NaN instead of a host sync
         assert torch.isnan(kdops.soft_binary_cross_entropy(s, t, target=bad, backend=backend)), backend
 
 
 def test_nan_logit_gives_nan_unless_ignored():
     s, t = torch.randn(4), torch.randn(4)
     s[2] = float("nan")
-    for backend in _backends_here():
+    for backend in backends_on_cpu():
         assert torch.isnan(kdops.soft_binary_cross_entropy(s, t, backend=backend)), backend
         out = kdops.soft_binary_cross_entropy(s, t, target=torch.tensor([0, 1, -1, 1]), backend=backend)
         assert torch.isfinite(out), backend

@@ -8,7 +8,7 @@ from torch.library import opcheck
 
 import kdops
 from kdops.reference import soft_cross_entropy as reference
-from support import DTYPES, assert_close, backend_params, non_contiguous, randn
+from support import DTYPES, assert_close, assert_compiles_like_eager, backend_params, backends_on_cpu, non_contiguous, randn
 
 SHAPES = [(1, 91), (37, 91), (5, 1000), (64, 3), (1, 1)]
 SMALL_SHAPES = [(1, 91), (9, 91), (3, 1000), (5, 3)]  # for the Triton interpreter
@@ -109,23 +109,12 @@ def test_compile_fullgraph():
     student, teacher, weight, target = _inputs((8, 6), torch.float32, "cpu", 9, True, True)
     weight = weight.float()
     student.requires_grad_()
-    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
-    out = compiled(student, teacher, weight, target)
-    out.backward()
-    grad, student.grad = student.grad, None
-    expected = loss_fn(student, teacher, weight, target)
-    expected.backward()
-    torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(grad, student.grad)
+    assert_compiles_like_eager(loss_fn, student, teacher, weight, target)
 
-
-def _backends_here():
-    """Every backend that runs on CPU tensors in this session (the Triton one through the interpreter)."""
-    return [b for b in ("reference", "cpu", "triton") if kdops._backend._why_not(b, torch.device("cpu")) is None]
 
 
 def test_all_rows_ignored_gives_zero_loss_and_gradient():
-    for backend in _backends_here():
+    for backend in backends_on_cpu():
         s = torch.randn(4, 5, requires_grad=True)
         out = kdops.soft_cross_entropy(s, torch.randn(4, 5), target=torch.full((4,), -1), mu=0.5, backend=backend)
         out.backward()
@@ -136,7 +125,7 @@ def test_custom_ignore_index_and_mean_over_kept_rows():
     s, t = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
     y = torch.tensor([0, 3, 255, 1, 255, 2])
     kept = y != 255
-    for backend in _backends_here():
+    for backend in backends_on_cpu():
         out = kdops.soft_cross_entropy(s, t, target=y, ignore_index=255, backend=backend)
         torch.testing.assert_close(out, kdops.soft_cross_entropy(s[kept], t[kept], backend="reference"))
 
@@ -147,14 +136,14 @@ def test_out_of_range_target():
     if kdops.available_backends()["cpu"] == "available":
         with pytest.raises(RuntimeError, match=r"target\[1\] = 4 is outside \[0, 4\)"):
             kdops.soft_cross_entropy(s, t, target=y, backend="cpu")
-    for backend in set(_backends_here()) - {"cpu"}:  # documented: NaN instead of a host sync
+    for backend in set(backends_on_cpu()) - {"cpu"}:  # documented: NaN instead of a host sync
         assert torch.isnan(kdops.soft_cross_entropy(s, t, target=y, backend=backend)), backend
 
 
 def test_nan_logits_poison_only_kept_rows():
     s, t = torch.randn(3, 4), torch.randn(3, 4)
     s[1, 2] = float("nan")
-    for backend in _backends_here():
+    for backend in backends_on_cpu():
         assert torch.isnan(kdops.soft_cross_entropy(s, t, backend=backend)), backend
         out = kdops.soft_cross_entropy(s, t, target=torch.tensor([0, -1, 2]), backend=backend)
         assert torch.isfinite(out), backend
@@ -164,7 +153,7 @@ def test_large_logits_stay_finite():
     s = torch.tensor([[1e4, -1e4, 0.0], [300.0, 299.0, -5.0]])
     t = torch.tensor([[-1e4, 1e4, 0.0], [0.0, 80.0, 90.0]])
     expected = reference.soft_cross_entropy(s.double(), t.double(), None, torch.tensor([1, 0]), 1.0, 0.5, -1)[0]
-    for backend in _backends_here():
+    for backend in backends_on_cpu():
         out = kdops.soft_cross_entropy(s, t, target=torch.tensor([1, 0]), mu=0.5, backend=backend)
         torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-3)
 
