@@ -78,6 +78,13 @@ def _extensions():
     # -fno-trapping-math: no FP exceptions are observed, so float compares/selects (clamps, masks) can be
     # vectorised instead of compiled to branches (4-6x on the exp-heavy loss kernels). NaN still propagates.
     cxx_flags = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-DKDOPS_EXTENSION_BUILD"]
+    link_flags = []
+    if torch._C.has_openmp and sys.platform.startswith("linux"):
+        # at::parallel_for is inline code that parallelises only when the *extension* is compiled with
+        # OpenMP; without -fopenmp every CPU kernel silently runs on one thread. The libgomp.so.1 this
+        # links against resolves at run time to the copy torch has already loaded (same soname).
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     extension = CppExtension
     extra = {"cxx": cxx_flags}
     if with_cuda:
@@ -92,6 +99,7 @@ def _extensions():
         sources=sources,
         include_dirs=[os.path.join(ROOT, "csrc", "include")],
         extra_compile_args=extra,
+        extra_link_args=link_flags,
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "chunked_sum.h"
+#include "isa.h"
 #include "kdops/math/cwd_loss.h"
 #include "../ops/cwd_loss.h"
 
@@ -11,6 +12,39 @@ namespace kdops {
 namespace {
 
 using namespace cwd;
+
+// The loss summed over rows [begin, end), each row's statistics written to `stats`.
+template <typename scalar_t, typename acc = acc_t<scalar_t>>
+KDOPS_CPU_CLONES acc forward_rows(const scalar_t* sp, const scalar_t* tp, int64_t begin, int64_t end, int64_t HW,
+                                  acc inv_tau, acc* st_all) {
+  acc total = 0;
+  for (int64_t row = begin; row < end; ++row) {
+    const scalar_t* x = sp + row * HW;
+    const scalar_t* y = tp + row * HW;
+    acc ms = -INFINITY, mt = -INFINITY;
+#pragma omp simd reduction(max : ms, mt)
+    for (int64_t j = 0; j < HW; ++j) {
+      ms = std::max(ms, static_cast<acc>(x[j]));
+      mt = std::max(mt, static_cast<acc>(y[j]));
+    }
+    acc sum_s = 0, sum_t = 0, a = 0;
+#pragma omp simd reduction(+ : sum_s, sum_t, a)
+    for (int64_t j = 0; j < HW; ++j) {
+      const acc ds = static_cast<acc>(x[j]) - ms, dt = static_cast<acc>(y[j]) - mt;
+      const acc et = math::exp_<acc>(dt * inv_tau);
+      sum_s += math::exp_<acc>(ds * inv_tau);
+      sum_t += et;
+      a += et * (dt - ds);
+    }
+    acc* st = st_all + row * kStats;
+    st[kMaxS] = ms;
+    st[kLogSumS] = std::log(sum_s);
+    st[kMaxT] = mt;
+    st[kLogSumT] = std::log(sum_t);
+    total += row_kl<acc>(inv_tau, sum_s, sum_t, a);
+  }
+  return total;
+}
 
 template <typename scalar_t>
 void forward_impl(const at::Tensor& s, const at::Tensor& t, double tau, at::Tensor& out, at::Tensor& stats) {
@@ -21,33 +55,7 @@ void forward_impl(const at::Tensor& s, const at::Tensor& t, double tau, at::Tens
   acc* st_all = stats.data_ptr<acc>();
   const acc inv_tau = acc(1) / static_cast<acc>(tau);
   auto sums = cpu::chunked_sum<acc, 1>(rows, cpu::items_per_chunk(HW), [&](int64_t begin, int64_t end) {
-    acc total = 0;
-    for (int64_t row = begin; row < end; ++row) {
-      const scalar_t* x = sp + row * HW;
-      const scalar_t* y = tp + row * HW;
-      acc ms = -INFINITY, mt = -INFINITY;
-#pragma omp simd reduction(max : ms, mt)
-      for (int64_t j = 0; j < HW; ++j) {
-        ms = std::max(ms, static_cast<acc>(x[j]));
-        mt = std::max(mt, static_cast<acc>(y[j]));
-      }
-      acc sum_s = 0, sum_t = 0, a = 0;
-#pragma omp simd reduction(+ : sum_s, sum_t, a)
-      for (int64_t j = 0; j < HW; ++j) {
-        const acc ds = static_cast<acc>(x[j]) - ms, dt = static_cast<acc>(y[j]) - mt;
-        const acc et = math::exp_<acc>(dt * inv_tau);
-        sum_s += math::exp_<acc>(ds * inv_tau);
-        sum_t += et;
-        a += et * (dt - ds);
-      }
-      acc* st = st_all + row * kStats;
-      st[kMaxS] = ms;
-      st[kLogSumS] = std::log(sum_s);
-      st[kMaxT] = mt;
-      st[kLogSumT] = std::log(sum_t);
-      total += row_kl<acc>(inv_tau, sum_s, sum_t, a);
-    }
-    return std::array<acc, 1>{total};
+    return std::array<acc, 1>{forward_rows<scalar_t>(sp, tp, begin, end, HW, inv_tau, st_all)};
   });
   const acc scale = static_cast<acc>(tau * tau) / static_cast<acc>(std::max<int64_t>(rows, 1));
   out.fill_(sums[0] * scale);
@@ -63,6 +71,22 @@ std::tuple<at::Tensor, at::Tensor> cwd_loss_cpu(const at::Tensor& student, const
   return {out, stats};
 }
 
+template <typename scalar_t, typename acc = acc_t<scalar_t>>
+KDOPS_CPU_CLONES void backward_rows(const scalar_t* sp, const scalar_t* tp, const acc* st_all, int64_t begin,
+                                    int64_t end, int64_t HW, acc coef, acc inv_tau, scalar_t* gp) {
+  for (int64_t row = begin; row < end; ++row) {
+    const acc* st = st_all + row * kStats;
+    const acc max_s = st[kMaxS], log_sum_s = st[kLogSumS], max_t = st[kMaxT], log_sum_t = st[kLogSumT];
+    const scalar_t* x = sp + row * HW;
+    const scalar_t* y = tp + row * HW;
+    scalar_t* g = gp + row * HW;
+#pragma omp simd
+    for (int64_t j = 0; j < HW; ++j)
+      g[j] = static_cast<scalar_t>(coef * grad_element<acc>(static_cast<acc>(x[j]), static_cast<acc>(y[j]), max_s,
+                                                              log_sum_s, max_t, log_sum_t, inv_tau));
+  }
+}
+
 template <typename scalar_t>
 void backward_impl(double coef_d, const at::Tensor& s, const at::Tensor& t, const at::Tensor& stats, double tau,
                    at::Tensor& grad) {
@@ -74,17 +98,7 @@ void backward_impl(double coef_d, const at::Tensor& s, const at::Tensor& t, cons
   scalar_t* gp = grad.data_ptr<scalar_t>();
   const acc coef = static_cast<acc>(coef_d), inv_tau = acc(1) / static_cast<acc>(tau);
   at::parallel_for(0, rows, cpu::items_per_chunk(HW), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const acc* st = st_all + row * kStats;
-      const acc max_s = st[kMaxS], log_sum_s = st[kLogSumS], max_t = st[kMaxT], log_sum_t = st[kLogSumT];
-      const scalar_t* x = sp + row * HW;
-      const scalar_t* y = tp + row * HW;
-      scalar_t* g = gp + row * HW;
-#pragma omp simd
-      for (int64_t j = 0; j < HW; ++j)
-        g[j] = static_cast<scalar_t>(coef * grad_element<acc>(static_cast<acc>(x[j]), static_cast<acc>(y[j]), max_s, log_sum_s,
-                                                                max_t, log_sum_t, inv_tau));
-    }
+    backward_rows<scalar_t>(sp, tp, st_all, begin, end, HW, coef, inv_tau, gp);
   });
 }
 

@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "chunked_sum.h"
+#include "isa.h"
 #include "kdops/math/soft_binary_cross_entropy.h"
 #include "../ops/soft_binary_cross_entropy.h"
 
@@ -25,7 +26,7 @@ void check_labels(const at::Tensor& target, int64_t ignore_index) {
 // Loss sum and kept count over anchors [begin, end). A plain function with its coefficients as value
 // parameters: read through a lambda's captures, GCC keeps this loop scalar.
 template <typename scalar_t, typename acc>
-std::array<acc, 2> chunk_loss(const scalar_t* sp, const scalar_t* tp, const int64_t* target, int64_t begin,
+KDOPS_CPU_CLONES std::array<acc, 2> chunk_loss(const scalar_t* sp, const scalar_t* tp, const int64_t* target, int64_t begin,
                               int64_t end, int64_t ignore_index, acc wp, acc wn, acc inv_t, acc mu, bool unit_t) {
   acc total = 0, count = 0;
   // Labels are 0, 1 or ignore_index (checked up front, with ignore_index within int32), so 32-bit
@@ -86,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor> soft_binary_cross_entropy_cpu(const at::Tenso
 
 // dL/dz_s for anchors [begin, end) (see chunk_loss for why this is a plain function).
 template <typename scalar_t, typename acc>
-void chunk_grad(const scalar_t* sp, const scalar_t* tp, const int64_t* target, int64_t begin, int64_t end,
+KDOPS_CPU_CLONES void chunk_grad(const scalar_t* sp, const scalar_t* tp, const int64_t* target, int64_t begin, int64_t end,
                 int64_t ignore_index, acc coef, acc wp, acc wn, acc inv_t, acc mu, bool unit_t, scalar_t* gp) {
   const int32_t ignore32 = static_cast<int32_t>(ignore_index);  // see chunk_loss
   if (target == nullptr) {

@@ -15,7 +15,7 @@ enum Stat : int { kMaxS = 0, kLogSumS, kMaxT, kLogSumT };
 
 template <typename acc>
 KDOPS_VEC_HD acc row_kl(acc inv_tau, acc sum_s, acc sum_t, acc a) {
-  return a * inv_tau / sum_t + log(sum_s) - log(sum_t);
+  return a * inv_tau / sum_t + math::log_(sum_s) - math::log_(sum_t);
 }
 
 // The row statistics come as plain scalars: a struct argument is privatised per lane by GCC and

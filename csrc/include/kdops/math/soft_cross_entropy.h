@@ -30,10 +30,10 @@ KDOPS_VEC_HD acc row_loss(acc inv_t, acc sum_s, acc sum_t, acc sum_1, acc a, acc
                       acc zy_shift, acc mu, acc* weight_out) {
   const acc w = a / sum_t;
   *weight_out = w;
-  const acc soft = w * log(sum_s) - b * inv_t / sum_t;
+  const acc soft = w * math::log_(sum_s) - b * inv_t / sum_t;
   if (!has_target) return soft;
   if (!ok) return static_cast<acc>(NAN);
-  const acc hard = log(sum_1) - zy_shift;
+  const acc hard = math::log_(sum_1) - zy_shift;
   return mu * hard + (acc(1) - mu) * soft;
 }
 
