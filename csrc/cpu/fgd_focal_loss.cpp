@@ -10,6 +10,7 @@
 #include <cmath>
 #include <vector>
 
+#include "isa.h"
 #include "kdops/math/fgd_focal_loss.h"
 #include "../ops/fgd_focal_loss.h"
 
@@ -51,6 +52,75 @@ acc attention_l1_row(const acc* a_s, const acc* a_t, acc* out, int64_t len, acc 
   return l1;
 }
 
+// Pass 1 of the forward for one (image, pixel block) task: per-pixel channel sums of |S| and |T| into
+// ms / mt, and the block's per-channel sums of |S| and |T|.
+template <typename scalar_t, typename acc = acc_t<scalar_t>>
+KDOPS_CPU_CLONES void abs_sums_block(const scalar_t* s, const scalar_t* t, int64_t task, int64_t blocks, int64_t C,
+                                     int64_t HW, acc* s_sp, acc* t_sp, acc* ks_part, acc* kt_part) {
+  const int64_t n = task / blocks, p0 = (task % blocks) * kPixelBlock;
+  const int64_t len = std::min(kPixelBlock, HW - p0);
+  acc* ms = s_sp + n * HW + p0;
+  acc* mt = t_sp + n * HW + p0;
+  std::fill(ms, ms + len, acc(0));
+  std::fill(mt, mt + len, acc(0));
+  for (int64_t c = 0; c < C; ++c) {
+    const scalar_t* sr = s + (n * C + c) * HW + p0;
+    const scalar_t* tr = t + (n * C + c) * HW + p0;
+    acc ks = 0, kt = 0;
+#pragma omp simd reduction(+ : ks, kt)
+    for (int64_t j = 0; j < len; ++j) {
+      const acc a = std::abs(static_cast<acc>(sr[j])), b = std::abs(static_cast<acc>(tr[j]));
+      ms[j] += a;
+      mt[j] += b;
+      ks += a;
+      kt += b;
+    }
+    ks_part[task * C + c] = ks;
+    kt_part[task * C + c] = kt;
+  }
+}
+
+// Pass 2 for rows [begin, end): sum_j M[j] A_S^t[j] (S - T)^2 under both masks, times A_C^t[n, c].
+template <typename scalar_t, typename acc = acc_t<scalar_t>>
+KDOPS_CPU_CLONES void masked_squares_rows(const scalar_t* s, const scalar_t* t, const acc* fg_w, const acc* bg_w,
+                                          const acc* t_ch, int64_t begin, int64_t end, int64_t C, int64_t HW,
+                                          acc* fg_part, acc* bg_part) {
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t n = row / C;
+    const scalar_t* sr = s + row * HW;
+    const scalar_t* tr = t + row * HW;
+    const acc* fw = fg_w + n * HW;
+    const acc* bw = bg_w + n * HW;
+    acc sf = 0, sb = 0;
+#pragma omp simd reduction(+ : sf, sb)
+    for (int64_t j = 0; j < HW; ++j) {
+      const acc d = static_cast<acc>(sr[j]) - static_cast<acc>(tr[j]);
+      sf += fw[j] * d * d;
+      sb += bw[j] * d * d;
+    }
+    fg_part[row] = sf * t_ch[row];
+    bg_part[row] = sb * t_ch[row];
+  }
+}
+
+// dS for rows [begin, end).
+template <typename scalar_t, typename acc = acc_t<scalar_t>>
+KDOPS_CPU_CLONES void grad_rows(const scalar_t* s, const scalar_t* t, const acc* pixel_weight,
+                                const acc* pixel_att_scaled, const acc* t_ch, const acc* ca, acc c_att, int64_t begin,
+                                int64_t end, int64_t C, int64_t HW, scalar_t* out) {
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t n = row / C;
+    const acc* pw = pixel_weight + n * HW;
+    const acc* pat = pixel_att_scaled + n * HW;
+    const acc cw = t_ch[row], cat = c_att * ca[row];
+    const scalar_t* sr = s + row * HW;
+    const scalar_t* tr = t + row * HW;
+    scalar_t* o = out + row * HW;
+#pragma omp simd
+    for (int64_t j = 0; j < HW; ++j) o[j] = focal::grad_student<acc, scalar_t>(sr[j], tr[j], pw[j], cw, pat[j], cat);
+  }
+}
+
 template <typename scalar_t>
 void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& fg, const at::Tensor& bg,
                   double temperature, double alpha, double beta, double gamma, at::Tensor& loss, at::Tensor& terms,
@@ -66,29 +136,8 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const at
 
   // Pass 1: per-pixel channel sums (into the spatial buffers) and per-block per-channel sums of |S|, |T|.
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / blocks, p0 = (task % blocks) * kPixelBlock;
-      const int64_t len = std::min(kPixelBlock, HW - p0);
-      acc* ms = s_sp.data() + n * HW + p0;
-      acc* mt = t_sp + n * HW + p0;
-      std::fill(ms, ms + len, acc(0));
-      std::fill(mt, mt + len, acc(0));
-      for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* sr = s + (n * C + c) * HW + p0;
-        const scalar_t* tr = t + (n * C + c) * HW + p0;
-        acc ks = 0, kt = 0;
-#pragma omp simd reduction(+ : ks, kt)
-        for (int64_t j = 0; j < len; ++j) {
-          const acc a = std::abs(static_cast<acc>(sr[j])), b = std::abs(static_cast<acc>(tr[j]));
-          ms[j] += a;
-          mt[j] += b;
-          ks += a;
-          kt += b;
-        }
-        ks_part[task * C + c] = ks;
-        kt_part[task * C + c] = kt;
-      }
-    }
+    for (int64_t task = begin; task < end; ++task)
+      abs_sums_block<scalar_t>(s, t, task, blocks, C, HW, s_sp.data(), t_sp, ks_part.data(), kt_part.data());
   });
 
   // Masks and the attention loss with its gradient coefficients, one image per task.
@@ -125,22 +174,8 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const at
     bg_w[i] = bgp[i] * t_sp[i];
   }
   at::parallel_for(0, N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / C;
-      const scalar_t* sr = s + row * HW;
-      const scalar_t* tr = t + row * HW;
-      const acc* fw = fg_w.data() + n * HW;
-      const acc* bw = bg_w.data() + n * HW;
-      acc sf = 0, sb = 0;
-#pragma omp simd reduction(+ : sf, sb)
-      for (int64_t j = 0; j < HW; ++j) {
-        const acc d = static_cast<acc>(sr[j]) - static_cast<acc>(tr[j]);
-        sf += fw[j] * d * d;
-        sb += bw[j] * d * d;
-      }
-      fg_part[row] = sf * t_ch[row];
-      bg_part[row] = sb * t_ch[row];
-    }
+    masked_squares_rows<scalar_t>(s, t, fg_w.data(), bg_w.data(), t_ch, begin, end, C, HW, fg_part.data(),
+                                  bg_part.data());
   });
 
   acc l_fg = 0, l_bg = 0, l_att = 0;
@@ -203,17 +238,7 @@ void backward_impl(const at::Tensor& grad_loss, const at::Tensor& grad_terms, co
   const scalar_t* t = teacher.const_data_ptr<scalar_t>();
   scalar_t* out = grad.data_ptr<scalar_t>();
   at::parallel_for(0, N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / C;
-      const acc* pw = pixel_weight.data() + n * HW;
-      const acc* pat = pixel_att_scaled.data() + n * HW;
-      const acc cw = t_ch[row], cat = c_att * ca[row];
-      const scalar_t* sr = s + row * HW;
-      const scalar_t* tr = t + row * HW;
-      scalar_t* o = out + row * HW;
-#pragma omp simd
-      for (int64_t j = 0; j < HW; ++j) o[j] = focal::grad_student<acc, scalar_t>(sr[j], tr[j], pw[j], cw, pat[j], cat);
-    }
+    grad_rows<scalar_t>(s, t, pixel_weight.data(), pixel_att_scaled.data(), t_ch, ca, c_att, begin, end, C, HW, out);
   });
 }
 

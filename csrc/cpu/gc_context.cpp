@@ -10,7 +10,9 @@
 #include <cmath>
 #include <vector>
 
+#include "isa.h"
 #include "kdops/math/gc_context.h"
+#include "kdops/math/transcendental.h"
 #include "../ops/gc_context.h"
 
 namespace kdops {
@@ -19,6 +21,41 @@ namespace {
 // Pixels per task: about 512 KiB of features, so the second sweep over the block hits the cache.
 int64_t pixel_block(int64_t C, int64_t elem_size) {
   return std::max<int64_t>(64, std::min<int64_t>(4096, (512 * 1024) / (C * elem_size)));
+}
+
+// One task of the forward: the logits of one pixel block of one image, their block max and exp-sum,
+// and the block's partial contexts sum_j exp(l_j - max_b) F[c, j] while the block is in cache.
+template <typename scalar_t, typename acc = acc_t<scalar_t>>
+KDOPS_CPU_CLONES void forward_block(const scalar_t* f, const acc* w, acc b, int64_t task, int64_t blocks,
+                                    int64_t block, int64_t C, int64_t HW, acc* logits, acc* e, acc* ctx_part,
+                                    acc* block_max, acc* block_sum) {
+  const int64_t n = task / blocks, p0 = (task % blocks) * block;
+  const int64_t len = std::min(block, HW - p0);
+  acc* l = logits + n * HW + p0;
+  std::fill(l, l + len, b);
+  for (int64_t c = 0; c < C; ++c) {
+    const scalar_t* row = f + (n * C + c) * HW + p0;
+    const acc wc = w[c];
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) l[j] += wc * static_cast<acc>(row[j]);
+  }
+  acc mx = -std::numeric_limits<acc>::infinity(), total = 0;
+#pragma omp simd reduction(max : mx)
+  for (int64_t j = 0; j < len; ++j) mx = std::max(mx, l[j]);
+#pragma omp simd reduction(+ : total)
+  for (int64_t j = 0; j < len; ++j) {
+    e[j] = math::exp_<acc>(l[j] - mx);
+    total += e[j];
+  }
+  block_max[task] = mx;
+  block_sum[task] = total;
+  for (int64_t c = 0; c < C; ++c) {
+    const scalar_t* row = f + (n * C + c) * HW + p0;
+    acc s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < len; ++j) s += e[j] * static_cast<acc>(row[j]);
+    ctx_part[task * C + c] = s;
+  }
 }
 
 template <typename scalar_t>
@@ -35,33 +72,9 @@ void forward_impl(const at::Tensor& feat, const at::Tensor& weight, const at::Te
 
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc> e(block);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / blocks, p0 = (task % blocks) * block;
-      const int64_t len = std::min(block, HW - p0);
-      acc* l = logits + n * HW + p0;
-      std::fill(l, l + len, b);
-      for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* row = f + (n * C + c) * HW + p0;
-        const acc wc = w[c];
-#pragma omp simd
-        for (int64_t j = 0; j < len; ++j) l[j] += wc * static_cast<acc>(row[j]);
-      }
-      acc mx = -std::numeric_limits<acc>::infinity(), total = 0;
-      for (int64_t j = 0; j < len; ++j) mx = std::max(mx, l[j]);
-      for (int64_t j = 0; j < len; ++j) {
-        e[j] = std::exp(l[j] - mx);
-        total += e[j];
-      }
-      block_max[task] = mx;
-      block_sum[task] = total;
-      for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* row = f + (n * C + c) * HW + p0;
-        acc s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t j = 0; j < len; ++j) s += e[j] * static_cast<acc>(row[j]);
-        ctx_part[task * C + c] = s;
-      }
-    }
+    for (int64_t task = begin; task < end; ++task)
+      forward_block<scalar_t>(f, w, b, task, blocks, block, C, HW, logits, e.data(), ctx_part.data(),
+                              block_max.data(), block_sum.data());
   });
 
   acc* ctx = context.data_ptr<acc>();
@@ -81,7 +94,8 @@ void forward_impl(const at::Tensor& feat, const at::Tensor& weight, const at::Te
       const acc inv_z = acc(1) / z;
       for (int64_t c = 0; c < C; ++c) cn[c] *= inv_z;
       acc* p = logits + n * HW;
-      for (int64_t j = 0; j < HW; ++j) p[j] = std::exp(p[j] - mx) * inv_z;
+#pragma omp simd
+      for (int64_t j = 0; j < HW; ++j) p[j] = math::exp_<acc>(p[j] - mx) * inv_z;
     }
   });
 }
@@ -97,6 +111,40 @@ std::tuple<at::Tensor, at::Tensor> gc_context_cpu(const at::Tensor& feat_in, con
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "kdops_gc_context_cpu",
                                   [&] { forward_impl<scalar_t>(feat, weight, bias, context, probs); });
   return {context, probs};
+}
+
+// One task of the backward: u_j = g . F[:, j] and dl_j for one pixel block of one image, the block's
+// partial weight gradient sum_j dl_j F[c, j] and, when df is given, dF for the block.
+template <typename scalar_t, typename acc = acc_t<scalar_t>>
+KDOPS_CPU_CLONES void backward_block(const scalar_t* f, const acc* w, const acc* g, const acc* probs_p, acc ubar,
+                                     int64_t task, int64_t blocks, int64_t block, int64_t C, int64_t HW, acc* dl,
+                                     acc* dw_part, scalar_t* df) {
+  const int64_t n = task / blocks, p0 = (task % blocks) * block;
+  const int64_t len = std::min(block, HW - p0);
+  const acc* gn = g + n * C;
+  const acc* p = probs_p + n * HW + p0;
+  std::fill(dl, dl + len, acc(0));
+  for (int64_t c = 0; c < C; ++c) {  // u_j, accumulated in dl
+    const scalar_t* row = f + (n * C + c) * HW + p0;
+    const acc gc = gn[c];
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) dl[j] += gc * static_cast<acc>(row[j]);
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) dl[j] = gc::logit_grad<acc>(p[j], dl[j], ubar);
+  for (int64_t c = 0; c < C; ++c) {
+    const scalar_t* row = f + (n * C + c) * HW + p0;
+    acc s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < len; ++j) s += dl[j] * static_cast<acc>(row[j]);
+    dw_part[task * C + c] = s;
+    if (df != nullptr) {
+      scalar_t* out = df + (n * C + c) * HW + p0;
+      const acc gc = gn[c], wc = w[c];
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) out[j] = gc::grad_feat<acc, scalar_t>(p[j], gc, wc, dl[j]);
+    }
+  }
 }
 
 template <typename scalar_t>
@@ -118,33 +166,9 @@ void backward_impl(const at::Tensor& grad_context, const at::Tensor& feat, const
 
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc> dl(block);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / blocks, p0 = (task % blocks) * block;
-      const int64_t len = std::min(block, HW - p0);
-      const acc* gn = g + n * C;
-      const acc* p = probs_p + n * HW + p0;
-      std::fill(dl.begin(), dl.begin() + len, acc(0));
-      for (int64_t c = 0; c < C; ++c) {  // u_j, accumulated in dl
-        const scalar_t* row = f + (n * C + c) * HW + p0;
-        const acc gc = gn[c];
-#pragma omp simd
-        for (int64_t j = 0; j < len; ++j) dl[j] += gc * static_cast<acc>(row[j]);
-      }
-      for (int64_t j = 0; j < len; ++j) dl[j] = gc::logit_grad<acc>(p[j], dl[j], ubar[n]);
-      for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* row = f + (n * C + c) * HW + p0;
-        acc s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t j = 0; j < len; ++j) s += dl[j] * static_cast<acc>(row[j]);
-        dw_part[task * C + c] = s;
-        if (df != nullptr) {
-          scalar_t* out = df + (n * C + c) * HW + p0;
-          const acc gc = gn[c], wc = w[c];
-#pragma omp simd
-          for (int64_t j = 0; j < len; ++j) out[j] = gc::grad_feat<acc, scalar_t>(p[j], gc, wc, dl[j]);
-        }
-      }
-    }
+    for (int64_t task = begin; task < end; ++task)
+      backward_block<scalar_t>(f, w, g, probs_p, ubar[task / blocks], task, blocks, block, C, HW, dl.data(),
+                               dw_part.data(), df);
   });
 
   acc* gw = grad_weight.data_ptr<acc>();
