@@ -30,4 +30,4 @@ def test_bounded_regression(benchmark, dtype, impl):
     e = student.element_size()
     bytes_moved = 7 * student.numel() * e + 2 * weight.numel() * 4  # fwd S, T, Y; bwd S, T, Y, writes dS
     run_case(benchmark, op="bounded_regression", impl=impl, level="ROI", batch=ROI_ROWS, dtype=dtype, step=step,
-             inputs=(student, teacher, target, weight), bytes_moved=bytes_moved, rounds=20)
+             inputs=(student, teacher, target, weight), bytes_moved=bytes_moved, rounds=20, iterations=10)

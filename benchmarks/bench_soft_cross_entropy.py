@@ -29,4 +29,4 @@ def test_soft_cross_entropy(benchmark, dtype, impl):
     e = student.element_size()
     bytes_moved = 5 * student.numel() * e + 2 * target.numel() * 8  # fwd reads S, T; bwd reads S, T, writes dS
     run_case(benchmark, op="soft_cross_entropy", impl=impl, level="ROI", batch=ROI_ROWS, dtype=dtype, step=step,
-             inputs=(student, teacher, target), bytes_moved=bytes_moved, rounds=20)
+             inputs=(student, teacher, target), bytes_moved=bytes_moved, rounds=20, iterations=10)

@@ -90,8 +90,12 @@ def pick(impl, reference_fn, fused_fn):
     return fused_fn(impl)
 
 
-def run_case(benchmark, *, op, impl, level, batch, dtype, step, inputs, bytes_moved, rounds=None):
-    """Times step(*inputs) (forward + backward) and records what the report needs in extra_info."""
+def run_case(benchmark, *, op, impl, level, batch, dtype, step, inputs, bytes_moved, rounds=None, iterations=1):
+    """Times step(*inputs) (forward + backward) and records what the report needs in extra_info.
+
+    Sub-millisecond steps pass iterations > 1: each round then times that many back-to-back steps and
+    reports their mean, so one interruption of a shared machine does not decide a round.
+    """
     def call():
         step(*inputs)
         _sync()
@@ -109,7 +113,7 @@ def run_case(benchmark, *, op, impl, level, batch, dtype, step, inputs, bytes_mo
                                 copy_bandwidth_gbps=copy_bandwidth_gbps())
     if rounds is None:
         rounds = 20 if ON_GPU else 3
-    benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=1)
     median = benchmark.stats.stats.median
     benchmark.extra_info["achieved_gbps"] = bytes_moved / median / 1e9 if median > 0 else None
 
