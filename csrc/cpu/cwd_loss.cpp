@@ -5,6 +5,7 @@
 
 #include "chunked_sum.h"
 #include "isa.h"
+#include "row_math.h"
 #include "kdops/math/cwd_loss.h"
 #include "../ops/cwd_loss.h"
 
@@ -21,12 +22,8 @@ KDOPS_CPU_CLONES acc forward_rows(const scalar_t* sp, const scalar_t* tp, int64_
   for (int64_t row = begin; row < end; ++row) {
     const scalar_t* x = sp + row * HW;
     const scalar_t* y = tp + row * HW;
-    acc ms = -INFINITY, mt = -INFINITY;
-#pragma omp simd reduction(max : ms, mt)
-    for (int64_t j = 0; j < HW; ++j) {
-      ms = std::max(ms, static_cast<acc>(x[j]));
-      mt = std::max(mt, static_cast<acc>(y[j]));
-    }
+    acc ms, mt;
+    cpu::row_maxima(x, y, HW, ms, mt);
     acc sum_s = 0, sum_t = 0, a = 0;
 #pragma omp simd reduction(+ : sum_s, sum_t, a)
     for (int64_t j = 0; j < HW; ++j) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "isa.h"
+#include "row_math.h"
 #include "kdops/math/gc_context.h"
 #include "kdops/math/transcendental.h"
 #include "../ops/gc_context.h"
@@ -50,11 +51,7 @@ KDOPS_CPU_CLONES void forward_block(const scalar_t* f, const acc* w, acc b, int6
   block_max[task] = mx;
   block_sum[task] = total;
   for (int64_t c = 0; c < C; ++c) {
-    const scalar_t* row = f + (n * C + c) * HW + p0;
-    acc s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < len; ++j) s += e[j] * static_cast<acc>(row[j]);
-    ctx_part[task * C + c] = s;
+    ctx_part[task * C + c] = cpu::dot(e, f + (n * C + c) * HW + p0, len);
   }
 }
 
@@ -133,11 +130,7 @@ KDOPS_CPU_CLONES void backward_block(const scalar_t* f, const acc* w, const acc*
 #pragma omp simd
   for (int64_t j = 0; j < len; ++j) dl[j] = gc::logit_grad<acc>(p[j], dl[j], ubar);
   for (int64_t c = 0; c < C; ++c) {
-    const scalar_t* row = f + (n * C + c) * HW + p0;
-    acc s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < len; ++j) s += dl[j] * static_cast<acc>(row[j]);
-    dw_part[task * C + c] = s;
+    dw_part[task * C + c] = cpu::dot(dl, f + (n * C + c) * HW + p0, len);
     if (df != nullptr) {
       scalar_t* out = df + (n * C + c) * HW + p0;
       const acc gc = gn[c], wc = w[c];

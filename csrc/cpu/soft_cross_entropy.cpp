@@ -5,6 +5,7 @@
 
 #include "chunked_sum.h"
 #include "isa.h"
+#include "row_math.h"
 #include "row_tail.h"
 #include "kdops/math/soft_cross_entropy.h"
 #include "../ops/soft_cross_entropy.h"
@@ -67,12 +68,8 @@ KDOPS_CPU_CLONES std::array<acc, 2> forward_rows(const scalar_t* sp, const scala
   for (int64_t row = begin; row < end; ++row) {
     const scalar_t* zs = sp + row * C;
     const scalar_t* zt = tp + row * C;
-    acc ms = -INFINITY, mt = -INFINITY;
-#pragma omp simd reduction(max : ms, mt)
-    for (int64_t c = 0; c < C; ++c) {
-      ms = std::max(ms, static_cast<acc>(zs[c]));
-      mt = std::max(mt, static_cast<acc>(zt[c]));
-    }
+    acc ms, mt;
+    cpu::row_maxima(zs, zt, C, ms, mt);
     RowSums<acc> sums;
     const int64_t main = C >= cpu::kTailLanes ? cpu::whole_blocks(C) : C;
     add_exp_sums<false>(zs, zt, wp, main, ms, mt, inv_t, separate_sum1, static_cast<const acc*>(nullptr), sums);
