@@ -89,3 +89,16 @@ def assert_compiles_like_eager(loss_fn, leaf, *rest):
     expected.backward()
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(grad, leaf.grad)
+
+
+def parity_shapes(backend, device, shapes, small_shapes):
+    """The shapes a parity test runs: the small set under the (slow) Triton interpreter on CPU."""
+    return small_shapes if backend == "triton" and device == "cpu" else shapes
+
+
+def float64_loss_and_grad(loss_fn, student, grad_out):
+    """loss_fn(student in float64) and d(grad_out * loss)/d(student): the expected values of a parity test."""
+    s = student.detach().double().requires_grad_()
+    out = loss_fn(s)
+    (out * grad_out).backward()
+    return out.detach(), s.grad

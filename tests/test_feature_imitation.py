@@ -8,7 +8,7 @@ from torch.library import opcheck
 
 import kdops
 from kdops.reference import feature_imitation as reference
-from support import DTYPES, assert_close, assert_compiles_like_eager, backend_params, non_contiguous, randn
+from support import DTYPES, assert_close, assert_compiles_like_eager, backend_params, non_contiguous, randn, parity_shapes
 
 SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (3, 257, 1, 1), (2, 7, 37, 41), (1, 257, 13, 21)]
 SMALL_SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (1, 33, 5, 7)]  # for the Triton interpreter
@@ -42,7 +42,7 @@ def _expected(student, teacher, mask, loss, normalize, grad_out):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
 def test_matches_reference(backend, device, dtype, layout):
-    shapes = SMALL_SHAPES if backend == "triton" and device == "cpu" else SHAPES
+    shapes = parity_shapes(backend, device, SHAPES, SMALL_SHAPES)
     for i, (shape, (loss, normalize, with_mask)) in enumerate(itertools.product(shapes, MODES)):
         seed = torch.randint(0, 2**31 - 1, ()).item() + i
         student, teacher, mask = _inputs(shape, dtype, device, seed, with_mask)
