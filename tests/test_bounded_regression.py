@@ -9,7 +9,9 @@ from torch.library import opcheck
 
 import kdops
 from kdops.reference import bounded_regression as reference
-from support import DTYPES, assert_close, assert_compiles_like_eager, backend_params, backends_on_cpu, non_contiguous, randn, float64_loss_and_grad, parity_shapes
+from support import (
+    DTYPES, assert_close, assert_compiles_like_eager, backend_params, backends_on_cpu, non_contiguous, randn,
+    float64_loss_and_grad, parity_shapes)
 
 SHAPES = [(1, 4), (1024, 4), (37, 91, 4), (5, 7)]
 SMALL_SHAPES = [(1, 4), (300, 4), (3, 5, 4), (4, 7)]  # for the Triton interpreter

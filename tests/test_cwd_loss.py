@@ -6,7 +6,9 @@ from torch.library import opcheck
 
 import kdops
 from kdops.reference import cwd_loss as reference
-from support import DTYPES, assert_close, assert_compiles_like_eager, backend_params, backends_on_cpu, non_contiguous, randn, float64_loss_and_grad, parity_shapes
+from support import (
+    DTYPES, assert_close, assert_compiles_like_eager, backend_params, backends_on_cpu, non_contiguous, randn,
+    float64_loss_and_grad, parity_shapes)
 
 SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (2, 257, 1, 1), (2, 7, 37, 41), (1, 257, 13, 21)]
 SMALL_SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (1, 33, 5, 7)]  # for the Triton interpreter

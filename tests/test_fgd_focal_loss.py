@@ -7,7 +7,8 @@ from torch.library import opcheck
 import kdops
 from fgd_inputs import attention_off_kinks, masks
 from kdops.reference import fgd_focal_loss as reference
-from support import DTYPES, assert_close, assert_compiles_like_eager, backend_params, non_contiguous, randn, parity_shapes
+from support import (
+    DTYPES, assert_close, assert_compiles_like_eager, backend_params, non_contiguous, randn, parity_shapes)
 
 SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (3, 257, 1, 1), (2, 7, 37, 41), (1, 257, 13, 21)]
 SMALL_SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (1, 33, 5, 7)]  # for the Triton interpreter

@@ -9,7 +9,9 @@ from torch.library import opcheck
 
 import kdops
 from kdops.reference import soft_binary_cross_entropy as reference
-from support import DTYPES, assert_close, assert_compiles_like_eager, backend_params, backends_on_cpu, non_contiguous, randn, float64_loss_and_grad, parity_shapes
+from support import (
+    DTYPES, assert_close, assert_compiles_like_eager, backend_params, backends_on_cpu, non_contiguous, randn,
+    float64_loss_and_grad, parity_shapes)
 
 SHAPES = [(1,), (4097,), (2, 3, 13, 21), (1, 1)]
 SMALL_SHAPES = [(1,), (1500,), (2, 3, 5, 7)]  # for the Triton interpreter

@@ -8,7 +8,9 @@ from torch.library import opcheck
 
 import kdops
 from kdops.reference import soft_cross_entropy as reference
-from support import DTYPES, assert_close, assert_compiles_like_eager, backend_params, backends_on_cpu, non_contiguous, randn, float64_loss_and_grad, parity_shapes
+from support import (
+    DTYPES, assert_close, assert_compiles_like_eager, backend_params, backends_on_cpu, non_contiguous, randn,
+    float64_loss_and_grad, parity_shapes)
 
 # 15, 16, 17, 33 classes: around the CPU kernels' 16-wide blocks (a row's last block overlaps the one before).
 SHAPES = [(1, 91), (37, 91), (5, 1000), (64, 3), (1, 1), (4, 15), (2, 16), (7, 17), (3, 33)]
