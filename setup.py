@@ -73,6 +73,7 @@ def _extensions():
         _flag("FORCE_CUDA") or torch.version.cuda is not None)
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp"))
                      + glob.glob(os.path.join("csrc", "ops", "*.cpp"))
+                     + glob.glob(os.path.join("csrc", "autograd", "*.cpp"))
                      + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # No -std flag: torch's build helper picks the standard its headers need (C++17 or C++20).
     # -fno-trapping-math: no FP exceptions are observed, so float compares/selects (clamps, masks) can be

@@ -1,9 +1,9 @@
 """torch.library plumbing shared by every op: fake (meta) kernels and hand-written autograd.
 
 Every op exists twice in the dispatcher: the native op `kdops::<op>` (C++ schema in csrc/ops/, CPU and
-CUDA kernels) and the Triton op `kdops_triton::<op>` (a Python custom op, device-agnostic so the Triton
-interpreter can run it on CPU tensors). Both get the same fake kernels and the same autograd formula,
-parameterised by the backward op they call.
+CUDA kernels, autograd in csrc/autograd/) and the Triton op `kdops_triton::<op>` (a Python custom op,
+device-agnostic so the Triton interpreter can run it on CPU tensors). Both get the same fake kernels;
+the Triton op gets its autograd here, from the Python twin of the C++ backward.
 """
 
 import torch
@@ -12,15 +12,18 @@ from kdops import _extension
 
 
 def register(forward: str, backward: str, fake_forward, fake_backward, setup_context, make_backward) -> None:
-    """Registers fakes for `forward` and `backward` and autograd for `forward`.
+    """Registers fakes for `forward` and `backward`, and autograd for `forward` unless it has C++ autograd.
 
     make_backward(backward_op) returns the autograd backward function that calls `backward_op`.
     Native ops are skipped when the extension is not loaded (they do not exist then).
     """
-    if forward.startswith("kdops::") and not _extension.native_loaded():
+    native = forward.startswith("kdops::")
+    if native and not _extension.native_loaded():
         return
     torch.library.register_fake(forward)(fake_forward)
     torch.library.register_fake(backward)(fake_backward)
+    if native:
+        return  # its autograd is C++: csrc/autograd/<op>.cpp
     namespace, name = backward.split("::")
     backward_op = getattr(getattr(torch.ops, namespace), name)
     torch.library.register_autograd(forward, make_backward(backward_op), setup_context=setup_context)

@@ -1,0 +1,40 @@
+// Autograd of kdops::attention_masks (the Python twin for the Triton op: kdops/ops/attention_masks.py).
+#include "autograd.h"
+
+namespace kdops {
+namespace autograd {
+namespace {
+
+using T = at::Tensor;
+using Forward = std::tuple<T, T>(const T&, double);
+using Backward = T(const T&, const T&, const T&, const T&, const T&, double);
+
+struct AttentionMasks : torch::autograd::Function<AttentionMasks> {
+  static variable_list forward(AutogradContext* ctx, const T& feat, double temperature) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [spatial, channel] = op_handle<Forward>("kdops::attention_masks").call(feat, temperature);
+    ctx->save_for_backward({feat, spatial, channel});
+    ctx->saved_data["temperature"] = temperature;
+    return {spatial, channel};
+  }
+
+  // An unused output's gradient arrives as zeros (materialised grads).
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    return {op_handle<Backward>("kdops::attention_masks_backward")
+                .call(grads[0], grads[1], saved[0], saved[1], saved[2], ctx->saved_data["temperature"].toDouble()),
+            T()};
+  }
+};
+
+std::tuple<T, T> attention_masks_autograd(const T& feat, double temperature) {
+  auto out = AttentionMasks::apply(feat, temperature);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kdops, Autograd, m) { m.impl("attention_masks", &attention_masks_autograd); }
+
+}  // namespace autograd
+}  // namespace kdops

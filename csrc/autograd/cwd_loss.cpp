@@ -1,0 +1,44 @@
+// Autograd of kdops::cwd_loss (the Python twin for the Triton op: kdops/ops/cwd_loss.py).
+#include "autograd.h"
+
+namespace kdops {
+namespace autograd {
+namespace {
+
+using T = at::Tensor;
+using Forward = std::tuple<T, T>(const T&, const T&, double);
+using Backward = T(const T&, const T&, const T&, const T&, double);
+
+struct CwdLoss : torch::autograd::Function<CwdLoss> {
+  static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher, double tau) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [loss, row_stats] = op_handle<Forward>("kdops::cwd_loss").call(student, teacher, tau);
+    ctx->save_for_backward({student, teacher, row_stats});
+    ctx->saved_data["tau"] = tau;
+    ctx->mark_non_differentiable({row_stats});
+    return {loss, row_stats};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_no_grad(ctx, 1, "cwd_loss", "teacher");
+    variable_list out(3);
+    if (ctx->needs_input_grad(0)) {
+      const auto s = ctx->get_saved_variables();
+      out[0] = op_handle<Backward>("kdops::cwd_loss_backward")
+                   .call(grads[0], s[0], s[1], s[2], ctx->saved_data["tau"].toDouble());
+    }
+    return out;
+  }
+};
+
+std::tuple<T, T> cwd_loss_autograd(const T& student, const T& teacher, double tau) {
+  auto out = CwdLoss::apply(student, teacher, tau);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kdops, Autograd, m) { m.impl("cwd_loss", &cwd_loss_autograd); }
+
+}  // namespace autograd
+}  // namespace kdops

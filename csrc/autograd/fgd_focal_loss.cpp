@@ -1,0 +1,56 @@
+// Autograd of kdops::fgd_focal_loss (the Python twin for the Triton op: kdops/ops/fgd_focal_loss.py).
+#include "autograd.h"
+
+namespace kdops {
+namespace autograd {
+namespace {
+
+using T = at::Tensor;
+using Forward = std::tuple<T, T, T, T, T, T>(const T&, const T&, const T&, const T&, double, double, double, double);
+using Backward = T(const T&, const T&, const T&, const T&, const T&, const T&, const T&, const T&, const T&, const T&,
+                   double, double, double);
+
+struct FgdFocalLoss : torch::autograd::Function<FgdFocalLoss> {
+  static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher, const T& fg, const T& bg,
+                               double temperature, double alpha, double beta, double gamma) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [loss, terms, t_spatial, t_channel, pixel_att, channel_att] =
+        op_handle<Forward>("kdops::fgd_focal_loss").call(student, teacher, fg, bg, temperature, alpha, beta, gamma);
+    ctx->save_for_backward({student, teacher, fg, bg, t_spatial, t_channel, pixel_att, channel_att});
+    ctx->saved_data["alpha"] = alpha;
+    ctx->saved_data["beta"] = beta;
+    ctx->saved_data["gamma"] = gamma;
+    ctx->mark_non_differentiable({t_spatial, t_channel, pixel_att, channel_att});
+    return {loss, terms, t_spatial, t_channel, pixel_att, channel_att};
+  }
+
+  // The loss and its terms are differentiable (an unused one's gradient arrives as zeros); the box masks
+  // are constants.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!ctx->needs_input_grad(1),
+                "kdops.fgd_focal_loss: teacher must not require grad: the teacher's attention masks are constants "
+                "of the FGD loss (as in the official FGD code). Pass teacher.detach().");
+    variable_list out(8);
+    if (!ctx->needs_input_grad(0)) return out;
+    const auto s = ctx->get_saved_variables();
+    const auto dtype = s[4].scalar_type();
+    out[0] = op_handle<Backward>("kdops::fgd_focal_loss_backward")
+                 .call(grads[0].to(dtype), grads[1].to(dtype), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+                       ctx->saved_data["alpha"].toDouble(), ctx->saved_data["beta"].toDouble(),
+                       ctx->saved_data["gamma"].toDouble());
+    return out;
+  }
+};
+
+std::tuple<T, T, T, T, T, T> fgd_focal_loss_autograd(const T& student, const T& teacher, const T& fg, const T& bg,
+                                                     double temperature, double alpha, double beta, double gamma) {
+  auto out = FgdFocalLoss::apply(student, teacher, fg, bg, temperature, alpha, beta, gamma);
+  return {out[0], out[1], out[2], out[3], out[4], out[5]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kdops, Autograd, m) { m.impl("fgd_focal_loss", &fgd_focal_loss_autograd); }
+
+}  // namespace autograd
+}  // namespace kdops

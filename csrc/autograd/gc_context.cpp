@@ -1,0 +1,53 @@
+// Autograd of kdops::gc_context (the Python twin for the Triton op: kdops/ops/gc_context.py).
+#include "autograd.h"
+
+namespace kdops {
+namespace autograd {
+namespace {
+
+using T = at::Tensor;
+using Forward = std::tuple<T, T>(const T&, const T&, const T&);
+using Backward = std::tuple<T, T>(const T&, const T&, const T&, const T&, const T&, bool);
+
+struct GcContext : torch::autograd::Function<GcContext> {
+  static variable_list forward(AutogradContext* ctx, const T& feat, const T& weight, const T& bias) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [context, probs] = op_handle<Forward>("kdops::gc_context").call(feat, weight, bias);
+    ctx->save_for_backward({feat, weight, context, probs});
+    ctx->mark_non_differentiable({probs});
+    ctx->set_materialize_grads(false);  // an unused context costs no pass over the feature
+    return {context, probs};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const T& weight = s[1];
+    const bool need_feat = ctx->needs_input_grad(0), need_weight = ctx->needs_input_grad(1);
+    variable_list out(3);
+    // The bias only shifts every logit of an image: softmax ignores it, so its gradient is exactly zero.
+    if (ctx->needs_input_grad(2)) out[2] = at::zeros({1}, weight.options());
+    const T& grad_context = grads[0];
+    if (!grad_context.defined()) {
+      if (need_weight) out[1] = at::zeros_like(weight);
+      return out;
+    }
+    if (!need_feat && !need_weight) return out;
+    auto [grad_feat, grad_weight] = op_handle<Backward>("kdops::gc_context_backward")
+                                        .call(grad_context.to(s[2].scalar_type()), s[0], weight, s[2], s[3], need_feat);
+    if (need_feat) out[0] = grad_feat;
+    if (need_weight) out[1] = grad_weight;
+    return out;
+  }
+};
+
+std::tuple<T, T> gc_context_autograd(const T& feat, const T& weight, const T& bias) {
+  auto out = GcContext::apply(feat, weight, bias);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kdops, Autograd, m) { m.impl("gc_context", &gc_context_autograd); }
+
+}  // namespace autograd
+}  // namespace kdops

@@ -1,0 +1,54 @@
+// Autograd of kdops::relation_mse (the Python twin for the Triton op: kdops/ops/relation_mse.py).
+#include "autograd.h"
+
+namespace kdops {
+namespace autograd {
+namespace {
+
+using T = at::Tensor;
+using Forward = std::tuple<T, T>(const T&, const T&, const T&, const T&);
+using Backward = T(const T&, const T&, const T&, const T&, const T&);
+
+struct RelationMse : torch::autograd::Function<RelationMse> {
+  static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher, const T& delta_s,
+                               const T& delta_t) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [loss, row_sum] = op_handle<Forward>("kdops::relation_mse").call(student, teacher, delta_s, delta_t);
+    ctx->save_for_backward({student, teacher, delta_s, delta_t, row_sum});
+    ctx->mark_non_differentiable({row_sum});
+    return {loss, row_sum};
+  }
+
+  // The loss depends on (S + delta_s) - (T + delta_t): the teacher-side gradients are the negatives.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const T& grad = grads[0];
+    variable_list out(4);
+    if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
+      const T grad_feat = op_handle<Backward>("kdops::relation_mse_backward").call(grad, s[0], s[1], s[2], s[3]);
+      if (ctx->needs_input_grad(1)) out[1] = -grad_feat;
+      if (ctx->needs_input_grad(0)) out[0] = grad_feat;
+    }
+    if (ctx->needs_input_grad(2) || ctx->needs_input_grad(3)) {
+      // dL/ddelta_s[n, c] = 2 grad / N * sum_hw (S + delta_s - T - delta_t): no pass over the features.
+      const T& row_sum = s[4];
+      const double scale = 2.0 / static_cast<double>(std::max<int64_t>(s[0].size(0), 1));
+      const T grad_delta = grad.to(row_sum.scalar_type()).mul(scale).mul(row_sum);
+      if (ctx->needs_input_grad(3)) out[3] = -grad_delta;
+      if (ctx->needs_input_grad(2)) out[2] = grad_delta;
+    }
+    return out;
+  }
+};
+
+std::tuple<T, T> relation_mse_autograd(const T& student, const T& teacher, const T& delta_s, const T& delta_t) {
+  auto out = RelationMse::apply(student, teacher, delta_s, delta_t);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kdops, Autograd, m) { m.impl("relation_mse", &relation_mse_autograd); }
+
+}  // namespace autograd
+}  // namespace kdops
