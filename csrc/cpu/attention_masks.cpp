@@ -8,6 +8,7 @@
 #include <cmath>
 #include <vector>
 
+#include "gradient_buffer.h"
 #include "kdops/math/attention_masks.h"
 #include "../ops/attention_masks.h"
 
@@ -132,7 +133,7 @@ at::Tensor attention_masks_backward_cpu(const at::Tensor& grad_spatial, const at
                                         const at::Tensor& channel, double temperature) {
   check_attention_masks_backward_args(grad_spatial, grad_channel, feat_in, spatial, channel);
   const at::Tensor feat = feat_in.contiguous();
-  at::Tensor grad = at::empty_like(feat, at::MemoryFormat::Contiguous);
+  at::Tensor grad = cpu::empty_gradient_like(feat);
   if (feat.numel() == 0) return grad;
   const auto acc_type = acc_dtype(feat.scalar_type());
   const auto prep = [&](const at::Tensor& t) { return t.to(acc_type).contiguous(); };

@@ -2,6 +2,7 @@
 // (chunk sums added in order: deterministic). Backward: one pass, each row's bound recomputed.
 #include <torch/library.h>
 
+#include "gradient_buffer.h"
 #include "chunked_sum.h"
 #include "kdops/math/bounded_regression.h"
 #include "../ops/bounded_regression.h"
@@ -124,7 +125,7 @@ at::Tensor bounded_regression_backward_cpu(const at::Tensor& grad_out, const at:
   check_bounded_regression_args(student, teacher, target, weight);
   TORCH_CHECK(grad_out.numel() == 1 && norm.numel() == 1,
               "kdops.bounded_regression_backward: grad and norm must be scalars");
-  at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
+  at::Tensor grad = cpu::empty_gradient_like(student);
   if (student.numel() == 0) return grad;
   // CPU tensors: reading the two scalars is a plain memory load, not a device sync.
   const double n = norm.item<double>();

@@ -3,6 +3,7 @@
 // Backward: one elementwise pass from the saved row statistics.
 #include <torch/library.h>
 
+#include "gradient_buffer.h"
 #include "chunked_sum.h"
 #include "isa.h"
 #include "row_math.h"
@@ -107,7 +108,7 @@ at::Tensor cwd_loss_backward_cpu(const at::Tensor& grad_out, const at::Tensor& s
   TORCH_CHECK(row_stats.dim() == 2 && row_stats.size(0) == rows && row_stats.size(1) == kStats &&
                   row_stats.scalar_type() == acc_dtype(student.scalar_type()),
               "kdops.cwd_loss_backward: row_stats must be the forward's (N*C, ", kStats, ") statistics");
-  at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
+  at::Tensor grad = cpu::empty_gradient_like(student);
   if (student.numel() == 0) return grad;
   // CPU tensor: reading the scalar is a plain memory load, not a device sync.
   const double coef = grad_out.item<double>() * tau / static_cast<double>(rows);

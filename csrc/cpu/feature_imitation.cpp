@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "gradient_buffer.h"
 #include "kdops/math/feature_imitation.h"
 #include "../ops/feature_imitation.h"
 
@@ -111,7 +112,7 @@ at::Tensor feature_imitation_backward_cpu(const at::Tensor& grad_out, const at::
   check_feature_imitation_args(student, teacher, mask, loss, 0);
   TORCH_CHECK(grad_out.numel() == 1 && norm.numel() == 1,
               "kdops.feature_imitation_backward: grad and norm must be scalars");
-  at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
+  at::Tensor grad = cpu::empty_gradient_like(student);
   if (student.numel() == 0) return grad;
   // CPU tensors: reading the two scalars is a plain memory load, not a device sync.
   const double z = norm.item<double>();

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <vector>
 
+#include "gradient_buffer.h"
 #include "isa.h"
 #include "kdops/math/fgd_focal_loss.h"
 #include "../ops/fgd_focal_loss.h"
@@ -250,7 +251,7 @@ at::Tensor fgd_focal_loss_backward_cpu(const at::Tensor& grad_loss, const at::Te
   check_fgd_focal_loss_backward_args(grad_loss, grad_terms, student_in, teacher_in, fg, bg, t_spatial, t_channel,
                                      pixel_att, channel_att);
   const at::Tensor student = student_in.contiguous(), teacher = teacher_in.contiguous();
-  at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
+  at::Tensor grad = cpu::empty_gradient_like(student);
   if (student.numel() == 0) return grad;
   const auto acc_type = acc_dtype(student.scalar_type());
   const auto prep = [&](const at::Tensor& x) { return x.to(acc_type).contiguous(); };

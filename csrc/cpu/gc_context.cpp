@@ -10,6 +10,7 @@
 #include <cmath>
 #include <vector>
 
+#include "gradient_buffer.h"
 #include "isa.h"
 #include "row_math.h"
 #include "kdops/math/gc_context.h"
@@ -175,7 +176,7 @@ std::tuple<at::Tensor, at::Tensor> gc_context_backward_cpu(const at::Tensor& gra
                                                            const at::Tensor& probs, bool need_feat) {
   check_gc_context_backward_args(grad_context, feat_in, weight, context, probs);
   const at::Tensor feat = feat_in.contiguous();
-  at::Tensor grad_feat = need_feat ? at::empty_like(feat, at::MemoryFormat::Contiguous) : feat.new_empty({0});
+  at::Tensor grad_feat = need_feat ? cpu::empty_gradient_like(feat) : feat.new_empty({0});
   at::Tensor grad_weight = at::zeros_like(weight);
   if (feat.numel() == 0) return {grad_feat, grad_weight};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "kdops_gc_context_backward_cpu", [&] {

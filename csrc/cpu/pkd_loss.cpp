@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "gradient_buffer.h"
 #include "kdops/math/pkd_loss.h"
 #include "../ops/pkd_loss.h"
 
@@ -105,7 +106,7 @@ at::Tensor pkd_loss_backward_cpu(const at::Tensor& grad_out, const at::Tensor& s
                                  const at::Tensor& channel_stats) {
   check_pkd_loss_args(student, teacher);
   check_pkd_loss_backward_args(grad_out, student, channel_stats);
-  at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
+  at::Tensor grad = cpu::empty_gradient_like(student);
   // CPU tensor: reading the scalar is a plain memory load, not a device sync.
   const double g = grad_out.item<double>();
   const at::Tensor s = student.contiguous(), t = teacher.contiguous(), st = channel_stats.contiguous();

@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "gradient_buffer.h"
 #include "kdops/math/relation_mse.h"
 #include "../ops/relation_mse.h"
 
@@ -89,7 +90,7 @@ at::Tensor relation_mse_backward_cpu(const at::Tensor& grad_out, const at::Tenso
   TORCH_CHECK(grad_out.numel() == 1, "kdops.relation_mse_backward: grad must have one element, got ",
               grad_out.sizes());
   const at::Tensor student = student_in.contiguous(), teacher = teacher_in.contiguous();
-  at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
+  at::Tensor grad = cpu::empty_gradient_like(student);
   if (student.numel() == 0) return grad;
   // CPU tensor: reading the scalar gradient is a plain memory load, not a device sync.
   const double coef = 2.0 * grad_out.item<double>() / static_cast<double>(student.size(0));

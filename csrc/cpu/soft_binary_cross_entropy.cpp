@@ -2,6 +2,7 @@
 // anchors, chunk sums added in order: deterministic), one elementwise pass backward.
 #include <torch/library.h>
 
+#include "gradient_buffer.h"
 #include "chunked_sum.h"
 #include "isa.h"
 #include "kdops/math/soft_binary_cross_entropy.h"
@@ -139,7 +140,7 @@ at::Tensor soft_binary_cross_entropy_backward_cpu(const at::Tensor& grad_out, co
   check_soft_binary_cross_entropy_args(student, teacher, target, temperature);
   TORCH_CHECK(grad_out.numel() == 1 && norm.numel() == 1,
               "kdops.soft_binary_cross_entropy_backward: grad and norm must be scalars");
-  at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
+  at::Tensor grad = cpu::empty_gradient_like(student);
   if (student.numel() == 0) return grad;
   // CPU tensors: reading the two scalars is a plain memory load, not a device sync.
   const double n = norm.item<double>();

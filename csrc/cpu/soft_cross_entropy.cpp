@@ -3,6 +3,7 @@
 // sums are added in order (deterministic). Backward: one pass per row from the saved row_stats.
 #include <torch/library.h>
 
+#include "gradient_buffer.h"
 #include "chunked_sum.h"
 #include "isa.h"
 #include "row_math.h"
@@ -219,7 +220,7 @@ at::Tensor soft_cross_entropy_backward_cpu(const at::Tensor& grad_out, const at:
                                            int64_t ignore_index) {
   check_soft_cross_entropy_args(student, teacher, class_weight, target, temperature);
   check_soft_cross_entropy_backward_args(grad_out, student, norm, row_stats);
-  at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
+  at::Tensor grad = cpu::empty_gradient_like(student);
   if (student.numel() == 0) return grad;
   // CPU tensors: reading the two scalars is a plain memory load, not a device sync.
   const double n = norm.item<double>();
