@@ -5,9 +5,15 @@
 // against ~9 ms to write (2-core KVM Xeon). Advising the buffer to use transparent huge pages before
 // the first write makes it 512x fewer faults (~22 ms there). The advice only concerns memory this
 // call allocated, changes no value, and is a no-op where THP is off ("never") or on other systems.
+// The price: while the system has few free 2 MiB pages, the first few such buffers of a process fault
+// in slower (the kernel compacts memory for them: ~150 ms instead of ~60 ms for 138 MB there); once
+// freed buffers are recycled, each costs ~25 ms. KDOPS_CPU_HUGE_PAGES=0 turns the advice off.
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <cstdlib>
+#include <cstring>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -20,8 +26,17 @@ namespace cpu {
 // Below this, a buffer spans too few 2 MiB huge pages for the advice to matter.
 constexpr int64_t kHugePageAdviceBytes = int64_t(8) << 20;
 
+inline bool huge_pages_wanted() {
+  static const bool wanted = [] {
+    const char* v = std::getenv("KDOPS_CPU_HUGE_PAGES");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return wanted;
+}
+
 inline void advise_huge_pages(const at::Tensor& fresh) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (!huge_pages_wanted()) return;
   const int64_t bytes = fresh.numel() * static_cast<int64_t>(fresh.element_size());
   if (bytes < kHugePageAdviceBytes) return;
   const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
