@@ -1,5 +1,5 @@
-"""Full-size CPU gradients of 8 MB and more are advised to use huge pages (csrc/cpu/gradient_buffer.h).
-The advice must change no value: the gradient is the same with it and with KDOPS_CPU_HUGE_PAGES=0."""
+"""With KDOPS_CPU_HUGE_PAGES=1, full-size CPU gradients of 8 MB and more are advised to use huge pages
+(csrc/cpu/gradient_buffer.h). The advice must change no value: the gradient is the same with and without."""
 
 import os
 import subprocess

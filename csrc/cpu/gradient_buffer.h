@@ -1,13 +1,13 @@
 // The full-size output of a CPU backward (the gradient of a feature map or of a logit matrix).
 //
-// A fresh multi-MB tensor is mapped lazily: every 4 KiB page faults on first write. On the VMs these
-// kernels meet, that costs more than the arithmetic: 183 MB of FGD gradient took ~45 ms to fault in
-// against ~9 ms to write (2-core KVM Xeon). Advising the buffer to use transparent huge pages before
-// the first write makes it 512x fewer faults (~22 ms there). The advice only concerns memory this
-// call allocated, changes no value, and is a no-op where THP is off ("never") or on other systems.
-// The price: while the system has few free 2 MiB pages, the first few such buffers of a process fault
-// in slower (the kernel compacts memory for them: ~150 ms instead of ~60 ms for 138 MB there); once
-// freed buffers are recycled, each costs ~25 ms. KDOPS_CPU_HUGE_PAGES=0 turns the advice off.
+// A fresh multi-MB tensor is mapped lazily: every 4 KiB page faults on first write. On small VMs that
+// costs more than the arithmetic: relation_mse's backward at FPN P2, batch 2 (a 138 MB gradient) took
+// ~57 ms, mostly faults, on a 2-core KVM Xeon. With KDOPS_CPU_HUGE_PAGES=1 such buffers are advised to
+// use transparent huge pages before the first write (512x fewer faults): ~27 ms there once the
+// process recycles freed huge pages. Opt-in, like torch's THP_MEM_ALLOC_ENABLE, because while the system has
+// few free 2 MiB pages the kernel compacts memory on the fault path: the first buffers then took
+// 150-210 ms there, and short runs get noisier. The advice concerns only memory this call allocated
+// and changes no value; it is a no-op where THP is "never" and on other systems.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -29,7 +29,7 @@ constexpr int64_t kHugePageAdviceBytes = int64_t(8) << 20;
 inline bool huge_pages_wanted() {
   static const bool wanted = [] {
     const char* v = std::getenv("KDOPS_CPU_HUGE_PAGES");
-    return v == nullptr || std::strcmp(v, "0") != 0;
+    return v != nullptr && std::strcmp(v, "1") == 0;
   }();
   return wanted;
 }
