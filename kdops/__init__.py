@@ -7,6 +7,7 @@ Each op has four backends computing the same function (SPEC.md): "reference" (pu
 
 from kdops import _extension  # noqa: F401  (loads the native kernels, warns once if missing)
 from kdops._backend import BACKENDS, BackendUnavailableError, available_backends
+from kdops._memory import cpu_gradient_cache_bytes, empty_cpu_gradient_cache
 from kdops.ops.attention_masks import attention_masks
 from kdops.ops.bounded_regression import bounded_regression
 from kdops.ops.box_masks import box_masks
@@ -29,7 +30,9 @@ __all__ = [
     "available_backends",
     "bounded_regression",
     "box_masks",
+    "cpu_gradient_cache_bytes",
     "cwd_loss",
+    "empty_cpu_gradient_cache",
     "feature_imitation",
     "fgd_focal_loss",
     "gc_context",

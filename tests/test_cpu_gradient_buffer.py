@@ -1,5 +1,5 @@
-"""With KDOPS_CPU_HUGE_PAGES=1, full-size CPU gradients of 8 MB and more are advised to use huge pages
-(csrc/cpu/gradient_buffer.h). The advice must change no value: the gradient is the same with and without."""
+"""Full-size CPU gradients of 8 MB and more reuse freed buffers of the same size (csrc/cpu/gradient_buffer.h).
+The cache must change no value, never hand out memory a live tensor uses, and stay within its bound."""
 
 import os
 import subprocess
@@ -13,40 +13,92 @@ import kdops
 pytestmark = pytest.mark.skipif(kdops.available_backends()["cpu"] != "available",
                                 reason="the C++ extension is not built")
 
-# 2 x 32 x 160 x 256 float32 = 10.5 MB: above the advice threshold (the other tests stay below it).
+SHAPE = (2, 32, 160, 256)  # float32: 10 MiB, above the 8 MB the cache starts at (the other tests stay below)
+BYTES = 2 * 32 * 160 * 256 * 4
+
+
+def _inputs(seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(SHAPE, generator=g, requires_grad=True), torch.randn(SHAPE, generator=g)
+
+
+def _relation_grad(s, t, backend="cpu"):
+    s.grad = None
+    zeros = torch.zeros(SHAPE[:2])
+    kdops.relation_mse(s, t, zeros, zeros, backend=backend).backward()
+    grad, s.grad = s.grad, None
+    return grad
+
+
+@pytest.fixture(autouse=True)
+def empty_cache():
+    kdops.empty_cpu_gradient_cache()
+    yield
+    kdops.empty_cpu_gradient_cache()
+
+
+def test_a_freed_gradient_is_reused_and_the_values_stay_right():
+    s, t = _inputs(0)
+    first = _relation_grad(s, t)
+    address = first.data_ptr()
+    del first
+    assert kdops.cpu_gradient_cache_bytes() == BYTES
+    second = _relation_grad(s, t)
+    assert second.data_ptr() == address
+    assert kdops.cpu_gradient_cache_bytes() == 0
+    torch.testing.assert_close(second, _relation_grad(s, t, backend="reference"))
+
+
+def test_live_gradients_never_share_memory():
+    s, t = _inputs(1)
+    first = _relation_grad(s, t)
+    kept = first.clone()
+    second = _relation_grad(*_inputs(2))
+    assert second.data_ptr() != first.data_ptr()
+    assert torch.equal(first, kept)
+
+
+def test_small_gradients_are_not_cached():
+    s = torch.randn(2, 8, 16, 16, requires_grad=True)
+    kdops.cwd_loss(s, torch.randn(2, 8, 16, 16), backend="cpu").backward()
+    s.grad = None
+    assert kdops.cpu_gradient_cache_bytes() == 0
+
+
+def test_empty_cache_releases_what_it_held():
+    s, t = _inputs(3)
+    _relation_grad(s, t)  # freed at once: cached
+    assert kdops.empty_cpu_gradient_cache() == BYTES
+    assert kdops.cpu_gradient_cache_bytes() == 0
+
+
 _SCRIPT = """
 import sys, torch, kdops
 g = torch.Generator().manual_seed(0)
 s = torch.randn(2, 32, 160, 256, generator=g, requires_grad=True)
 t = torch.randn(2, 32, 160, 256, generator=g)
-kdops.cwd_loss(s, t, 2.0, backend="cpu").backward()
-grad_cwd = s.grad
-s.grad = None
-kdops.feature_imitation(s, t, backend="cpu").backward()
-torch.save({"cwd": grad_cwd, "imitation": s.grad}, sys.argv[1])
+grads = {}
+for name, loss in (("cwd", lambda: kdops.cwd_loss(s, t, 2.0, backend="cpu")),
+                   ("imitation", lambda: kdops.feature_imitation(s, t, backend="cpu")),
+                   ("cwd_again", lambda: kdops.cwd_loss(s, t, 2.0, backend="cpu"))):
+    loss().backward()
+    grads[name] = s.grad.clone()
+    s.grad = None
+torch.save({"grads": grads, "cached": kdops.cpu_gradient_cache_bytes()}, sys.argv[1])
 """
 
 
-def _gradients(tmp_path, huge_pages):
-    out = tmp_path / f"grads_{huge_pages}.pt"
-    env = {**os.environ, "KDOPS_CPU_HUGE_PAGES": huge_pages}
+def _run(tmp_path, cache_mb):
+    out = tmp_path / f"grads_{cache_mb}.pt"
+    env = {**os.environ, "KDOPS_CPU_GRADIENT_CACHE_MB": cache_mb}
     subprocess.run([sys.executable, "-c", _SCRIPT, str(out)], env=env, check=True, timeout=300)
     return torch.load(out)
 
 
-def test_huge_page_advice_changes_no_value(tmp_path):
-    advised, plain = _gradients(tmp_path, "1"), _gradients(tmp_path, "0")
-    for name in advised:
-        assert advised[name].abs().sum() > 0, name
-        assert torch.equal(advised[name], plain[name]), name
-
-
-def test_large_gradient_matches_the_reference():
-    g = torch.Generator().manual_seed(1)
-    s = torch.randn(2, 32, 160, 256, generator=g, requires_grad=True)
-    t = torch.randn(2, 32, 160, 256, generator=g)
-    kdops.relation_mse(s, t, torch.zeros(2, 32), torch.zeros(2, 32), backend="cpu").backward()
-    fused = s.grad
-    s.grad = None
-    kdops.relation_mse(s, t, torch.zeros(2, 32), torch.zeros(2, 32), backend="reference").backward()
-    torch.testing.assert_close(fused, s.grad)
+def test_the_cache_changes_no_value_and_respects_its_bound(tmp_path):
+    cached, off, too_small = _run(tmp_path, "1024"), _run(tmp_path, "0"), _run(tmp_path, "9")
+    assert cached["cached"] == BYTES and off["cached"] == 0 and too_small["cached"] == 0
+    for name in cached["grads"]:
+        assert cached["grads"][name].abs().sum() > 0, name
+        assert torch.equal(cached["grads"][name], off["grads"][name]), name
+        assert torch.equal(cached["grads"][name], too_small["grads"][name]), name
