@@ -27,14 +27,12 @@ struct AttentionMasks : torch::autograd::Function<AttentionMasks> {
   }
 };
 
-std::tuple<T, T> attention_masks_autograd(const T& feat, double temperature) {
-  auto out = AttentionMasks::apply(feat, temperature);
-  return {out[0], out[1]};
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(kdops, Autograd, m) { m.impl("attention_masks", &attention_masks_autograd); }
+TORCH_LIBRARY_IMPL(kdops, Autograd, m) {
+  m.impl("attention_masks",
+         &autograd_kernel<AttentionMasks, 2, const T&, double>);
+}
 
 }  // namespace autograd
 }  // namespace kdops

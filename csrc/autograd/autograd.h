@@ -8,6 +8,9 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <tuple>
+#include <utility>
+
 namespace kdops {
 namespace autograd {
 
@@ -31,6 +34,18 @@ inline at::Tensor saved_or_undefined(const c10::optional<at::Tensor>& t) { retur
 // The teacher is a constant of every distillation loss: asking for its gradient is a caller's mistake.
 inline void check_no_grad(AutogradContext* ctx, size_t index, const char* op, const char* arg) {
   TORCH_CHECK(!ctx->needs_input_grad(index), "kdops.", op, ": ", arg, " gets no gradient; pass ", arg, ".detach()");
+}
+
+template <size_t... I>
+auto as_tuple(const variable_list& outputs, std::index_sequence<I...>) {
+  return std::make_tuple(outputs[I]...);
+}
+
+// The Autograd-key kernel of an op whose autograd is the torch::autograd::Function `F`: register it as
+// &autograd_kernel<F, number of outputs, the op's parameter types...>.
+template <typename F, size_t kOutputs, typename... Args>
+auto autograd_kernel(Args... args) {
+  return as_tuple(F::apply(args...), std::make_index_sequence<kOutputs>{});
 }
 
 }  // namespace autograd

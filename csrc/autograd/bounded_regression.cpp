@@ -35,15 +35,12 @@ struct BoundedRegression : torch::autograd::Function<BoundedRegression> {
   }
 };
 
-std::tuple<T, T> bounded_regression_autograd(const T& student, const T& teacher, const T& target, const OptT& weight,
-                                             double margin) {
-  auto out = BoundedRegression::apply(student, teacher, target, weight, margin);
-  return {out[0], out[1]};
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(kdops, Autograd, m) { m.impl("bounded_regression", &bounded_regression_autograd); }
+TORCH_LIBRARY_IMPL(kdops, Autograd, m) {
+  m.impl("bounded_regression",
+         &autograd_kernel<BoundedRegression, 2, const T&, const T&, const T&, const OptT&, double>);
+}
 
 }  // namespace autograd
 }  // namespace kdops

@@ -31,14 +31,12 @@ struct CwdLoss : torch::autograd::Function<CwdLoss> {
   }
 };
 
-std::tuple<T, T> cwd_loss_autograd(const T& student, const T& teacher, double tau) {
-  auto out = CwdLoss::apply(student, teacher, tau);
-  return {out[0], out[1]};
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(kdops, Autograd, m) { m.impl("cwd_loss", &cwd_loss_autograd); }
+TORCH_LIBRARY_IMPL(kdops, Autograd, m) {
+  m.impl("cwd_loss",
+         &autograd_kernel<CwdLoss, 2, const T&, const T&, double>);
+}
 
 }  // namespace autograd
 }  // namespace kdops

@@ -36,15 +36,12 @@ struct FeatureImitation : torch::autograd::Function<FeatureImitation> {
   }
 };
 
-std::tuple<T, T> feature_imitation_autograd(const T& student, const T& teacher, const OptT& mask, int64_t loss_kind,
-                                            int64_t normalize) {
-  auto out = FeatureImitation::apply(student, teacher, mask, loss_kind, normalize);
-  return {out[0], out[1]};
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(kdops, Autograd, m) { m.impl("feature_imitation", &feature_imitation_autograd); }
+TORCH_LIBRARY_IMPL(kdops, Autograd, m) {
+  m.impl("feature_imitation",
+         &autograd_kernel<FeatureImitation, 2, const T&, const T&, const OptT&, int64_t, int64_t>);
+}
 
 }  // namespace autograd
 }  // namespace kdops

@@ -42,15 +42,12 @@ struct FgdFocalLoss : torch::autograd::Function<FgdFocalLoss> {
   }
 };
 
-std::tuple<T, T, T, T, T, T> fgd_focal_loss_autograd(const T& student, const T& teacher, const T& fg, const T& bg,
-                                                     double temperature, double alpha, double beta, double gamma) {
-  auto out = FgdFocalLoss::apply(student, teacher, fg, bg, temperature, alpha, beta, gamma);
-  return {out[0], out[1], out[2], out[3], out[4], out[5]};
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(kdops, Autograd, m) { m.impl("fgd_focal_loss", &fgd_focal_loss_autograd); }
+TORCH_LIBRARY_IMPL(kdops, Autograd, m) {
+  m.impl("fgd_focal_loss",
+         &autograd_kernel<FgdFocalLoss, 6, const T&, const T&, const T&, const T&, double, double, double, double>);
+}
 
 }  // namespace autograd
 }  // namespace kdops

@@ -40,14 +40,12 @@ struct GcContext : torch::autograd::Function<GcContext> {
   }
 };
 
-std::tuple<T, T> gc_context_autograd(const T& feat, const T& weight, const T& bias) {
-  auto out = GcContext::apply(feat, weight, bias);
-  return {out[0], out[1]};
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(kdops, Autograd, m) { m.impl("gc_context", &gc_context_autograd); }
+TORCH_LIBRARY_IMPL(kdops, Autograd, m) {
+  m.impl("gc_context",
+         &autograd_kernel<GcContext, 2, const T&, const T&, const T&>);
+}
 
 }  // namespace autograd
 }  // namespace kdops

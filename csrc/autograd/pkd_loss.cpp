@@ -25,7 +25,7 @@ struct PkdLoss : torch::autograd::Function<PkdLoss> {
     variable_list out(2);
     if (ctx->needs_input_grad(0)) out[0] = backward_op.call(grads[0], s[0], s[1], s[2]);
     if (ctx->needs_input_grad(1)) {
-      // The statistics seen from the teacher's side: (mean_S, std_S, mean_T, std_T, sq) -> (mean_T, std_T, mean_S, ...).
+      // The statistics seen from the teacher's side: (mean_S, std_S, mean_T, std_T, sq) -> (mean_T, std_T, ...).
       const T& stats = s[2];
       const T swapped = at::cat({stats.narrow(1, 2, 2), stats.narrow(1, 0, 2), stats.narrow(1, 4, 1)}, 1);
       out[1] = backward_op.call(grads[0], s[1], s[0], swapped);
@@ -34,14 +34,9 @@ struct PkdLoss : torch::autograd::Function<PkdLoss> {
   }
 };
 
-std::tuple<T, T> pkd_loss_autograd(const T& student, const T& teacher) {
-  auto out = PkdLoss::apply(student, teacher);
-  return {out[0], out[1]};
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(kdops, Autograd, m) { m.impl("pkd_loss", &pkd_loss_autograd); }
+TORCH_LIBRARY_IMPL(kdops, Autograd, m) { m.impl("pkd_loss", &autograd_kernel<PkdLoss, 2, const T&, const T&>); }
 
 }  // namespace autograd
 }  // namespace kdops

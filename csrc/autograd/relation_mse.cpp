@@ -41,14 +41,12 @@ struct RelationMse : torch::autograd::Function<RelationMse> {
   }
 };
 
-std::tuple<T, T> relation_mse_autograd(const T& student, const T& teacher, const T& delta_s, const T& delta_t) {
-  auto out = RelationMse::apply(student, teacher, delta_s, delta_t);
-  return {out[0], out[1]};
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(kdops, Autograd, m) { m.impl("relation_mse", &relation_mse_autograd); }
+TORCH_LIBRARY_IMPL(kdops, Autograd, m) {
+  m.impl("relation_mse",
+         &autograd_kernel<RelationMse, 2, const T&, const T&, const T&, const T&>);
+}
 
 }  // namespace autograd
 }  // namespace kdops

@@ -43,17 +43,13 @@ struct SoftBinaryCrossEntropy : torch::autograd::Function<SoftBinaryCrossEntropy
   }
 };
 
-std::tuple<T, T> soft_binary_cross_entropy_autograd(const T& student, const T& teacher, const OptT& target,
-                                                    double pos_weight, double neg_weight, double temperature,
-                                                    double mu, int64_t ignore_index) {
-  auto out = SoftBinaryCrossEntropy::apply(student, teacher, target, pos_weight, neg_weight, temperature, mu,
-                                           ignore_index);
-  return {out[0], out[1]};
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(kdops, Autograd, m) { m.impl("soft_binary_cross_entropy", &soft_binary_cross_entropy_autograd); }
+TORCH_LIBRARY_IMPL(kdops, Autograd, m) {
+  m.impl("soft_binary_cross_entropy",
+         &autograd_kernel<SoftBinaryCrossEntropy, 2, const T&, const T&, const OptT&, double, double, double, double,
+                          int64_t>);
+}
 
 }  // namespace autograd
 }  // namespace kdops

@@ -43,16 +43,14 @@ struct SoftCrossEntropy : torch::autograd::Function<SoftCrossEntropy> {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_cross_entropy_autograd(
-    const at::Tensor& student, const at::Tensor& teacher, const c10::optional<at::Tensor>& class_weight,
-    const c10::optional<at::Tensor>& target, double temperature, double mu, int64_t ignore_index) {
-  auto out = SoftCrossEntropy::apply(student, teacher, class_weight, target, temperature, mu, ignore_index);
-  return {out[0], out[1], out[2]};
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(kdops, Autograd, m) { m.impl("soft_cross_entropy", &soft_cross_entropy_autograd); }
+TORCH_LIBRARY_IMPL(kdops, Autograd, m) {
+  m.impl("soft_cross_entropy",
+         &autograd_kernel<SoftCrossEntropy, 3, const at::Tensor&, const at::Tensor&,
+                          const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, double, double,
+                          int64_t>);
+}
 
 }  // namespace autograd
 }  // namespace kdops
