@@ -1,6 +1,6 @@
 // Shared by the autograd kernels (csrc/autograd/<op>.cpp): the hand-written backward of every native op
 // lives in C++, registered to the Autograd key, so an eager fwd + bwd runs no Python (torch.library's
-// Python autograd costs ~80-150 us per call, more than the whole ROI-shape head loss on a GPU). The
+// Python autograd cost ~70-150 us per call, more than the whole ROI-shape head loss on a GPU). The
 // Triton ops keep the same formulas in Python (kdops/ops/<op>.py); the parity tests hold both to them.
 #pragma once
 
