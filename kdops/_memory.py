@@ -2,8 +2,8 @@
 
 Full-size CPU gradients of 8 MB and more reuse the memory of freed ones of the same size, so a
 training loop does not fault in fresh pages every step. The cache holds only memory no tensor uses
-any more, at most KDOPS_CPU_GRADIENT_CACHE_MB (default 1024, read once, at the first large gradient; 0
-turns it off). These buffers bypass torch's CPU allocator, so torch.profiler's memory view does not see them.
+any more, at most KDOPS_CPU_GRADIENT_CACHE_MB (default 1024, read once, at the first large gradient;
+0 turns it off). These buffers bypass torch's CPU allocator: torch.profiler's memory view misses them.
 """
 
 import torch
