@@ -64,7 +64,6 @@ KDOPS_CPU_CLONES std::array<acc, 2> forward_rows(const scalar_t* sp, const scala
                                                  const int64_t* target, int64_t begin, int64_t end, int64_t C,
                                                  acc inv_t, acc mu, bool separate_sum1, int64_t ignore_index,
                                                  acc* st_all) {
-  const bool has_target = target != nullptr;
   acc loss_sum = 0, kept_rows = 0;
   for (int64_t row = begin; row < end; ++row) {
     const scalar_t* zs = sp + row * C;
@@ -80,18 +79,9 @@ KDOPS_CPU_CLONES std::array<acc, 2> forward_rows(const scalar_t* sp, const scala
                          cpu::tail_mask<acc>(C), sums);
     }
     const acc sum_s = sums.s, sum_t = sums.t, a = sums.a, b = sums.b, sum_1 = separate_sum1 ? sums.one : sums.s;
-    const bool kept = row_kept(target, row, ignore_index);
-    const int64_t label = has_target ? target[row] : 0;
-    const bool ok = !has_target || label_ok(label, C);
-    const acc zy_shift = has_target && ok ? static_cast<acc>(zs[label]) - ms : acc(0);
-    acc* st = st_all + row * kStats;
-    const acc loss = row_loss<acc>(inv_t, sum_s, sum_t, sum_1, a, b, has_target, ok, zy_shift, mu, &st[kWeight]);
-    st[kMaxS] = ms;
-    st[kLogSumS] = std::log(sum_s);
-    st[kMaxT] = mt;
-    st[kLogSumT] = std::log(sum_t);
-    st[kLogSum1] = std::log(sum_1);
-    if (kept) {
+    const acc loss = finish_row(zs, target, row, C, ms, mt, inv_t, sum_s, sum_t, sum_1, a, b, mu,
+                                st_all + row * kStats);
+    if (row_kept(target, row, ignore_index)) {
       loss_sum += loss;
       kept_rows += acc(1);
     }

@@ -28,7 +28,6 @@ __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* _
                                acc* __restrict__ norm, int64_t rows, int64_t C, acc inv_t, acc mu,
                                int64_t ignore_index, bool separate_sum1) {
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const bool has_target = target != nullptr;
   acc warp_loss = 0, warp_kept = 0;  // meaningful in lane 0
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp; row < rows;
        row += static_cast<int64_t>(gridDim.x) * kWarps) {
@@ -58,18 +57,9 @@ __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* _
     b = warp_sum(b);
     sum_1 = separate_sum1 ? warp_sum(sum_1) : sum_s;
     if (lane == 0) {
-      const bool kept = row_kept(target, row, ignore_index);
-      const int64_t label = has_target ? target[row] : 0;
-      const bool ok = !has_target || label_ok(label, C);
-      const acc zy_shift = has_target && ok ? static_cast<acc>(zs[label]) - ms : acc(0);
-      acc* st = stats + row * kStats;
-      const acc loss = row_loss<acc>(inv_t, sum_s, sum_t, sum_1, a, b, has_target, ok, zy_shift, mu, &st[kWeight]);
-      st[kMaxS] = ms;
-      st[kLogSumS] = log(sum_s);
-      st[kMaxT] = mt;
-      st[kLogSumT] = log(sum_t);
-      st[kLogSum1] = log(sum_1);
-      if (kept) {
+      const acc loss = finish_row(zs, target, row, C, ms, mt, inv_t, sum_s, sum_t, sum_1, a, b, mu,
+                                  stats + row * kStats);
+      if (row_kept(target, row, ignore_index)) {
         warp_loss += loss;
         warp_kept += acc(1);
       }

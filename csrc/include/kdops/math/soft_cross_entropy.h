@@ -37,6 +37,24 @@ KDOPS_VEC_HD acc row_loss(acc inv_t, acc sum_s, acc sum_t, acc sum_1, acc a, acc
   return mu * hard + (acc(1) - mu) * soft;
 }
 
+// Ends one row of the forward (CPU and CUDA alike): writes its row_stats from the maxima and sums, and
+// returns its loss (meaningful only when the row is kept). `zs` is the row's student logits.
+template <typename scalar_t, typename acc>
+KDOPS_VEC_HD acc finish_row(const scalar_t* zs, const int64_t* target, int64_t row, int64_t classes, acc ms,
+                            acc mt, acc inv_t, acc sum_s, acc sum_t, acc sum_1, acc a, acc b, acc mu, acc* st) {
+  const bool has_target = target != nullptr;
+  const int64_t label = has_target ? target[row] : 0;
+  const bool ok = !has_target || label_ok(label, classes);
+  const acc zy_shift = has_target && ok ? static_cast<acc>(zs[label]) - ms : acc(0);
+  const acc loss = row_loss<acc>(inv_t, sum_s, sum_t, sum_1, a, b, has_target, ok, zy_shift, mu, &st[kWeight]);
+  st[kMaxS] = ms;
+  st[kLogSumS] = math::log_(sum_s);
+  st[kMaxT] = mt;
+  st[kLogSumT] = math::log_(sum_t);
+  st[kLogSum1] = math::log_(sum_1);
+  return loss;
+}
+
 // dL/dz_s[i, j] / coef for a kept row with a valid label (or no target). The row statistics come as
 // plain scalars (a struct argument is privatised per lane by GCC), and the two switches are template
 // parameters so the CPU loop body has no branch: both keep a `#pragma omp simd` loop vectorised.
