@@ -13,6 +13,7 @@ from kdops.ops.bounded_regression import bounded_regression
 from kdops.ops.box_masks import box_masks
 from kdops.ops.cwd_loss import cwd_loss
 from kdops.ops.feature_imitation import feature_imitation
+from kdops.ops.fgd_feature_pass import FeaturePass, fgd_feature_pass
 from kdops.ops.fgd_focal_loss import fgd_focal_loss
 from kdops.ops.gc_context import gc_context
 from kdops.ops.pkd_loss import pkd_loss
@@ -34,6 +35,8 @@ __all__ = [
     "cwd_loss",
     "empty_cpu_gradient_cache",
     "feature_imitation",
+    "FeaturePass",
+    "fgd_feature_pass",
     "fgd_focal_loss",
     "gc_context",
     "nn",

@@ -85,20 +85,21 @@ def _why_not(backend: str, device: torch.device):
     return f"the 'triton' backend needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {device}"
 
 
-def resolve(op: str, device: torch.device, backend=None) -> str:
-    """The backend that runs `op` on `device`."""
+def resolve(op: str, device: torch.device, backend=None, supported=BACKENDS) -> str:
+    """The backend that runs `op` on `device`; `supported` lists the backends the op has."""
     wanted = _requested(backend)
     if wanted is not None:
-        reason = _why_not(wanted, device)
+        reason = (f"kdops.{op} has only the {' and '.join(map(repr, supported))} backends"
+                  if wanted not in supported else _why_not(wanted, device))
         if reason is not None:
             raise BackendUnavailableError(f"kdops.{op}: backend {wanted!r} cannot run: {reason}")
         return wanted
     if device.type == "cuda":
         first = PREFERRED_GPU_BACKEND.get(op, DEFAULT_GPU_BACKEND)
         for candidate in (first, "triton" if first == "cuda" else "cuda"):
-            if _why_not(candidate, device) is None:
+            if candidate in supported and _why_not(candidate, device) is None:
                 return candidate
         return "reference"
-    if device.type == "cpu" and _extension.native_loaded():
+    if device.type == "cpu" and "cpu" in supported and _extension.native_loaded():
         return "cpu"
     return "reference"

@@ -116,3 +116,21 @@ def labels(y, shape, like: torch.Tensor, op: str, arg: str) -> torch.Tensor:
     if y.device != like.device:
         raise ValueError(f"kdops.{op}: {arg} must be on {like.device}, got {y.device}")
     return y if y.dtype == torch.int64 else y.to(torch.int64)
+
+
+def gc_conv(weight, bias, feat: torch.Tensor, dtype: torch.dtype, op: str, arg: str):
+    """The C -> 1 1x1 conv of a GcBlock on feat's C channels: weight of any shape with C elements,
+    bias with one element or None (zero). Returned as (C,) and (1,) tensors in `dtype`."""
+    c = feat.shape[1]
+    float_tensor(weight, op, f"{arg}weight")
+    if weight.numel() != c:
+        raise ValueError(f"kdops.{op}: {arg}weight must have C = {c} elements, got shape {tuple(weight.shape)}")
+    if weight.device != feat.device:
+        raise ValueError(f"kdops.{op}: {arg}weight must be on {feat.device} like feat, got {weight.device}")
+    if bias is None:
+        bias = torch.zeros(1, dtype=dtype, device=feat.device)
+    float_tensor(bias, op, f"{arg}bias")
+    if bias.numel() != 1 or bias.device != feat.device:
+        raise ValueError(f"kdops.{op}: {arg}bias must have one element on {feat.device}, got shape "
+                         f"{tuple(bias.shape)} on {bias.device}")
+    return weight.reshape(c).to(dtype), bias.reshape(1).to(dtype)

@@ -4,6 +4,7 @@ import torch
 
 from kdops.reference import attention_masks as attention_reference
 from kdops.reference import box_masks as box_reference
+from support import randn
 
 
 def random_boxes(n, height, width, seed, per_image=(0, 6), dtype=torch.float32, device="cpu"):
@@ -39,3 +40,14 @@ def attention_off_kinks(student, teacher, temperature, margin=1e-4) -> bool:
         if d.shape[1] > 1:
             ok &= bool((d.abs() > margin).all())
     return ok
+
+
+def focal_inputs(shape, dtype, device, seed, temperature):
+    """Student, teacher and box masks, redrawn until |A^s - A^t| stays off its kink."""
+    for attempt in range(50):
+        s = randn(shape, dtype, device, seed + 7 * attempt)
+        t = randn(shape, dtype, device, seed + 7 * attempt + 1)
+        if attention_off_kinks(s.cpu(), t.cpu(), temperature):
+            break
+    fg, bg = masks(shape[0], shape[2], shape[3], seed, device)
+    return s, t, fg, bg

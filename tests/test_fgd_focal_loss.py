@@ -5,7 +5,7 @@ import torch
 from torch.library import opcheck
 
 import kdops
-from fgd_inputs import attention_off_kinks, masks
+from fgd_inputs import focal_inputs as _inputs
 from kdops.reference import fgd_focal_loss as reference
 from support import (
     DTYPES, assert_close, assert_compiles_like_eager, backend_params, non_contiguous, randn, parity_shapes)
@@ -13,17 +13,6 @@ from support import (
 SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (3, 257, 1, 1), (2, 7, 37, 41), (1, 257, 13, 21)]
 SMALL_SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (1, 33, 5, 7)]  # for the Triton interpreter
 WEIGHTS = (1.5, 0.7, 2.0)  # alpha, beta, gamma: all terms matter in the gradient
-
-
-def _inputs(shape, dtype, device, seed, temperature):
-    """Student, teacher and box masks, redrawn until |A^s - A^t| stays off its kink."""
-    for attempt in range(50):
-        s = randn(shape, dtype, device, seed + 7 * attempt)
-        t = randn(shape, dtype, device, seed + 7 * attempt + 1)
-        if attention_off_kinks(s.cpu(), t.cpu(), temperature):
-            break
-    fg, bg = masks(shape[0], shape[2], shape[3], seed, device)
-    return s, t, fg, bg
 
 
 def _objective(loss, terms, seed):

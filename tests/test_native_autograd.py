@@ -32,6 +32,9 @@ def _calls(teacher_grad=False):
         "feature_imitation": lambda: ops.feature_imitation(s, t, None, 0, 0),
         "fgd_focal_loss": lambda: ops.fgd_focal_loss(s, t, fg, bg, 0.5, 1.0, 1.0, 1.0),
         "gc_context": lambda: ops.gc_context(s, _feat(5, (3,), requires_grad=True), torch.zeros(1)),
+        "fgd_feature_pass": lambda: ops.fgd_feature_pass(s, t, fg, bg, _feat(5, (3,), requires_grad=True),
+                                                         torch.zeros(1), _feat(8, (3,)), torch.zeros(1), 0.5, 1.0,
+                                                         1.0, 1.0),
         "relation_mse": lambda: ops.relation_mse(s, t, torch.zeros(2, 3), torch.zeros(2, 3)),
         "cwd_loss": lambda: ops.cwd_loss(s, t, 1.0),
         "pkd_loss": lambda: ops.pkd_loss(s, t),
@@ -51,7 +54,7 @@ def test_the_autograd_node_is_cpp(name):
     out.sum().backward()
 
 
-@pytest.mark.parametrize("name,arg", [("fgd_focal_loss", "teacher"), ("cwd_loss", "teacher"),
+@pytest.mark.parametrize("name,arg", [("fgd_focal_loss", "teacher"), ("fgd_feature_pass", "teacher"), ("cwd_loss", "teacher"),
                                       ("soft_cross_entropy", "teacher_logits"),
                                       ("soft_binary_cross_entropy", "teacher_logits")])
 def test_direct_call_with_a_teacher_that_requires_grad_names_it(name, arg):

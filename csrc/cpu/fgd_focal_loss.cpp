@@ -10,6 +10,7 @@
 #include <cmath>
 #include <vector>
 
+#include "fgd_attention.h"
 #include "gradient_buffer.h"
 #include "isa.h"
 #include "kdops/math/fgd_focal_loss.h"
@@ -21,37 +22,6 @@ namespace {
 constexpr int64_t kPixelBlock = 2048;
 
 inline int64_t row_grain(int64_t hw) { return std::max<int64_t>(1, 32768 / hw); }
-
-// out[i] = len * softmax(x[i] * scale) over one row, in place allowed.
-template <typename acc>
-void scaled_softmax_row(const acc* x, acc* out, int64_t len, acc scale) {
-  acc mx = -std::numeric_limits<acc>::infinity();
-  for (int64_t i = 0; i < len; ++i) mx = std::max(mx, x[i] * scale);
-  acc total = 0;
-  for (int64_t i = 0; i < len; ++i) {
-    out[i] = std::exp(x[i] * scale - mx);
-    total += out[i];
-  }
-  const acc factor = static_cast<acc>(len) / total;
-  for (int64_t i = 0; i < len; ++i) out[i] *= factor;
-}
-
-// Returns sum |a_s - a_t| over one row and writes out = d(sum |a_s - a_t| / N)/d(logits) * post_scale,
-// through the scaled softmax a_s = len * softmax(logits / temp).
-template <typename acc>
-acc attention_l1_row(const acc* a_s, const acc* a_t, acc* out, int64_t len, acc inv_n, acc inv_temp,
-                     acc post_scale) {
-  acc l1 = 0, weighted = 0;
-  for (int64_t i = 0; i < len; ++i) {
-    l1 += std::abs(a_s[i] - a_t[i]);
-    weighted += a_s[i] * focal::l1_grad(a_s[i], a_t[i], inv_n);
-  }
-  weighted /= static_cast<acc>(len);
-  for (int64_t i = 0; i < len; ++i)
-    out[i] = attention::scaled_softmax_grad<acc>(a_s[i], focal::l1_grad(a_s[i], a_t[i], inv_n), weighted, inv_temp) *
-             post_scale;
-  return l1;
-}
 
 // Pass 1 of the forward for one (image, pixel block) task: per-pixel channel sums of |S| and |T| into
 // ms / mt, and the block's per-channel sums of |S| and |T|.
@@ -155,14 +125,9 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const at
           ks[c] += ks_part[(n * blocks + b) * C + c];
           kt[c] += kt_part[(n * blocks + b) * C + c];
         }
-      scaled_softmax_row<acc>(s_sp.data() + n * HW, s_sp.data() + n * HW, HW, inv_temp / C);
-      scaled_softmax_row<acc>(t_sp + n * HW, t_sp + n * HW, HW, inv_temp / C);
-      scaled_softmax_row<acc>(ks, ks, C, inv_temp / HW);
-      scaled_softmax_row<acc>(kt, kt, C, inv_temp / HW);
-      att_part[n] = attention_l1_row<acc>(ks, kt, channel_att.data_ptr<acc>() + n * C, C, inv_n, inv_temp,
-                                          acc(1) / HW) +
-                    attention_l1_row<acc>(s_sp.data() + n * HW, t_sp + n * HW, pixel_att.data_ptr<acc>() + n * HW,
-                                          HW, inv_n, inv_temp, acc(1) / C);
+      att_part[n] = cpu::attention_image<acc>(ks, kt, s_sp.data() + n * HW, t_sp + n * HW,
+                                              channel_att.data_ptr<acc>() + n * C, pixel_att.data_ptr<acc>() + n * HW,
+                                              C, HW, inv_n, inv_temp);
     }
   });
 

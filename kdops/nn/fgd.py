@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdops import _backend
 from kdops.ops.box_masks import box_masks
+from kdops.ops.fgd_feature_pass import fgd_feature_pass
 from kdops.ops.fgd_focal_loss import fgd_focal_loss
 from kdops.ops.gc_context import gc_context
 from kdops.ops.relation_mse import relation_mse
@@ -49,7 +51,10 @@ class GcBlock(nn.Module):
 
     def forward(self, feat: Tensor) -> Tensor:
         """(N, C, H, W) -> delta (N, C)."""
-        context = gc_context(feat, self.conv_mask.weight, self.conv_mask.bias, backend=self.backend)
+        return self.transform(gc_context(feat, self.conv_mask.weight, self.conv_mask.bias, backend=self.backend))
+
+    def transform(self, context: Tensor) -> Tensor:
+        """The channel-add MLP: context (N, C) -> delta (N, C)."""
         # The MLP runs on (N, C) vectors: 1x1 convs on a 1x1 map are matmuls, and plain ops avoid the
         # per-call cost of the conv and layer-norm kernels (~30 ms per GcBlock fwd+bwd on a loaded 2-core
         # CPU, against < 1 ms). Same parameters and math as self.channel_add (official shapes).
@@ -121,15 +126,29 @@ class FGDLoss(nn.Module):
                 raise ValueError(f"FGDLoss: boxes[{i}] is on {b.device} but the features are on {student.device}; "
                                  "move the boxes to the features' device")
         fg, bg = box_masks(boxes, student.shape[-2:], backend=self.backend)
-        focal, terms = fgd_focal_loss(student, teacher, fg, bg, self.temperature, self.alpha, self.beta, self.gamma,
-                                      return_terms=True, backend=self.backend)
-        relation = relation_mse(student, teacher, self.student_gc(student), self.teacher_gc(teacher),
-                                backend=self.backend)
+        if _backend.resolve("fgd_focal_loss", student.device, self.backend) == "cpu":
+            focal, terms, relation = self._one_pass(student, teacher, fg, bg)
+        else:
+            focal, terms = fgd_focal_loss(student, teacher, fg, bg, self.temperature, self.alpha, self.beta,
+                                          self.gamma, return_terms=True, backend=self.backend)
+            relation = relation_mse(student, teacher, self.student_gc(student), self.teacher_gc(teacher),
+                                    backend=self.backend)
         total = focal + self.lambda_ * relation
         t = terms.detach()
         self.last_terms = {"fg": self.alpha * t[0], "bg": self.beta * t[1], "attention": self.gamma * t[2],
                            "global": self.lambda_ * relation.detach()}
         return total
+
+    def _one_pass(self, student: Tensor, teacher: Tensor, fg: Tensor, bg: Tensor):
+        """The CPU path: kdops.fgd_feature_pass reads S and T once each way; the relation loss is then
+        (N, C)-sized work: sum (S + d - T)^2 = diff_sq + 2 sum(d * diff_sum) + H*W sum(d^2)."""
+        s_mask, t_mask = self.student_gc.conv_mask, self.teacher_gc.conv_mask
+        out = fgd_feature_pass(student, teacher, fg, bg, s_mask.weight, s_mask.bias, t_mask.weight, t_mask.bias,
+                               self.temperature, self.alpha, self.beta, self.gamma, backend="cpu")
+        d = (self.student_gc.transform(out.ctx_s) - self.teacher_gc.transform(out.ctx_t)).to(out.diff_sum.dtype)
+        n, hw = student.shape[0], student.shape[2] * student.shape[3]
+        relation = (out.diff_sq + 2 * (d * out.diff_sum).sum() + hw * (d * d).sum()) / max(n, 1)
+        return out.loss, out.terms, relation
 
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, "

@@ -70,6 +70,23 @@ for _name in ("kdops::fgd_focal_loss", "kdops_triton::fgd_focal_loss"):
     _registry.register(_name, _name + "_backward", _fake_forward, _fake_backward, _setup_context, _make_backward)
 
 
+def check_args(op, student, teacher, fg, bg, temperature, alpha, beta, gamma):
+    """Checks the focal-loss arguments of `op`; returns (fg, bg) in the accumulation dtype and the numbers."""
+    _checks.feature(student, op, "student")
+    _checks.tensor(teacher, op, "teacher")
+    _checks.same_layout(student, teacher, op, "student", "teacher")
+    if teacher.requires_grad:
+        raise ValueError(_TEACHER_GRAD.replace(OP, op))
+    if student.shape[1] == 0 or student.shape[2] * student.shape[3] == 0:
+        raise ValueError(f"kdops.{op}: student must have C >= 1 and H*W >= 1, got shape {tuple(student.shape)}")
+    acc = _registry.acc_dtype(student.dtype)
+    fg = _checks.pixel_map(fg, student, op, "fg", dtype=acc)
+    bg = _checks.pixel_map(bg, student, op, "bg", dtype=acc)
+    temperature = _checks.positive(temperature, op, "temperature")
+    alpha, beta, gamma = (_checks.number(v, op, name) for v, name in ((alpha, "alpha"), (beta, "beta"), (gamma, "gamma")))
+    return fg, bg, temperature, alpha, beta, gamma
+
+
 def fgd_focal_loss(student: Tensor, teacher: Tensor, fg: Tensor, bg: Tensor, temperature: float = 0.5,
                    alpha: float = 1e-3, beta: float = 5e-4, gamma: float = 5e-4, *, return_terms: bool = False,
                    backend: Optional[str] = None):
@@ -95,18 +112,7 @@ def fgd_focal_loss(student: Tensor, teacher: Tensor, fg: Tensor, bg: Tensor, tem
         The 0-dim loss, float32 (float64 for float64 features); with return_terms, (loss, terms).
         An empty batch (N = 0) gives 0.
     """
-    _checks.feature(student, OP, "student")
-    _checks.tensor(teacher, OP, "teacher")
-    _checks.same_layout(student, teacher, OP, "student", "teacher")
-    if teacher.requires_grad:
-        raise ValueError(_TEACHER_GRAD)
-    if student.shape[1] == 0 or student.shape[2] * student.shape[3] == 0:
-        raise ValueError(f"kdops.{OP}: student must have C >= 1 and H*W >= 1, got shape {tuple(student.shape)}")
-    acc = _registry.acc_dtype(student.dtype)
-    fg = _checks.pixel_map(fg, student, OP, "fg", dtype=acc)
-    bg = _checks.pixel_map(bg, student, OP, "bg", dtype=acc)
-    temperature = _checks.positive(temperature, OP, "temperature")
-    alpha, beta, gamma = (_checks.number(v, OP, name) for v, name in ((alpha, "alpha"), (beta, "beta"), (gamma, "gamma")))
+    fg, bg, temperature, alpha, beta, gamma = check_args(OP, student, teacher, fg, bg, temperature, alpha, beta, gamma)
     which = _backend.resolve(OP, student.device, backend)
     out = _registry.call(which, OP, reference.fgd_focal_loss, student, teacher, fg, bg, temperature, alpha, beta,
                          gamma)

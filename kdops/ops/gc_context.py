@@ -78,18 +78,6 @@ def gc_context(feat: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
     n, c, h, w = feat.shape
     if c == 0 or h * w == 0:
         raise ValueError(f"kdops.{OP}: feat must have C >= 1 and H*W >= 1, got shape {tuple(feat.shape)}")
-    acc = _registry.acc_dtype(feat.dtype)
-    _checks.float_tensor(weight, OP, "weight")
-    if weight.numel() != c:
-        raise ValueError(f"kdops.{OP}: weight must have C = {c} elements, got shape {tuple(weight.shape)}")
-    if weight.device != feat.device:
-        raise ValueError(f"kdops.{OP}: weight must be on {feat.device} like feat, got {weight.device}")
-    if bias is None:
-        bias = torch.zeros(1, dtype=acc, device=feat.device)
-    _checks.float_tensor(bias, OP, "bias")
-    if bias.numel() != 1 or bias.device != feat.device:
-        raise ValueError(f"kdops.{OP}: bias must have one element on {feat.device}, got shape {tuple(bias.shape)} "
-                         f"on {bias.device}")
-    weight, bias = weight.reshape(c).to(acc), bias.reshape(1).to(acc)
+    weight, bias = _checks.gc_conv(weight, bias, feat, _registry.acc_dtype(feat.dtype), OP, "")
     which = _backend.resolve(OP, feat.device, backend)
     return _registry.call(which, OP, reference.gc_context, feat, weight, bias)[0]

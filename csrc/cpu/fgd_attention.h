@@ -1,0 +1,61 @@
+// The attention part of FGD on the CPU (SPEC §1, §3), shared by the focal-loss and feature-pass kernels:
+// once the per-pixel and per-channel sums of |S| and |T| of one image are known, the masks, the
+// attention loss and its gradient coefficients live in (H*W) and (C) vectors.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "kdops/math/fgd_focal_loss.h"
+
+namespace kdops {
+namespace cpu {
+
+// out[i] = len * softmax(x[i] * scale) over one row, in place allowed.
+template <typename acc>
+void scaled_softmax_row(const acc* x, acc* out, int64_t len, acc scale) {
+  acc mx = -std::numeric_limits<acc>::infinity();
+  for (int64_t i = 0; i < len; ++i) mx = std::max(mx, x[i] * scale);
+  acc total = 0;
+  for (int64_t i = 0; i < len; ++i) {
+    out[i] = std::exp(x[i] * scale - mx);
+    total += out[i];
+  }
+  const acc factor = static_cast<acc>(len) / total;
+  for (int64_t i = 0; i < len; ++i) out[i] *= factor;
+}
+
+// Returns sum |a_s - a_t| over one row and writes out = d(sum |a_s - a_t| / N)/d(logits) * post_scale,
+// through the scaled softmax a_s = len * softmax(logits / temp).
+template <typename acc>
+acc attention_l1_row(const acc* a_s, const acc* a_t, acc* out, int64_t len, acc inv_n, acc inv_temp,
+                     acc post_scale) {
+  acc l1 = 0, weighted = 0;
+  for (int64_t i = 0; i < len; ++i) {
+    l1 += std::abs(a_s[i] - a_t[i]);
+    weighted += a_s[i] * focal::l1_grad(a_s[i], a_t[i], inv_n);
+  }
+  weighted /= static_cast<acc>(len);
+  for (int64_t i = 0; i < len; ++i)
+    out[i] = attention::scaled_softmax_grad<acc>(a_s[i], focal::l1_grad(a_s[i], a_t[i], inv_n), weighted, inv_temp) *
+             post_scale;
+  return l1;
+}
+
+// One image: turns the channel sums (ks, kt: C) and pixel sums (ms, mt: H*W) of |S| and |T| into the
+// masks in place (A_C^s, A_C^t, A_S^s, A_S^t), writes the attention-loss gradient coefficients
+// (channel_att already divided by H*W, pixel_att by C) and returns sum |A_C^s - A_C^t| + sum |A_S^s - A_S^t|.
+template <typename acc>
+acc attention_image(acc* ks, acc* kt, acc* ms, acc* mt, acc* channel_att, acc* pixel_att, int64_t C, int64_t HW,
+                    acc inv_n, acc inv_temp) {
+  scaled_softmax_row<acc>(ms, ms, HW, inv_temp / C);
+  scaled_softmax_row<acc>(mt, mt, HW, inv_temp / C);
+  scaled_softmax_row<acc>(ks, ks, C, inv_temp / HW);
+  scaled_softmax_row<acc>(kt, kt, C, inv_temp / HW);
+  return attention_l1_row<acc>(ks, kt, channel_att, C, inv_n, inv_temp, acc(1) / HW) +
+         attention_l1_row<acc>(ms, mt, pixel_att, HW, inv_n, inv_temp, acc(1) / C);
+}
+
+}  // namespace cpu
+}  // namespace kdops

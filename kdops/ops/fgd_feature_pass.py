@@ -1,0 +1,81 @@
+"""kdops.fgd_feature_pass: every (N, C, H, W)-sized part of one FGD level in one pass each way (SPEC §3-§4).
+
+kdops.nn.FGDLoss runs it on CPU tensors. The per-op kernels (fgd_focal_loss, two gc_context calls,
+relation_mse) read S and T eight times forward and six times backward, and autograd adds three student
+gradients; on a CPU that memory traffic is most of an FGD step. On GPUs FGDLoss keeps composing the
+per-op fused kernels: this op has only the "reference" and "cpu" backends.
+"""
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from kdops import _backend, _checks, _registry
+from kdops.ops.fgd_focal_loss import check_args as check_focal_args
+from kdops.reference import fgd_feature_pass as reference
+
+OP = "fgd_feature_pass"
+BACKENDS = ("reference", "cpu")
+
+
+class FeaturePass(NamedTuple):
+    loss: Tensor      # alpha L_fg + beta L_bg + gamma L_att (0-dim), as kdops.fgd_focal_loss
+    terms: Tensor     # the unweighted (L_fg, L_bg, L_att), (3,)
+    ctx_s: Tensor     # student GcBlock context, (N, C), as kdops.gc_context
+    ctx_t: Tensor     # teacher GcBlock context, (N, C)
+    diff_sq: Tensor   # sum (S - T)^2, 0-dim
+    diff_sum: Tensor  # sum over H, W of (S - T), (N, C)
+
+
+def _fake_forward(student, teacher, fg, bg, weight_s, bias_s, weight_t, bias_t, temperature, alpha, beta, gamma):
+    n, c, h, w = student.shape
+    dtype = _registry.acc_dtype(student.dtype)
+    scalar, channels, pixels = (student.new_empty(shape, dtype=dtype) for shape in ((), (n, c), (n, h, w)))
+    return (scalar, student.new_empty((3,), dtype=dtype), channels, torch.empty_like(channels), torch.empty_like(scalar),
+            torch.empty_like(channels), pixels, torch.empty_like(channels), torch.empty_like(pixels),
+            torch.empty_like(channels), torch.empty_like(pixels), torch.empty_like(pixels))
+
+
+def _fake_backward(grads, student, teacher, fg, bg, weight_s, weight_t, *args):
+    return (torch.empty_like(student, memory_format=torch.contiguous_format), torch.empty_like(weight_s),
+            torch.empty_like(weight_t))
+
+
+# Native only (its autograd is C++: csrc/autograd/fgd_feature_pass.cpp), so no Python autograd is made.
+_registry.register("kdops::" + OP, f"kdops::{OP}_backward", _fake_forward, _fake_backward, None, None)
+
+
+def fgd_feature_pass(student: Tensor, teacher: Tensor, fg: Tensor, bg: Tensor, student_gc_weight: Tensor,
+                     student_gc_bias: Optional[Tensor], teacher_gc_weight: Tensor, teacher_gc_bias: Optional[Tensor],
+                     temperature: float = 0.5, alpha: float = 1e-3, beta: float = 5e-4, gamma: float = 5e-4, *,
+                     backend: Optional[str] = None) -> FeaturePass:
+    """One FGD level's feature work in one pass over S and T each way.
+
+    Computes kdops.fgd_focal_loss(student, teacher, fg, bg, ...), both GcBlock contexts
+    kdops.gc_context(student, student_gc_weight, student_gc_bias) and
+    kdops.gc_context(teacher, teacher_gc_weight, teacher_gc_bias), and the two sums that leave the
+    relation loss nothing to read: with d = delta_s - delta_t (the GcBlock outputs, (N, C)),
+        sum (S + d - T)^2 / N = (diff_sq + 2 sum(d * diff_sum) + H*W sum(d^2)) / N.
+    The six outputs are differentiable: gradients flow to the student and to both conv weights (the
+    biases' gradients are exactly zero). The teacher must not require grad.
+
+    Args:
+        student, teacher, fg, bg, temperature, alpha, beta, gamma: as kdops.fgd_focal_loss.
+        student_gc_weight, student_gc_bias, teacher_gc_weight, teacher_gc_bias: each side's GcBlock
+            mask conv (C -> 1), as kdops.gc_context's weight and bias (a bias may be None).
+        backend: None (automatic), "reference" or "cpu" (this op has no GPU kernels).
+
+    Returns:
+        FeaturePass(loss, terms, ctx_s, ctx_t, diff_sq, diff_sum), float32 (float64 for float64
+        features). An empty batch (N = 0) gives zeros.
+    """
+    fg, bg, temperature, alpha, beta, gamma = check_focal_args(OP, student, teacher, fg, bg, temperature, alpha, beta,
+                                                               gamma)
+    acc = _registry.acc_dtype(student.dtype)
+    weight_s, bias_s = _checks.gc_conv(student_gc_weight, student_gc_bias, student, acc, OP, "student_gc_")
+    weight_t, bias_t = _checks.gc_conv(teacher_gc_weight, teacher_gc_bias, student, acc, OP, "teacher_gc_")
+    which = _backend.resolve(OP, student.device, backend, supported=BACKENDS)
+    out = _registry.call(which, OP, reference.fgd_feature_pass, student, teacher, fg, bg, weight_s, bias_s, weight_t,
+                         bias_t, temperature, alpha, beta, gamma)
+    return FeaturePass(*out[:6])

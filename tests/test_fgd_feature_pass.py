@@ -1,0 +1,179 @@
+"""kdops.fgd_feature_pass (SPEC §3-§4): the CPU kernel against the reference (fgd_focal_loss and two
+gc_context calls), gradients, registration, bad input, and FGDLoss taking it on CPU tensors."""
+
+import pytest
+import torch
+from torch.library import opcheck
+
+import kdops
+import kdops.nn.fgd
+from fgd_inputs import focal_inputs, random_boxes
+from kdops.reference import fgd_feature_pass as reference
+from support import DTYPES, assert_close, assert_compiles_like_eager, non_contiguous, randn
+
+pytestmark = pytest.mark.skipif(kdops.available_backends()["cpu"] != "available",
+                                reason="the C++ extension is not built")
+
+# The last two cut each image into several pixel blocks, the last one partial (fp32: 127 and 436 pixels).
+SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (3, 257, 1, 1), (2, 7, 37, 41), (2, 1030, 9, 31), (2, 300, 23, 29)]
+WEIGHTS = (1.5, 0.7, 2.0)  # alpha, beta, gamma: all terms matter in the gradient
+
+
+def _convs(c, acc, seed):
+    """(student weight, student bias, teacher weight, teacher bias), the weights requiring grad."""
+    ws, wt = (randn((c,), acc, "cpu", seed + i) / c ** 0.5 for i in (0, 1))
+    bs, bt = (randn((1,), acc, "cpu", seed + i) for i in (2, 3))
+    return ws.requires_grad_(), bs.requires_grad_(), wt.requires_grad_(), bt
+
+
+def _objective(out, seed):
+    """A grad_output other than 1 on every one of the six outputs."""
+    total = 0
+    for i, o in enumerate(out):
+        total = total + (o.double() * randn(o.shape, torch.float64, "cpu", seed + 10 + i)).sum()
+    return total
+
+
+def _expected(student, teacher, fg, bg, convs, temperature, seed):
+    leaves = [x.detach().double().requires_grad_() for x in (student, *convs)]
+    out = reference.fgd_feature_pass(leaves[0], teacher.detach().double(), fg.double(), bg.double(), *leaves[1:],
+                                     temperature, *WEIGHTS)
+    _objective(out, seed).backward()
+    return [o.detach() for o in out], [leaves[i].grad for i in (0, 1, 3)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
+def test_matches_reference(dtype, layout):
+    for i, shape in enumerate(SHAPES):
+        seed = torch.randint(0, 2**31 - 1, ()).item() + i  # fresh inputs every run
+        temperature = 0.5 if i % 2 == 0 else 0.8
+        student, teacher, fg, bg = focal_inputs(shape, dtype, "cpu", seed, temperature)
+        if layout == "non_contiguous":
+            student, teacher, fg, bg = (non_contiguous(x) for x in (student, teacher, fg, bg))
+        student.requires_grad_()
+        convs = _convs(shape[1], torch.float32, seed + 5)
+        out = kdops.fgd_feature_pass(student, teacher, fg, bg, *convs, temperature, *WEIGHTS, backend="cpu")
+        expected, (exp_gs, exp_gws, exp_gwt) = _expected(student, teacher, fg, bg, convs, temperature, seed)
+        assert [tuple(o.shape) for o in out] == [(), (3,), shape[:2], shape[:2], (), shape[:2]]
+        assert all(o.dtype == torch.float32 for o in out)
+        for name, actual, exp in zip(out._fields, out, expected):
+            scale = 1e4 if name in ("diff_sq", "diff_sum") else 1e3  # sums over many elements
+            assert_close(actual, exp, torch.float32, scale=scale)
+        _objective(out, seed).backward()
+        assert student.grad.dtype == dtype and student.grad.shape == student.shape
+        assert_close(student.grad, exp_gs, dtype, scale=10)
+        assert_close(convs[0].grad, exp_gws, torch.float32, scale=100)
+        assert_close(convs[2].grad, exp_gwt, torch.float32, scale=100)
+        assert torch.equal(convs[1].grad, torch.zeros(1))  # softmax is shift-invariant
+
+
+def test_gradcheck_float64():
+    student, teacher, fg, bg = focal_inputs((2, 3, 4, 5), torch.float64, "cpu", 5, 0.6)
+    ws, bs, wt, bt = _convs(3, torch.float64, 6)
+    assert torch.autograd.gradcheck(
+        lambda s, a, b: tuple(kdops.fgd_feature_pass(s, teacher, fg, bg, a, bs, b, bt, 0.6, *WEIGHTS, backend="cpu")),
+        (student.requires_grad_(), ws, wt))
+
+
+def test_opcheck():
+    student, teacher, fg, bg = focal_inputs((2, 3, 4, 5), torch.float32, "cpu", 7, 0.5)
+    ws, bs, wt, bt = _convs(3, torch.float32, 8)
+    opcheck(torch.ops.kdops.fgd_feature_pass.default,
+            (student.requires_grad_(), teacher, fg, bg, ws, bs.detach(), wt, bt, 0.5, *WEIGHTS))
+
+
+def test_compile_fullgraph():
+    student, teacher, fg, bg = focal_inputs((2, 4, 6, 5), torch.float32, "cpu", 9, 0.5)
+    ws, bs, wt, bt = _convs(4, torch.float32, 10)
+
+    def loss_fn(s, t, fg, bg):
+        out = kdops.fgd_feature_pass(s, t, fg, bg, ws, bs, wt, bt, 0.5, *WEIGHTS)
+        return out.loss + out.diff_sq + (out.ctx_s * out.ctx_t).sum() + out.diff_sum.sum()
+
+    assert_compiles_like_eager(loss_fn, student.requires_grad_(), teacher, fg, bg)
+
+
+def test_empty_batch_gives_zeros():
+    empty = torch.zeros(0, 4, 3, 5, requires_grad=True)
+    masks = torch.zeros(0, 3, 5)
+    for backend in ("reference", "cpu"):
+        out = kdops.fgd_feature_pass(empty, empty.detach(), masks, masks, torch.ones(4), None, torch.ones(4), None,
+                                     backend=backend)
+        assert out.loss.item() == 0 and out.diff_sq.item() == 0 and out.ctx_s.shape == (0, 4)
+
+
+def test_same_bits_on_one_and_several_threads():
+    student, teacher, fg, bg = focal_inputs((2, 300, 23, 29), torch.float32, "cpu", 11, 0.5)
+    convs = _convs(300, torch.float32, 12)
+    results = []
+    before = torch.get_num_threads()
+    for threads in (1, 4):
+        torch.set_num_threads(threads)
+        try:
+            s = student.clone().requires_grad_()
+            out = kdops.fgd_feature_pass(s, teacher, fg, bg, *convs, backend="cpu")
+            grads = torch.autograd.grad(_objective(out, 13), (s, convs[0], convs[2]))
+            results.append((out, grads))
+        finally:
+            torch.set_num_threads(before)
+    for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+        assert torch.equal(a, b)
+
+
+def test_fgd_loss_takes_one_pass_on_cpu(monkeypatch):
+    """FGDLoss on CPU tensors reads the features once each way (no relation_mse / gc_context calls), and
+    agrees with its per-op path (the reference backend)."""
+    calls = []
+    real = kdops.nn.fgd.fgd_feature_pass
+    monkeypatch.setattr(kdops.nn.fgd, "fgd_feature_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for unused in ("relation_mse", "gc_context"):
+        monkeypatch.setattr(kdops.nn.fgd, unused, lambda *a, name=unused, **k: pytest.fail(f"{name} was called"))
+    fgd = kdops.nn.FGDLoss(6, 8).double()
+    with torch.no_grad():
+        for p in fgd.parameters():  # non-zero last convs, so the relation loss uses every term
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype))
+    student = randn((2, 6, 9, 11), torch.float64, "cpu", 14, requires_grad=True)
+    teacher = randn((2, 8, 9, 11), torch.float64, "cpu", 15)
+    boxes = random_boxes(2, 9, 11, 16, dtype=torch.float64)
+    total = fgd(student, teacher, boxes)
+    assert calls == [1]
+    grads = torch.autograd.grad(total, (student, *fgd.parameters()))
+    monkeypatch.undo()
+    fgd.backend = fgd.student_gc.backend = fgd.teacher_gc.backend = "reference"
+    expected = fgd(student, teacher, boxes)
+    torch.testing.assert_close(total, expected)
+    for a, b in zip(grads, torch.autograd.grad(expected, (student, *fgd.parameters()))):
+        torch.testing.assert_close(a, b)
+
+
+def _bad(**change):
+    args = dict(student=torch.randn(2, 3, 4, 5), teacher=torch.randn(2, 3, 4, 5), fg=torch.zeros(2, 4, 5),
+                bg=torch.ones(2, 4, 5) / 20, student_gc_weight=torch.ones(3), student_gc_bias=None,
+                teacher_gc_weight=torch.ones(1, 3, 1, 1), teacher_gc_bias=torch.zeros(1))
+    args.update(change)
+    return args
+
+
+@pytest.mark.parametrize("args,kwargs,error,match", [
+    (_bad(teacher=torch.randn(2, 3, 4, 5, requires_grad=True)), {}, ValueError,
+     "fgd_feature_pass: teacher must not require grad"),
+    (_bad(fg=torch.zeros(2, 5, 4)), {}, ValueError, r"fg must have shape \(N, H, W\) = \(2, 4, 5\)"),
+    (_bad(student_gc_weight=torch.ones(4)), {}, ValueError, "student_gc_weight must have C = 3 elements"),
+    (_bad(teacher_gc_bias=torch.zeros(2)), {}, ValueError, "teacher_gc_bias must have one element"),
+    (_bad(teacher_gc_weight=torch.ones(3, dtype=torch.long)), {}, TypeError, "teacher_gc_weight must be float16"),
+    (_bad(teacher=torch.randn(2, 3, 4, 6)), {}, ValueError, "must have the same shape"),
+    (_bad(), {"temperature": -1.0}, ValueError, "temperature must be a number > 0"),
+    (_bad(), {"backend": "cuda"}, kdops.BackendUnavailableError, "has only the 'reference' and 'cpu' backends"),
+    (_bad(), {"backend": "triton"}, kdops.BackendUnavailableError, "has only the 'reference' and 'cpu' backends"),
+])
+def test_bad_input(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        kdops.fgd_feature_pass(**args, **kwargs)
+
+
+def test_direct_op_call_checks_its_arguments():
+    args = _bad()
+    with pytest.raises(RuntimeError, match="student_gc_bias must have shape"):
+        torch.ops.kdops.fgd_feature_pass(args["student"], args["teacher"], args["fg"], args["bg"], torch.ones(3),
+                                         torch.zeros(2), torch.ones(3), torch.zeros(1), 0.5, 1.0, 1.0, 1.0)
