@@ -89,8 +89,11 @@ def resolve(op: str, device: torch.device, backend=None, supported=BACKENDS) -> 
     """The backend that runs `op` on `device`; `supported` lists the backends the op has."""
     wanted = _requested(backend)
     if wanted is not None:
-        reason = (f"kdops.{op} has only the {' and '.join(map(repr, supported))} backends"
-                  if wanted not in supported else _why_not(wanted, device))
+        if wanted in supported:
+            reason = _why_not(wanted, device)
+        else:
+            *rest, last = map(repr, supported)
+            reason = f"kdops.{op} has only the {', '.join(rest)} and {last} backends"
         if reason is not None:
             raise BackendUnavailableError(f"kdops.{op}: backend {wanted!r} cannot run: {reason}")
         return wanted

@@ -1,5 +1,5 @@
-"""kdops.fgd_feature_pass (SPEC §3-§4): the CPU kernel against the reference (fgd_focal_loss and two
-gc_context calls), gradients, registration, bad input, and FGDLoss taking it on CPU tensors."""
+"""kdops.fgd_feature_pass (SPEC §3-§4): the CPU and Triton kernels against the reference (fgd_focal_loss and
+two gc_context calls), gradients, registration, bad input, and FGDLoss taking it on CPU tensors."""
 
 import pytest
 import torch
@@ -9,20 +9,23 @@ import kdops
 import kdops.nn.fgd
 from fgd_inputs import focal_inputs, random_boxes
 from kdops.reference import fgd_feature_pass as reference
-from support import DTYPES, assert_close, assert_compiles_like_eager, non_contiguous, randn
+from support import (
+    DTYPES, assert_close, assert_compiles_like_eager, backend_params, non_contiguous, parity_shapes, randn)
 
 pytestmark = pytest.mark.skipif(kdops.available_backends()["cpu"] != "available",
                                 reason="the C++ extension is not built")
 
-# The last two cut each image into several pixel blocks, the last one partial (fp32: 127 and 436 pixels).
+# The last two cut each image into several CPU pixel blocks, the last one partial (fp32: 127 and 436 pixels).
 SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (3, 257, 1, 1), (2, 7, 37, 41), (2, 1030, 9, 31), (2, 300, 23, 29)]
+SMALL_SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (2, 33, 13, 11)]  # for the Triton interpreter: several tiles of 128
+FUSED = [p for p in backend_params() if p.values[0] != "cuda"]  # no CUDA kernel yet
 WEIGHTS = (1.5, 0.7, 2.0)  # alpha, beta, gamma: all terms matter in the gradient
 
 
-def _convs(c, acc, seed):
+def _convs(c, acc, seed, device="cpu"):
     """(student weight, student bias, teacher weight, teacher bias), the weights requiring grad."""
-    ws, wt = (randn((c,), acc, "cpu", seed + i) / c ** 0.5 for i in (0, 1))
-    bs, bt = (randn((1,), acc, "cpu", seed + i) for i in (2, 3))
+    ws, wt = (randn((c,), acc, device, seed + i) / c ** 0.5 for i in (0, 1))
+    bs, bt = (randn((1,), acc, device, seed + i) for i in (2, 3))
     return ws.requires_grad_(), bs.requires_grad_(), wt.requires_grad_(), bt
 
 
@@ -30,30 +33,32 @@ def _objective(out, seed):
     """A grad_output other than 1 on every one of the six outputs."""
     total = 0
     for i, o in enumerate(out):
-        total = total + (o.double() * randn(o.shape, torch.float64, "cpu", seed + 10 + i)).sum()
+        total = total + (o.double() * randn(o.shape, torch.float64, o.device, seed + 10 + i)).sum()
     return total
 
 
 def _expected(student, teacher, fg, bg, convs, temperature, seed):
-    leaves = [x.detach().double().requires_grad_() for x in (student, *convs)]
-    out = reference.fgd_feature_pass(leaves[0], teacher.detach().double(), fg.double(), bg.double(), *leaves[1:],
-                                     temperature, *WEIGHTS)
+    leaves = [x.detach().cpu().double().requires_grad_() for x in (student, *convs)]
+    fg, bg = fg.cpu().double(), bg.cpu().double()
+    out = reference.fgd_feature_pass(leaves[0], teacher.detach().cpu().double(), fg, bg, *leaves[1:], temperature,
+                                     *WEIGHTS)
     _objective(out, seed).backward()
     return [o.detach() for o in out], [leaves[i].grad for i in (0, 1, 3)]
 
 
+@pytest.mark.parametrize("backend,device", FUSED)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
-def test_matches_reference(dtype, layout):
-    for i, shape in enumerate(SHAPES):
+def test_matches_reference(backend, device, dtype, layout):
+    for i, shape in enumerate(parity_shapes(backend, device, SHAPES, SMALL_SHAPES)):
         seed = torch.randint(0, 2**31 - 1, ()).item() + i  # fresh inputs every run
         temperature = 0.5 if i % 2 == 0 else 0.8
-        student, teacher, fg, bg = focal_inputs(shape, dtype, "cpu", seed, temperature)
+        student, teacher, fg, bg = focal_inputs(shape, dtype, device, seed, temperature)
         if layout == "non_contiguous":
             student, teacher, fg, bg = (non_contiguous(x) for x in (student, teacher, fg, bg))
         student.requires_grad_()
-        convs = _convs(shape[1], torch.float32, seed + 5)
-        out = kdops.fgd_feature_pass(student, teacher, fg, bg, *convs, temperature, *WEIGHTS, backend="cpu")
+        convs = _convs(shape[1], torch.float32, seed + 5, device)
+        out = kdops.fgd_feature_pass(student, teacher, fg, bg, *convs, temperature, *WEIGHTS, backend=backend)
         expected, (exp_gs, exp_gws, exp_gwt) = _expected(student, teacher, fg, bg, convs, temperature, seed)
         assert [tuple(o.shape) for o in out] == [(), (3,), shape[:2], shape[:2], (), shape[:2]]
         assert all(o.dtype == torch.float32 for o in out)
@@ -65,7 +70,7 @@ def test_matches_reference(dtype, layout):
         assert_close(student.grad, exp_gs, dtype, scale=10)
         assert_close(convs[0].grad, exp_gws, torch.float32, scale=100)
         assert_close(convs[2].grad, exp_gwt, torch.float32, scale=100)
-        assert torch.equal(convs[1].grad, torch.zeros(1))  # softmax is shift-invariant
+        assert torch.equal(convs[1].grad.cpu(), torch.zeros(1))  # softmax is shift-invariant
 
 
 def test_gradcheck_float64():
@@ -76,10 +81,12 @@ def test_gradcheck_float64():
         (student.requires_grad_(), ws, wt))
 
 
-def test_opcheck():
-    student, teacher, fg, bg = focal_inputs((2, 3, 4, 5), torch.float32, "cpu", 7, 0.5)
-    ws, bs, wt, bt = _convs(3, torch.float32, 8)
-    opcheck(torch.ops.kdops.fgd_feature_pass.default,
+@pytest.mark.parametrize("backend,device", FUSED)
+def test_opcheck(backend, device):
+    op = torch.ops.kdops_triton.fgd_feature_pass if backend == "triton" else torch.ops.kdops.fgd_feature_pass
+    student, teacher, fg, bg = focal_inputs((2, 3, 4, 5), torch.float32, device, 7, 0.5)
+    ws, bs, wt, bt = _convs(3, torch.float32, 8, device)
+    opcheck(op.default,
             (student.requires_grad_(), teacher, fg, bg, ws, bs.detach(), wt, bt, 0.5, *WEIGHTS))
 
 
@@ -164,8 +171,7 @@ def _bad(**change):
     (_bad(teacher_gc_weight=torch.ones(3, dtype=torch.long)), {}, TypeError, "teacher_gc_weight must be float16"),
     (_bad(teacher=torch.randn(2, 3, 4, 6)), {}, ValueError, "must have the same shape"),
     (_bad(), {"temperature": -1.0}, ValueError, "temperature must be a number > 0"),
-    (_bad(), {"backend": "cuda"}, kdops.BackendUnavailableError, "has only the 'reference' and 'cpu' backends"),
-    (_bad(), {"backend": "triton"}, kdops.BackendUnavailableError, "has only the 'reference' and 'cpu' backends"),
+    (_bad(), {"backend": "cuda"}, kdops.BackendUnavailableError, "has only the 'reference', 'cpu' and 'triton' backends"),
 ])
 def test_bad_input(args, kwargs, error, match):
     with pytest.raises(error, match=match):

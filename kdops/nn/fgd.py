@@ -13,6 +13,10 @@ from kdops.ops.fgd_focal_loss import fgd_focal_loss
 from kdops.ops.gc_context import gc_context
 from kdops.ops.relation_mse import relation_mse
 
+# Backends on which FGDLoss reads the features once each way (kdops.fgd_feature_pass); on the others
+# ("reference", "cuda") it composes fgd_focal_loss, two gc_context calls and relation_mse.
+ONE_PASS_BACKENDS = ("cpu", "triton")
+
 # Official per-family hyper-parameters (temperature, alpha, beta, gamma, lambda_), SPEC §4.
 PRESETS = {
     "two_stage": dict(temperature=0.5, alpha=5e-5, beta=2.5e-5, gamma=5e-5, lambda_=5e-7),
@@ -126,8 +130,9 @@ class FGDLoss(nn.Module):
                 raise ValueError(f"FGDLoss: boxes[{i}] is on {b.device} but the features are on {student.device}; "
                                  "move the boxes to the features' device")
         fg, bg = box_masks(boxes, student.shape[-2:], backend=self.backend)
-        if _backend.resolve("fgd_focal_loss", student.device, self.backend) == "cpu":
-            focal, terms, relation = self._one_pass(student, teacher, fg, bg)
+        which = _backend.resolve("fgd_focal_loss", student.device, self.backend)
+        if which in ONE_PASS_BACKENDS:
+            focal, terms, relation = self._one_pass(student, teacher, fg, bg, which)
         else:
             focal, terms = fgd_focal_loss(student, teacher, fg, bg, self.temperature, self.alpha, self.beta,
                                           self.gamma, return_terms=True, backend=self.backend)
@@ -139,12 +144,12 @@ class FGDLoss(nn.Module):
                            "global": self.lambda_ * relation.detach()}
         return total
 
-    def _one_pass(self, student: Tensor, teacher: Tensor, fg: Tensor, bg: Tensor):
-        """The CPU path: kdops.fgd_feature_pass reads S and T once each way; the relation loss is then
+    def _one_pass(self, student: Tensor, teacher: Tensor, fg: Tensor, bg: Tensor, backend: str):
+        """kdops.fgd_feature_pass reads S and T once each way; the relation loss is then
         (N, C)-sized work: sum (S + d - T)^2 = diff_sq + 2 sum(d * diff_sum) + H*W sum(d^2)."""
         s_mask, t_mask = self.student_gc.conv_mask, self.teacher_gc.conv_mask
         out = fgd_feature_pass(student, teacher, fg, bg, s_mask.weight, s_mask.bias, t_mask.weight, t_mask.bias,
-                               self.temperature, self.alpha, self.beta, self.gamma, backend="cpu")
+                               self.temperature, self.alpha, self.beta, self.gamma, backend=backend)
         d = (self.student_gc.transform(out.ctx_s) - self.teacher_gc.transform(out.ctx_t)).to(out.diff_sum.dtype)
         n, hw = student.shape[0], student.shape[2] * student.shape[3]
         relation = (out.diff_sq + 2 * (d * out.diff_sum).sum() + hw * (d * d).sum()) / max(n, 1)

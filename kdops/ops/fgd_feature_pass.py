@@ -1,12 +1,12 @@
 """kdops.fgd_feature_pass: every (N, C, H, W)-sized part of one FGD level in one pass each way (SPEC §3-§4).
 
-kdops.nn.FGDLoss runs it on CPU tensors. The per-op kernels (fgd_focal_loss, two gc_context calls,
-relation_mse) read S and T eight times forward and six times backward, and autograd adds three student
-gradients; on a CPU that memory traffic is most of an FGD step. On GPUs FGDLoss keeps composing the
-per-op fused kernels: this op has only the "reference" and "cpu" backends.
+kdops.nn.FGDLoss runs it on the "cpu" and "triton" backends. The per-op kernels (fgd_focal_loss, two
+gc_context calls, relation_mse) read S and T eight times forward and six times backward, and autograd
+adds three student gradients (three feature-sized buffers alive at once); on a CPU that memory traffic is
+most of an FGD step. There is no CUDA kernel yet: with backend "cuda" FGDLoss composes the per-op kernels.
 """
 
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -16,7 +16,9 @@ from kdops.ops.fgd_focal_loss import check_args as check_focal_args
 from kdops.reference import fgd_feature_pass as reference
 
 OP = "fgd_feature_pass"
-BACKENDS = ("reference", "cpu")
+BACKENDS = ("reference", "cpu", "triton")
+_TEACHER_GRAD = ("kdops.fgd_feature_pass: teacher must not require grad: the teacher's attention masks are "
+                 "constants of the FGD loss (as in the official FGD code). Pass teacher.detach().")
 
 
 class FeaturePass(NamedTuple):
@@ -26,6 +28,25 @@ class FeaturePass(NamedTuple):
     ctx_t: Tensor     # teacher GcBlock context, (N, C)
     diff_sq: Tensor   # sum (S - T)^2, 0-dim
     diff_sum: Tensor  # sum over H, W of (S - T), (N, C)
+
+
+@torch.library.custom_op("kdops_triton::fgd_feature_pass", mutates_args=())
+def _triton_forward(student: Tensor, teacher: Tensor, fg: Tensor, bg: Tensor, student_gc_weight: Tensor,
+                    student_gc_bias: Tensor, teacher_gc_weight: Tensor, teacher_gc_bias: Tensor, temperature: float,
+                    alpha: float, beta: float, gamma: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                                                      Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    from kdops.triton import fgd_feature_pass as kernels
+    return kernels.forward(student, teacher, fg, bg, student_gc_weight, student_gc_bias, teacher_gc_weight,
+                           teacher_gc_bias, temperature, alpha, beta, gamma)
+
+
+@torch.library.custom_op("kdops_triton::fgd_feature_pass_backward", mutates_args=())
+def _triton_backward(grads: List[Tensor], student: Tensor, teacher: Tensor, fg: Tensor, bg: Tensor,
+                     student_gc_weight: Tensor, teacher_gc_weight: Tensor, ctx_s: Tensor, ctx_t: Tensor,
+                     saved: List[Tensor], alpha: float, beta: float, gamma: float) -> Tuple[Tensor, Tensor, Tensor]:
+    from kdops.triton import fgd_feature_pass as kernels
+    return kernels.backward(grads, student, teacher, fg, bg, student_gc_weight, teacher_gc_weight, ctx_s, ctx_t, saved,
+                            alpha, beta, gamma)
 
 
 def _fake_forward(student, teacher, fg, bg, weight_s, bias_s, weight_t, bias_t, temperature, alpha, beta, gamma):
@@ -42,8 +63,42 @@ def _fake_backward(grads, student, teacher, fg, bg, weight_s, weight_t, *args):
             torch.empty_like(weight_t))
 
 
-# Native only (its autograd is C++: csrc/autograd/fgd_feature_pass.cpp), so no Python autograd is made.
-_registry.register("kdops::" + OP, f"kdops::{OP}_backward", _fake_forward, _fake_backward, None, None)
+def _setup_context(ctx, inputs, output):
+    student, teacher, fg, bg, weight_s, _bias_s, weight_t, _bias_t, _temperature, alpha, beta, gamma = inputs
+    _loss, _terms, ctx_s, ctx_t, _sq, _sum, t_spatial, t_channel, pixel_att, channel_att, probs_s, probs_t = output
+    ctx.save_for_backward(student, teacher, fg, bg, weight_s, weight_t, ctx_s, ctx_t, t_spatial, pixel_att, probs_s,
+                          probs_t, t_channel, channel_att)
+    ctx.weights = (alpha, beta, gamma)
+    ctx.mark_non_differentiable(t_spatial, t_channel, pixel_att, channel_att, probs_s, probs_t)
+
+
+def _make_backward(backward_op):
+    """The Python twin of csrc/autograd/fgd_feature_pass.cpp (for the Triton op)."""
+    def backward(ctx, *grads):
+        if ctx.needs_input_grad[1]:
+            raise RuntimeError(_TEACHER_GRAD)
+        saved = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        out = [None] * 12
+        for bias in (5, 7):  # a bias only shifts every logit of an image: softmax ignores it
+            if need[bias]:
+                out[bias] = saved[4].new_zeros(1)
+        if not (need[0] or need[4] or need[6]):
+            return tuple(out)
+        ctx_s = saved[6]
+        # An unused output arrives as None; its gradient is zero.
+        like = (ctx_s.new_zeros(()), ctx_s.new_zeros(3), ctx_s, ctx_s, ctx_s.new_zeros(()), ctx_s)
+        output_grads = [torch.zeros_like(z) if g is None else g.to(ctx_s.dtype) for g, z in zip(grads[:6], like)]
+        grad_student, grad_ws, grad_wt = backward_op(output_grads, *saved[:8], list(saved[8:]), *ctx.weights)
+        out[0] = grad_student if need[0] else None
+        out[4] = grad_ws if need[4] else None
+        out[6] = grad_wt if need[6] else None
+        return tuple(out)
+    return backward
+
+
+for _name in ("kdops::" + OP, "kdops_triton::" + OP):
+    _registry.register(_name, _name + "_backward", _fake_forward, _fake_backward, _setup_context, _make_backward)
 
 
 def fgd_feature_pass(student: Tensor, teacher: Tensor, fg: Tensor, bg: Tensor, student_gc_weight: Tensor,
@@ -64,7 +119,7 @@ def fgd_feature_pass(student: Tensor, teacher: Tensor, fg: Tensor, bg: Tensor, s
         student, teacher, fg, bg, temperature, alpha, beta, gamma: as kdops.fgd_focal_loss.
         student_gc_weight, student_gc_bias, teacher_gc_weight, teacher_gc_bias: each side's GcBlock
             mask conv (C -> 1), as kdops.gc_context's weight and bias (a bias may be None).
-        backend: None (automatic), "reference" or "cpu" (this op has no GPU kernels).
+        backend: None (automatic), "reference", "cpu" or "triton" (no "cuda" kernel yet).
 
     Returns:
         FeaturePass(loss, terms, ctx_s, ctx_t, diff_sq, diff_sum), float32 (float64 for float64
