@@ -35,6 +35,18 @@ def _tile_softmax(x, ok, stat_ptr):
 
 
 @triton.jit
+def _load_chunk(s_ptr, t_ptr, n, c0, j, j_ok, C, HW, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """Channels [c0, c0 + BLOCK_C) of S and T at pixels j of image n: (c, c_ok, mask, offsets, S, T)."""
+    c = c0 + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    both = c_ok[:, None] & j_ok[None, :]
+    offsets = (n * C + c[:, None]) * HW + j[None, :]
+    x = tl.load(s_ptr + offsets, mask=both, other=0.0).to(ACC)
+    y = tl.load(t_ptr + offsets, mask=both, other=0.0).to(ACC)
+    return c, c_ok, both, offsets, x, y
+
+
+@triton.jit
 def _partial_kernel(s_ptr, t_ptr, fg_ptr, bg_ptr, ws_ptr, bs_ptr, wt_ptr, bt_ptr, ms_ptr, mt_ptr, ls_ptr, lt_ptr,
                     part_ptr, stat_ptr, sq_ptr, C, HW, tiles, att_scale, BLOCK_C: tl.constexpr,
                     BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
@@ -50,12 +62,7 @@ def _partial_kernel(s_ptr, t_ptr, fg_ptr, bg_ptr, ws_ptr, bs_ptr, wt_ptr, bt_ptr
     sq = tl.zeros([BLOCK_HW], ACC)
     part = part_ptr + task * 7 * C
     for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        c_ok = c < C
-        both = c_ok[:, None] & j_ok[None, :]
-        offsets = (n * C + c[:, None]) * HW + j[None, :]
-        x = tl.load(s_ptr + offsets, mask=both, other=0.0).to(ACC)
-        y = tl.load(t_ptr + offsets, mask=both, other=0.0).to(ACC)
+        c, c_ok, both, offsets, x, y = _load_chunk(s_ptr, t_ptr, n, c0, j, j_ok, C, HW, BLOCK_C, ACC)
         d = x - y
         ms += tl.sum(tl.abs(x), axis=0)
         mt += tl.sum(tl.abs(y), axis=0)
@@ -77,12 +84,7 @@ def _partial_kernel(s_ptr, t_ptr, fg_ptr, bg_ptr, ws_ptr, bs_ptr, wt_ptr, bt_ptr
     e_s = _tile_softmax(ls, j_ok, stats + 2)
     e_t = _tile_softmax(lt, j_ok, stats + 4)
     for c0 in range(0, C, BLOCK_C):  # the tile is in cache now
-        c = c0 + tl.arange(0, BLOCK_C)
-        c_ok = c < C
-        both = c_ok[:, None] & j_ok[None, :]
-        offsets = (n * C + c[:, None]) * HW + j[None, :]
-        x = tl.load(s_ptr + offsets, mask=both, other=0.0).to(ACC)
-        y = tl.load(t_ptr + offsets, mask=both, other=0.0).to(ACC)
+        c, c_ok, both, offsets, x, y = _load_chunk(s_ptr, t_ptr, n, c0, j, j_ok, C, HW, BLOCK_C, ACC)
         d2 = (x - y) * (x - y)
         tl.store(part + 3 * C + c, tl.sum(d2 * w_fg[None, :], axis=1), mask=c_ok)
         tl.store(part + 4 * C + c, tl.sum(d2 * w_bg[None, :], axis=1), mask=c_ok)
@@ -284,12 +286,7 @@ def _grad_kernel(grads_ptr, g_s_ptr, g_t_ptr, shift_ptr, s_ptr, t_ptr, fg_ptr, b
     pixel_weight = two_over_n * m * tl.load(t_sp_ptr + n * HW + j, mask=j_ok, other=0.0)
     pixel_att = c_att * tl.load(pixel_ptr + n * HW + j, mask=j_ok, other=0.0)
     for c0 in range(0, C, BLOCK_C):  # the tile is in cache now
-        c = c0 + tl.arange(0, BLOCK_C)
-        c_ok = c < C
-        both = c_ok[:, None] & j_ok[None, :]
-        offsets = (n * C + c[:, None]) * HW + j[None, :]
-        x = tl.load(s_ptr + offsets, mask=both, other=0.0).to(ACC)
-        y = tl.load(t_ptr + offsets, mask=both, other=0.0).to(ACC)
+        c, c_ok, both, offsets, x, y = _load_chunk(s_ptr, t_ptr, n, c0, j, j_ok, C, HW, BLOCK_C, ACC)
         channel_weight = tl.load(t_ch_ptr + n * C + c, mask=c_ok, other=0.0)
         channel_att = c_att * tl.load(channel_ptr + n * C + c, mask=c_ok, other=0.0)
         shift = tl.load(shift_ptr + n * C + c, mask=c_ok, other=0.0)
