@@ -1,4 +1,4 @@
-// Autograd of kdops::fgd_feature_pass (a CPU-only op: kdops/ops/fgd_feature_pass.py).
+// Autograd of kdops::fgd_feature_pass (the Python twin for the Triton op: kdops/ops/fgd_feature_pass.py).
 #include "autograd.h"
 
 namespace kdops {

@@ -12,13 +12,13 @@ import torch
 from torch import Tensor
 
 from kdops import _backend, _checks, _registry
+from kdops.ops.fgd_focal_loss import _TEACHER_GRAD as focal_teacher_grad
 from kdops.ops.fgd_focal_loss import check_args as check_focal_args
 from kdops.reference import fgd_feature_pass as reference
 
 OP = "fgd_feature_pass"
 BACKENDS = ("reference", "cpu", "triton")
-_TEACHER_GRAD = ("kdops.fgd_feature_pass: teacher must not require grad: the teacher's attention masks are "
-                 "constants of the FGD loss (as in the official FGD code). Pass teacher.detach().")
+_TEACHER_GRAD = focal_teacher_grad.replace("fgd_focal_loss", OP)
 
 
 class FeaturePass(NamedTuple):
