@@ -20,7 +20,7 @@ import kdops
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_GPU = DEVICE.type == "cuda"
 
-# Faster R-CNN FPN at 800x1333 (padded to 800x1344), C = 256 (SPEC "Shapes that matter").
+# Faster R-CNN FPN at 800x1333 (padded to 800x1344), C = 256 (docs/math.md "Shapes that matter").
 FPN_LEVELS = {"P2": (200, 336), "P3": (100, 168), "P4": (50, 84), "P5": (25, 42), "P6": (13, 21)}
 CHANNELS = 256
 

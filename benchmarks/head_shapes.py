@@ -1,4 +1,4 @@
-"""Head-loss benchmark shapes (SPEC "Shapes that matter"): Faster R-CNN ROI head and RPN."""
+"""Head-loss benchmark shapes (docs/math.md "Shapes that matter"): Faster R-CNN ROI head and RPN."""
 
 import torch
 

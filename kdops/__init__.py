@@ -1,6 +1,6 @@
 """kdops: knowledge-distillation losses for object detectors as fused autograd ops.
 
-Each op has four backends computing the same function (SPEC.md): "reference" (pure PyTorch),
+Each op has four backends computing the same function (docs/math.md): "reference" (pure PyTorch),
 "cpu" (C++), "cuda" (fused CUDA) and "triton" (fused Triton). Pick one per call with
 `backend=`, for the process with KDOPS_BACKEND, or leave both unset for the automatic choice.
 """

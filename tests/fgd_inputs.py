@@ -1,4 +1,5 @@
-"""Inputs shared by the FGD op tests: boxes that exercise every SPEC §2 case, features kept off the loss kinks."""
+"""Inputs shared by the FGD op tests: boxes that exercise every docs/math.md §2 case, features kept off the
+loss kinks."""
 
 import torch
 

@@ -2,9 +2,10 @@
 test-only: the oracle kdops.nn.FGDLoss is checked against, and the "official-style eager" benchmark baseline.
 
 It keeps the official structure (a Python loop over boxes writing slices, sqrt-weighted features,
-MSELoss(reduction="sum"), GcBlock spatial_pool with matmul) and follows SPEC §2-§4 where SPEC decides:
-boxes arrive already in feature-map pixels (SPEC: the caller divides by the padded batch's stride),
-and the box ranges are clipped to the map with the value 1 / clipped area (SPEC §2); boxes with
+MSELoss(reduction="sum"), GcBlock spatial_pool with matmul) and follows docs/math.md §2-§4 where that
+contract decides: boxes arrive already in feature-map pixels (docs/math.md §2: the caller divides by the
+padded batch's stride), and the box ranges are clipped to the map with the value 1 / clipped area
+(docs/math.md §2; the official code divides by the unclipped size, a known open difference); boxes with
 x2 < x1 or y2 < y1 are skipped, as kdops does without validation.
 """
 

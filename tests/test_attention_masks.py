@@ -1,4 +1,4 @@
-"""kdops.attention_masks (SPEC §1): every backend against the reference, gradients, registration, bad input."""
+"""kdops.attention_masks (docs/math.md §1): every backend against the reference, gradients, registration, bad input."""
 
 import pytest
 import torch

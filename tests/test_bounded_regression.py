@@ -1,4 +1,4 @@
-"""kdops.bounded_regression (SPEC §7): every backend against the reference, per-row bounds, gradients,
+"""kdops.bounded_regression (docs/math.md §7): every backend against the reference, per-row bounds, gradients,
 registration, bad input."""
 
 import itertools

@@ -1,4 +1,5 @@
-"""kdops.box_masks (SPEC §2): every backend against the reference, the SPEC semantics, registration, bad input."""
+"""kdops.box_masks (docs/math.md §2): every backend against the reference, the contract's semantics,
+registration, bad input."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""kdops.cwd_loss (SPEC §6): every backend against the reference, gradients, registration, bad input."""
+"""kdops.cwd_loss (docs/math.md §6): every backend against the reference, gradients, registration, bad input."""
 
 import pytest
 import torch

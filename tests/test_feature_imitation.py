@@ -1,4 +1,5 @@
-"""kdops.feature_imitation (SPEC §5): every backend against the reference, gradients, registration, bad input."""
+"""kdops.feature_imitation (docs/math.md §5): every backend against the reference, gradients, registration,
+bad input."""
 
 import itertools
 

@@ -1,4 +1,4 @@
-"""kdops.fgd_feature_pass (SPEC §3-§4): the CPU and Triton kernels against the reference (fgd_focal_loss and
+"""kdops.fgd_feature_pass (docs/math.md §3-§4): the CPU and Triton kernels against the reference (fgd_focal_loss and
 two gc_context calls), gradients, registration, bad input, and FGDLoss taking it on CPU tensors."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""kdops.fgd_focal_loss (SPEC §3): every backend against the reference, gradients, registration, bad input."""
+"""kdops.fgd_focal_loss (docs/math.md §3): every backend against the reference, gradients, registration, bad input."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""kdops.gc_context (SPEC §4): every backend against the reference, gradients, registration, bad input."""
+"""kdops.gc_context (docs/math.md §4): every backend against the reference, gradients, registration, bad input."""
 
 import pytest
 import torch

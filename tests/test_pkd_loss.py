@@ -1,4 +1,4 @@
-"""kdops.pkd_loss (SPEC §6): every backend against the reference (mmrazor semantics), gradients for
+"""kdops.pkd_loss (docs/math.md §6): every backend against the reference (mmrazor semantics), gradients for
 both sides, registration, bad input."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""kdops.relation_mse (SPEC §4): every backend against the reference, gradients, registration, bad input."""
+"""kdops.relation_mse (docs/math.md §4): every backend against the reference, gradients, registration, bad input."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""kdops.soft_binary_cross_entropy (SPEC §7, RPN objectness): every backend against the reference,
+"""kdops.soft_binary_cross_entropy (docs/math.md §7, RPN objectness): every backend against the reference,
 gradients, registration, numerical stability, bad input."""
 
 import itertools

@@ -1,4 +1,5 @@
-"""kdops.soft_cross_entropy (SPEC §7): every backend against the reference, gradients, registration, bad input."""
+"""kdops.soft_cross_entropy (docs/math.md §7): every backend against the reference, gradients, registration,
+bad input."""
 
 import itertools
 

@@ -1,4 +1,4 @@
-// CPU kernels of the FGD attention masks (SPEC §1).
+// CPU kernels of the FGD attention masks (docs/math.md §1).
 // Forward reads feat once: each task owns one image and a block of pixels, sums |F| over
 // channels for its pixels (m) and over its pixels for every channel (a partial k), and the
 // partials are added in a fixed order so the result does not depend on the thread count.

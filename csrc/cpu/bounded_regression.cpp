@@ -1,4 +1,4 @@
-// CPU kernels of the teacher-bounded L2 loss (SPEC §7). Forward: one pass over rows in fixed chunks
+// CPU kernels of the teacher-bounded L2 loss (docs/math.md §7). Forward: one pass over rows in fixed chunks
 // (chunk sums added in order: deterministic). Backward: one pass, each row's bound recomputed.
 #include <torch/library.h>
 

@@ -1,4 +1,4 @@
-// CPU kernel of the FGD box masks (SPEC §2). Boxes are bucketed by image (in their given order),
+// CPU kernel of the FGD box masks (docs/math.md §2). Boxes are bucketed by image (in their given order),
 // then each task rasterises one map row: for every box of its image that crosses the row, it
 // takes the max of the box value over the box's columns (max is order-free, so the result is
 // exact and deterministic). Cost is proportional to the covered area, not pixels x boxes.

@@ -1,4 +1,4 @@
-// CPU kernels of channel-wise distillation (SPEC §6). Forward: per (n, c) row, one pass for the maxima
+// CPU kernels of channel-wise distillation (docs/math.md §6). Forward: per (n, c) row, one pass for the maxima
 // and one for the exp-sums; rows go in fixed chunks whose sums are added in order (deterministic).
 // Backward: one elementwise pass from the saved row statistics.
 #include <torch/library.h>

@@ -1,4 +1,4 @@
-// CPU kernels of masked feature imitation (SPEC §5): one pass over S, T (and M) forward,
+// CPU kernels of masked feature imitation (docs/math.md §5): one pass over S, T (and M) forward,
 // one pass backward writing dS. Work is split by (n, c) rows; per-row partial sums are
 // added in row order, so the result does not depend on the thread count.
 #include <ATen/Parallel.h>

@@ -1,4 +1,4 @@
-// The attention part of FGD on the CPU (SPEC §1, §3), shared by the focal-loss and feature-pass kernels:
+// The attention part of FGD on the CPU (docs/math.md §1, §3), shared by the focal-loss and feature-pass kernels:
 // once the per-pixel and per-channel sums of |S| and |T| of one image are known, the masks, the
 // attention loss and its gradient coefficients live in (H*W) and (C) vectors.
 #pragma once

@@ -1,4 +1,4 @@
-// CPU kernels of the FGD focal loss (SPEC §3).
+// CPU kernels of the FGD focal loss (docs/math.md §3).
 // Forward, two passes over S and T: (1) per task (image, pixel block) the channel sums of |S| and
 // |T| per pixel and per-block partial pixel sums per channel -> both sides' attention masks;
 // (2) per (n, c) row the teacher-weighted squared differences under M_fg and M_bg. Everything else

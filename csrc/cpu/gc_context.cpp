@@ -1,4 +1,4 @@
-// CPU kernels of the GcBlock context pooling (SPEC §4).
+// CPU kernels of the GcBlock context pooling (docs/math.md §4).
 // Forward, one pass over F with an online softmax: each task (image, pixel block) computes its
 // logits, a block-local max and exp-sum, and partial contexts sum_j exp(l_j - max_b) F[c, j] while
 // the block is still in cache; per image the blocks are merged in order, rescaled to the global max.

@@ -1,4 +1,4 @@
-// CPU kernels of PKD (SPEC §6). Work is split by channel (each channel's N segments of H*W values are
+// CPU kernels of PKD (docs/math.md §6). Work is split by channel (each channel's N segments of H*W values are
 // read three times: means, centred squares, squared difference); the per-channel D_c are added in
 // channel order, so the result does not depend on the thread count. Backward: one elementwise pass.
 #include <ATen/Parallel.h>

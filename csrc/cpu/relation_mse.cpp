@@ -1,4 +1,4 @@
-// CPU kernels of the FGD relation loss (SPEC §4): one pass over S and T per direction, split by
+// CPU kernels of the FGD relation loss (docs/math.md §4): one pass over S and T per direction, split by
 // (n, c) rows; per-row partial sums are added in row order (thread-count independent).
 #include <ATen/Parallel.h>
 #include <torch/library.h>

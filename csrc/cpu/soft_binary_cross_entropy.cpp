@@ -1,4 +1,4 @@
-// CPU kernels of the binary weighted soft cross-entropy (SPEC §7): one pass forward (fixed chunks of
+// CPU kernels of the binary weighted soft cross-entropy (docs/math.md §7): one pass forward (fixed chunks of
 // anchors, chunk sums added in order: deterministic), one elementwise pass backward.
 #include <torch/library.h>
 

@@ -1,4 +1,4 @@
-// CUDA kernels of the FGD attention masks (SPEC §1).
+// CUDA kernels of the FGD attention masks (docs/math.md §1).
 // Forward: one read of feat. Each thread owns one pixel and walks the channels, so the
 // per-pixel sum (m) stays in a register and loads are coalesced; the per-channel sums (k)
 // are reduced across each warp and written as per-warp partials, then added in a fixed

@@ -1,4 +1,4 @@
-// CUDA kernels of the teacher-bounded L2 loss (SPEC §7), math in include/kdops/math/bounded_regression.h.
+// CUDA kernels of the teacher-bounded L2 loss (docs/math.md §7), math in include/kdops/math/bounded_regression.h.
 // One launch forward: one thread per row (D is small, 4 for boxes) in a grid-stride loop, blocks
 // reduce, the last block adds the block partials in order (grid_reduce.cuh). One launch backward:
 // one thread per row recomputes its bound and writes the row's D gradients.

@@ -1,4 +1,4 @@
-// CUDA kernels of the FGD box masks (SPEC §2); same algorithm as kdops/triton/box_masks.py.
+// CUDA kernels of the FGD box masks (docs/math.md §2); same algorithm as kdops/triton/box_masks.py.
 // Each block owns one image and 256 pixels (one per thread) and walks all boxes in tiles staged
 // in shared memory; boxes of other images or invalid ones are marked empty while staging. The max
 // over boxes is order-free (exact, deterministic). Per-block background counts are added in a

@@ -1,4 +1,4 @@
-// CUDA kernels of channel-wise distillation (SPEC §6), math in include/kdops/math/cwd_loss.h.
+// CUDA kernels of channel-wise distillation (docs/math.md §6), math in include/kdops/math/cwd_loss.h.
 // One launch forward: one block per (n, c) row (grid-stride over rows), a max pass and an exp-sum
 // pass over the row's pixels; thread 0 writes the row statistics and keeps the block's KL sum; the
 // last block adds the block partials in order (grid_reduce.cuh). One launch backward: elementwise.

@@ -1,4 +1,4 @@
-// CUDA kernels of masked feature imitation (SPEC §5).
+// CUDA kernels of masked feature imitation (docs/math.md §5).
 // Forward: a fixed grid accumulates M * rho(S - T) into per-block partials, and one block adds
 // them (and sum(M) for normalize="mask") in a fixed order: deterministic, no atomics, no host sync.
 // Backward: one elementwise pass writing dS; grad / Z is read on the device.

@@ -1,4 +1,4 @@
-// CUDA kernels of the FGD focal loss (SPEC §3); same algorithm as csrc/cpu/fgd_focal_loss.cpp.
+// CUDA kernels of the FGD focal loss (docs/math.md §3); same algorithm as csrc/cpu/fgd_focal_loss.cpp.
 // Forward: (1) one read of S and T: each thread owns one pixel and walks the channels (per-pixel
 // sums in registers, coalesced loads), per-channel sums are reduced per warp into partials;
 // (2) row kernels finish the four softmaxes and, per image, the attention loss and its gradient

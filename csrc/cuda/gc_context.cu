@@ -1,4 +1,4 @@
-// CUDA kernels of the GcBlock context pooling (SPEC §4); same algorithm as csrc/cpu/gc_context.cpp.
+// CUDA kernels of the GcBlock context pooling (docs/math.md §4); same algorithm as csrc/cpu/gc_context.cpp.
 // Forward, one read of F with an online softmax: each block owns one image and 256 pixels (one per
 // thread), computes the logits, the block max and exp-sum, and per-warp partial contexts
 // sum_j exp(l_j - block max) F[c, j]; one block per image merges the partials in order, rescaled

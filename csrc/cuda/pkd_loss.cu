@@ -1,4 +1,4 @@
-// CUDA kernels of PKD (SPEC §6), math in include/kdops/math/pkd_loss.h. One launch forward: one
+// CUDA kernels of PKD (docs/math.md §6), math in include/kdops/math/pkd_loss.h. One launch forward: one
 // block per channel (grid-stride over channels) reads the channel's N segments of H*W values three
 // times (means, centred squares, squared difference), thread 0 writes the channel statistics, and
 // the last block adds the D_c in order (grid_reduce.cuh). One launch backward: elementwise.

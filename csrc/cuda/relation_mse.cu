@@ -1,4 +1,4 @@
-// CUDA kernels of the FGD relation loss (SPEC §4); same algorithm as kdops/triton/relation_mse.py.
+// CUDA kernels of the FGD relation loss (docs/math.md §4); same algorithm as kdops/triton/relation_mse.py.
 // Forward: one block per (n, c) row (grid-strided) sums r = S - T + delta and r^2; one block adds the
 // row partials in a fixed order. Backward: one elementwise pass, 2 grad / N read on the device.
 // c10 headers only: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE headers we do not use.

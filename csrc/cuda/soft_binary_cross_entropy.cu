@@ -1,4 +1,4 @@
-// CUDA kernels of the binary weighted soft cross-entropy (SPEC §7), math in
+// CUDA kernels of the binary weighted soft cross-entropy (docs/math.md §7), math in
 // include/kdops/math/soft_binary_cross_entropy.h. One launch forward: a grid-stride pass sums each
 // thread's anchors, blocks reduce, the last block adds the block partials in order (grid_reduce.cuh).
 // One launch backward: elementwise. A label other than 0, 1 or ignore_index makes the loss NaN.

@@ -1,4 +1,4 @@
-// CUDA kernels of the class-weighted soft cross-entropy (SPEC §7), math in
+// CUDA kernels of the class-weighted soft cross-entropy (docs/math.md §7), math in
 // include/kdops/math/soft_cross_entropy.h. One launch forward: each warp takes whole rows (a max pass
 // and an exp-sum pass over the row's classes, which stay in L1), lane 0 writes the row statistics
 // and keeps the warp's loss; blocks reduce their warps and the last block adds the block partials in

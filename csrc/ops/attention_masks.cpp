@@ -1,4 +1,4 @@
-// Schema of the FGD attention masks (SPEC §1). Kernels: cpu/attention_masks.cpp, cuda/attention_masks.cu.
+// Schema of the FGD attention masks (docs/math.md §1). Kernels: cpu/attention_masks.cpp, cuda/attention_masks.cu.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(kdops, m) {

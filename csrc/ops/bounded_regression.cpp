@@ -1,4 +1,4 @@
-// Schema of the teacher-bounded L2 regression loss (SPEC §7) on (rows, D) tensors.
+// Schema of the teacher-bounded L2 regression loss (docs/math.md §7) on (rows, D) tensors.
 // Kernels: cpu/bounded_regression.cpp, cuda/bounded_regression.cu. `norm` is Z (rows, or the number of
 // rows with weight > 0); the backward recomputes each row's bound from the inputs.
 #include <torch/library.h>

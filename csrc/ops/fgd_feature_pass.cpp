@@ -1,4 +1,4 @@
-// Schema of the FGD feature pass: every (N, C, H, W)-sized part of one FGD level (SPEC §3-§4) in one
+// Schema of the FGD feature pass: every (N, C, H, W)-sized part of one FGD level (docs/math.md §3-§4) in one
 // pass over S and T each way. Kernel: cpu/fgd_feature_pass.cpp (its Triton twin: kdops/triton/; no CUDA
 // kernel yet, so on the cuda backend kdops.nn.FGDLoss composes the per-op kernels). Outputs:
 //   loss, terms      as fgd_focal_loss (the weighted focal loss and the unweighted L_fg, L_bg, L_att);

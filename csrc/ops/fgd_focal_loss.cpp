@@ -1,4 +1,4 @@
-// Schema of the FGD focal loss (SPEC §3). Kernels: cpu/fgd_focal_loss.cpp, cuda/fgd_focal_loss.cu.
+// Schema of the FGD focal loss (docs/math.md §3). Kernels: cpu/fgd_focal_loss.cpp, cuda/fgd_focal_loss.cu.
 // fg, bg: (N, H, W) box masks in the accumulation dtype. Outputs: the weighted loss, the three
 // unweighted terms (L_fg, L_bg, L_att), and what the backward needs: the teacher's attention masks
 // and the attention-loss gradient coefficients dL_att/d|S| = pixel_att_grad[n,h,w] + channel_att_grad[n,c]

@@ -1,4 +1,4 @@
-// Schema of the GcBlock context pooling (SPEC §4). Kernels: cpu/gc_context.cpp, cuda/gc_context.cu.
+// Schema of the GcBlock context pooling (docs/math.md §4). Kernels: cpu/gc_context.cpp, cuda/gc_context.cu.
 // weight (C,) and bias (1,) are the 1x1 conv C -> 1, in the accumulation dtype of feat.
 // context[n, c] = sum_j softmax_j(w . F[n, :, j] + b) * F[n, c, j]; probs (N, H, W) is the softmax,
 // kept for the backward. The bias gradient is exactly zero (softmax is shift-invariant) and is not

@@ -1,4 +1,4 @@
-// Schema of the binary (RPN objectness) weighted soft cross-entropy (SPEC §7).
+// Schema of the binary (RPN objectness) weighted soft cross-entropy (docs/math.md §7).
 // Kernels: cpu/soft_binary_cross_entropy.cpp, cuda/soft_binary_cross_entropy.cu. `norm` is the number of
 // kept anchors; the backward recomputes everything elementwise from the logits.
 #include <torch/library.h>

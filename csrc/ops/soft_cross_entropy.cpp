@@ -1,4 +1,4 @@
-// Schema of the class-weighted soft cross-entropy (SPEC §7). Kernels: cpu/soft_cross_entropy.cpp,
+// Schema of the class-weighted soft cross-entropy (docs/math.md §7). Kernels: cpu/soft_cross_entropy.cpp,
 // cuda/soft_cross_entropy.cu. `norm` is the number of kept rows; `row_stats` (rows, 6) holds what the
 // backward needs to rebuild both softmaxes without another reduction (see math/soft_cross_entropy.h).
 #include <torch/library.h>

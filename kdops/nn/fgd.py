@@ -1,4 +1,4 @@
-"""FGD: focal and global distillation (Yang et al. 2022) as one module (SPEC §2-§4)."""
+"""FGD: focal and global distillation (Yang et al. 2022) as one module (docs/math.md §2-§4)."""
 
 from typing import Optional, Sequence
 
@@ -17,7 +17,7 @@ from kdops.ops.relation_mse import relation_mse
 # ("reference", "cuda") it composes fgd_focal_loss, two gc_context calls and relation_mse.
 ONE_PASS_BACKENDS = ("cpu", "triton")
 
-# Official per-family hyper-parameters (temperature, alpha, beta, gamma, lambda_), SPEC §4.
+# Official per-family hyper-parameters (temperature, alpha, beta, gamma, lambda_), docs/math.md §4.
 PRESETS = {
     "two_stage": dict(temperature=0.5, alpha=5e-5, beta=2.5e-5, gamma=5e-5, lambda_=5e-7),
     "retinanet": dict(temperature=0.5, alpha=1e-3, beta=5e-4, gamma=5e-4, lambda_=5e-6),
@@ -26,7 +26,7 @@ PRESETS = {
 
 
 class GcBlock(nn.Module):
-    """The GcBlock of FGD's global loss: delta = W2 relu(LN(W1 context + b1)) + b2 (SPEC §4).
+    """The GcBlock of FGD's global loss: delta = W2 relu(LN(W1 context + b1)) + b2 (docs/math.md §4).
 
     context = kdops.gc_context(feat, conv_mask): softmax attention pooling over the pixels. The
     channel-add MLP is C -> C/2 -> C with a LayerNorm and ReLU; its last conv starts at zero (as in

@@ -1,4 +1,4 @@
-"""kdops.attention_masks: the FGD spatial and channel attention masks (SPEC §1)."""
+"""kdops.attention_masks: the FGD spatial and channel attention masks (docs/math.md §1)."""
 
 from typing import Optional, Tuple
 

@@ -1,4 +1,4 @@
-"""kdops.bounded_regression: Chen 2017's teacher-bounded L2 regression loss (SPEC §7)."""
+"""kdops.bounded_regression: Chen 2017's teacher-bounded L2 regression loss (docs/math.md §7)."""
 
 from typing import Optional, Tuple
 

@@ -1,4 +1,4 @@
-"""kdops.box_masks: FGD foreground / background masks from boxes (SPEC §2), on the boxes' device."""
+"""kdops.box_masks: FGD foreground / background masks from boxes (docs/math.md §2), on the boxes' device."""
 
 from typing import Optional, Sequence, Tuple, Union
 
@@ -82,7 +82,7 @@ def _size(size, op: str) -> Tuple[int, int]:
 def box_masks(boxes: Union[Sequence[Tensor], Tensor], size: Sequence[int], image_index: Optional[Tensor] = None,
               batch_size: Optional[int] = None, *, validate: Optional[bool] = None,
               backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
-    """FGD foreground and background masks of a batch (SPEC §2), computed on the boxes' device.
+    """FGD foreground and background masks of a batch (docs/math.md §2), computed on the boxes' device.
 
     For a box (x1, y1, x2, y2) in feature-map pixels: wmin = floor(x1), wmax = ceil(x2), hmin = floor(y1),
     hmax = ceil(y2), an inclusive pixel range clipped to the map; the box writes

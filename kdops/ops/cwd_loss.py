@@ -1,4 +1,4 @@
-"""kdops.cwd_loss: channel-wise distillation (Shu et al. 2021; SPEC §6)."""
+"""kdops.cwd_loss: channel-wise distillation (Shu et al. 2021; docs/math.md §6)."""
 
 from typing import Optional, Tuple
 

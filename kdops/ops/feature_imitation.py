@@ -1,4 +1,4 @@
-"""kdops.feature_imitation: masked feature imitation / hint loss (SPEC §5)."""
+"""kdops.feature_imitation: masked feature imitation / hint loss (docs/math.md §5)."""
 
 from typing import Optional, Tuple
 

@@ -1,4 +1,4 @@
-"""kdops.fgd_feature_pass: every (N, C, H, W)-sized part of one FGD level in one pass each way (SPEC §3-§4).
+"""kdops.fgd_feature_pass: every (N, C, H, W)-sized part of one FGD level in one pass each way (docs/math.md §3-§4).
 
 kdops.nn.FGDLoss runs it on the "cpu" and "triton" backends. The per-op kernels (fgd_focal_loss, two
 gc_context calls, relation_mse) read S and T eight times forward and six times backward, and autograd

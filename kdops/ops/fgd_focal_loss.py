@@ -1,4 +1,4 @@
-"""kdops.fgd_focal_loss: the fused FGD focal loss (SPEC §3)."""
+"""kdops.fgd_focal_loss: the fused FGD focal loss (docs/math.md §3)."""
 
 from typing import Optional, Tuple
 
@@ -90,7 +90,7 @@ def check_args(op, student, teacher, fg, bg, temperature, alpha, beta, gamma):
 def fgd_focal_loss(student: Tensor, teacher: Tensor, fg: Tensor, bg: Tensor, temperature: float = 0.5,
                    alpha: float = 1e-3, beta: float = 5e-4, gamma: float = 5e-4, *, return_terms: bool = False,
                    backend: Optional[str] = None):
-    """FGD focal loss: alpha * L_fg + beta * L_bg + gamma * L_att (FGD eq. 9-11, SPEC §3).
+    """FGD focal loss: alpha * L_fg + beta * L_bg + gamma * L_att (FGD eq. 9-11, docs/math.md §3).
 
     L_fg = sum M_fg A_S^t A_C^t (S - T)^2 / N, L_bg likewise with M_bg, and
     L_att = (sum |A_C^s - A_C^t| + sum |A_S^s - A_S^t|) / N, where A^t / A^s are the teacher's / the

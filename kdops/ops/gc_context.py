@@ -1,4 +1,4 @@
-"""kdops.gc_context: the GcBlock context pooling of FGD's global loss (SPEC §4)."""
+"""kdops.gc_context: the GcBlock context pooling of FGD's global loss (docs/math.md §4)."""
 
 from typing import Optional, Tuple
 
@@ -61,7 +61,7 @@ for _name in ("kdops::gc_context", "kdops_triton::gc_context"):
 
 def gc_context(feat: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
                backend: Optional[str] = None) -> Tensor:
-    """GcBlock context: context[n, c] = sum_j softmax_j(w . F[n, :, j] + b) * F[n, c, j] (SPEC §4).
+    """GcBlock context: context[n, c] = sum_j softmax_j(w . F[n, :, j] + b) * F[n, c, j] (docs/math.md §4).
 
     Args:
         feat: (N, C, H, W) float16/bfloat16/float32/float64 features, C >= 1, H*W >= 1. It may be a

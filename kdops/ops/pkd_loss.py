@@ -1,4 +1,4 @@
-"""kdops.pkd_loss: Pearson-correlation distillation (Cao et al. 2022, mmrazor's PKDLoss; SPEC §6)."""
+"""kdops.pkd_loss: Pearson-correlation distillation (Cao et al. 2022, mmrazor's PKDLoss; docs/math.md §6)."""
 
 from typing import Optional, Tuple
 

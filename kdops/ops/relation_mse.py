@@ -1,4 +1,4 @@
-"""kdops.relation_mse: FGD's global (relation) loss after the GcBlocks (SPEC §4)."""
+"""kdops.relation_mse: FGD's global (relation) loss after the GcBlocks (docs/math.md §4)."""
 
 from typing import Optional, Tuple
 
@@ -63,7 +63,7 @@ def _reference(student, teacher, delta_s, delta_t):
 
 def relation_mse(student: Tensor, teacher: Tensor, delta_s: Tensor, delta_t: Tensor, *,
                  backend: Optional[str] = None) -> Tensor:
-    """FGD relation loss: sum (S + delta_s - T - delta_t)^2 / N, deltas broadcast over H, W (SPEC §4).
+    """FGD relation loss: sum (S + delta_s - T - delta_t)^2 / N, deltas broadcast over H, W (docs/math.md §4).
 
     Args:
         student, teacher: (N, C, H, W) features of the same shape, dtype and device. The teacher may

@@ -1,5 +1,5 @@
 """kdops.soft_binary_cross_entropy: the RPN-objectness (one logit per anchor) variant of Chen 2017's
-weighted soft cross-entropy, hard BCE fused (SPEC §7)."""
+weighted soft cross-entropy, hard BCE fused (docs/math.md §7)."""
 
 from typing import Optional, Tuple
 
@@ -59,7 +59,7 @@ for _name in ("kdops::soft_binary_cross_entropy", "kdops_triton::soft_binary_cro
 def soft_binary_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, pos_weight: float = 1.0,
                               neg_weight: float = 1.5, temperature: float = 1.0, target: Optional[Tensor] = None,
                               mu: float = 0.0, ignore_index: int = -1, *, backend: Optional[str] = None) -> Tensor:
-    """Weighted soft binary cross-entropy for RPN objectness (one logit per anchor, SPEC §7).
+    """Weighted soft binary cross-entropy for RPN objectness (one logit per anchor, docs/math.md §7).
 
     With x = z_s / T and p_t = sigmoid(z_t / T), each anchor contributes
     soft = -(pos_weight * p_t * log sigmoid(x) + neg_weight * (1 - p_t) * log sigmoid(-x)),

@@ -1,4 +1,4 @@
-"""kdops.soft_cross_entropy: Chen 2017's class-weighted soft cross-entropy, hard CE fused (SPEC §7)."""
+"""kdops.soft_cross_entropy: Chen 2017's class-weighted soft cross-entropy, hard CE fused (docs/math.md §7)."""
 
 from typing import Optional, Tuple
 

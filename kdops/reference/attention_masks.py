@@ -1,4 +1,5 @@
-"""FGD attention masks, SPEC §1: A_S = H*W softmax_hw(mean_c|F| / temp), A_C = C softmax_c(mean_hw|F| / temp)."""
+"""FGD attention masks, docs/math.md §1: A_S = H*W softmax_hw(mean_c|F| / temp),
+A_C = C softmax_c(mean_hw|F| / temp)."""
 
 import torch
 

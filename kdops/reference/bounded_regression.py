@@ -1,4 +1,4 @@
-"""Teacher-bounded L2 regression of Chen 2017 (SPEC §7), per row of D values (D = 4 for boxes):
+"""Teacher-bounded L2 regression of Chen 2017 (docs/math.md §7), per row of D values (D = 4 for boxes):
     e_s = ||r_s - y||^2, e_t = ||r_t - y||^2
     L_b = sum_i w_i * [e_s + m > e_t] * e_s / Z,   Z = rows (no weight) or #{i : w_i > 0}
 The bound is decided per row. The teacher only enters through the indicator, which is piecewise

@@ -1,4 +1,5 @@
-"""FGD box masks, SPEC §2: M_fg = max over covering boxes of 1 / (clipped box area), M_bg = [M_fg == 0] / count.
+"""FGD box masks, docs/math.md §2: M_fg = max over covering boxes of 1 / (clipped box area),
+M_bg = [M_fg == 0] / count.
 
 Vectorised over boxes (no Python loop): each box's coverage is the outer product of its row and
 column ranges, and the per-image max is a scatter_reduce over the boxes' image indices.

@@ -1,4 +1,4 @@
-"""Channel-wise distillation (CWD, SPEC §6):
+"""Channel-wise distillation (CWD, docs/math.md §6):
     L = tau^2 / (N*C) * sum_{n,c} KL(softmax_hw(T[n,c] / tau) || softmax_hw(S[n,c] / tau)).
 """
 

@@ -1,4 +1,4 @@
-"""Masked feature imitation, SPEC §5: L = sum M * rho(S - T) / Z."""
+"""Masked feature imitation, docs/math.md §5: L = sum M * rho(S - T) / Z."""
 
 import torch
 

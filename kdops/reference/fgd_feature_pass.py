@@ -1,4 +1,4 @@
-"""FGD feature pass, SPEC §3-§4: the focal loss, both GcBlock contexts and the relation loss' feature sums
+"""FGD feature pass, docs/math.md §3-§4: the focal loss, both GcBlock contexts and the relation loss' feature sums
 of one level, composed from the reference ops (autograd gives the backward)."""
 
 from kdops.reference._common import acc_dtype

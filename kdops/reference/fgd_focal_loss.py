@@ -1,4 +1,4 @@
-"""FGD focal loss, SPEC §3: teacher attention weights the feature loss, student attention enters the
+"""FGD focal loss, docs/math.md §3: teacher attention weights the feature loss, student attention enters the
 attention loss only. L = alpha L_fg + beta L_bg + gamma L_att."""
 
 import torch
@@ -33,7 +33,7 @@ def fgd_focal_loss(student, teacher, fg, bg, temperature: float, alpha: float, b
 
 def attention_grads(student, teacher, temperature: float):
     """What the kernels save for the backward: the teacher masks and dL_att/d|S| split as
-    pixel_att_grad[n,h,w] + channel_att_grad[n,c] (g_m / C and g_k / (H*W) of SPEC §3)."""
+    pixel_att_grad[n,h,w] + channel_att_grad[n,c] (g_m / C and g_k / (H*W) of docs/math.md §3)."""
     n, c, h, w = student.shape
     s_sp, s_ch = attention_masks(student, temperature)
     t_sp, t_ch = attention_masks(teacher, temperature)

@@ -1,4 +1,4 @@
-"""GcBlock context pooling, SPEC §4: context[n,c] = sum_j softmax_j(w . F[n,:,j] + b) F[n,c,j]."""
+"""GcBlock context pooling, docs/math.md §4: context[n,c] = sum_j softmax_j(w . F[n,:,j] + b) F[n,c,j]."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Pearson-correlation distillation (PKD, SPEC §6; mmrazor's PKDLoss without resizing):
+"""Pearson-correlation distillation (PKD, docs/math.md §6; mmrazor's PKDLoss without resizing):
 standardise each channel over (N, H, W) with its mean and unbiased std + 1e-6, then
 L = mean((S' - T')^2) / 2. The loss is symmetric in S and T.
 """

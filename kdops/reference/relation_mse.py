@@ -1,4 +1,5 @@
-"""FGD relation (global) loss, SPEC §4: sum (S + delta_s - T - delta_t)^2 / N, deltas (N, C) broadcast over H, W."""
+"""FGD relation (global) loss, docs/math.md §4: sum (S + delta_s - T - delta_t)^2 / N, deltas (N, C)
+broadcast over H, W."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Binary (RPN objectness) variant of the weighted soft cross-entropy (SPEC §7).
+"""Binary (RPN objectness) variant of the weighted soft cross-entropy (docs/math.md §7).
 
 Per anchor with x = z_s / T and p_t = sigmoid(z_t / T):
     soft = - (w_pos * p_t * log sigmoid(x) + w_neg * (1 - p_t) * log sigmoid(-x))

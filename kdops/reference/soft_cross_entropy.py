@@ -1,4 +1,4 @@
-"""Class-weighted soft cross-entropy of Chen 2017 (SPEC §7), with the hard CE optionally fused.
+"""Class-weighted soft cross-entropy of Chen 2017 (docs/math.md §7), with the hard CE optionally fused.
 
 Per row i over classes c (background = class 0):
     soft_i = - sum_c w_c * softmax(z_t / T)[c] * log_softmax(z_s / T)[c]

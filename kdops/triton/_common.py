@@ -6,7 +6,7 @@ import triton.language as tl
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype of SPEC: float64 for float64 inputs, float32 otherwise."""
+    """Accumulation dtype (docs/math.md §0): float64 for float64 inputs, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 

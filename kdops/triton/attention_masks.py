@@ -1,4 +1,4 @@
-"""Triton kernels of the FGD attention masks (SPEC §1): same algorithm as csrc/cuda/attention_masks.cu.
+"""Triton kernels of the FGD attention masks (docs/math.md §1): same algorithm as csrc/cuda/attention_masks.cu.
 
 Forward reads feat once: each program owns one image and a tile of pixels, walks the channels in
 blocks, keeps the per-pixel sums in registers and writes per-channel partial sums per tile; the

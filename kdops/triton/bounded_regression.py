@@ -1,4 +1,4 @@
-"""Triton kernels of the teacher-bounded L2 loss (SPEC §7): csrc/include/kdops/math/bounded_regression.h.
+"""Triton kernels of the teacher-bounded L2 loss (docs/math.md §7): csrc/include/kdops/math/bounded_regression.h.
 Forward: each program takes BLOCK_R rows of D values and writes one (weighted sum, count) partial;
 one program adds the partials in order. Backward: per row, the bound is recomputed, then dS written.
 """

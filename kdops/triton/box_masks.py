@@ -1,4 +1,4 @@
-"""Triton kernels of the FGD box masks (SPEC §2): same algorithm as csrc/cuda/box_masks.cu.
+"""Triton kernels of the FGD box masks (docs/math.md §2): same algorithm as csrc/cuda/box_masks.cu.
 
 Each program owns one image and a tile of pixels and walks the boxes in blocks: a [pixels, boxes]
 coverage tile, then the max over boxes (order-free, so exact and deterministic). Boxes of other

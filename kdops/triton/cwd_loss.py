@@ -1,4 +1,4 @@
-"""Triton kernels of channel-wise distillation (SPEC §6): csrc/include/kdops/math/cwd_loss.h.
+"""Triton kernels of channel-wise distillation (docs/math.md §6): csrc/include/kdops/math/cwd_loss.h.
 Forward: one program per (n, c) row (one pass for the maxima, one for the shifted exp-sums) writes
 the row statistics and KL; one program adds the KLs in row order. Backward: one elementwise pass.
 """

@@ -1,4 +1,4 @@
-"""Triton kernels of masked feature imitation (SPEC §5): same algorithm as csrc/cuda/feature_imitation.cu.
+"""Triton kernels of masked feature imitation (docs/math.md §5): same algorithm as csrc/cuda/feature_imitation.cu.
 
 Forward: one program per (n, c) row sums M * rho(S - T) over the row's pixels; a single program
 adds the row partials (and sum(M) for normalize="mask") in a fixed order and divides by Z.

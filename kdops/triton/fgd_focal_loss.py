@@ -1,4 +1,4 @@
-"""Triton kernels of the FGD focal loss (SPEC §3): same algorithm as csrc/cuda/fgd_focal_loss.cu.
+"""Triton kernels of the FGD focal loss (docs/math.md §3): same algorithm as csrc/cuda/fgd_focal_loss.cu.
 
 Forward: the attention-mask kernels read S and T once each; one program per image computes the
 attention loss and its gradient coefficients; one program per (n, c) row sums the teacher-weighted

@@ -1,4 +1,4 @@
-"""Triton kernels of the GcBlock context pooling (SPEC §4): same algorithm as csrc/cuda/gc_context.cu.
+"""Triton kernels of the GcBlock context pooling (docs/math.md §4): same algorithm as csrc/cuda/gc_context.cu.
 
 Forward, one pass over F with an online softmax: each program (image, pixel tile) computes its
 logits, a tile max and exp-sum, and partial contexts sum_j exp(l_j - max) F[c, j]; one program per

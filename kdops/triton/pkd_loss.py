@@ -1,4 +1,4 @@
-"""Triton kernels of PKD (SPEC §6): csrc/include/kdops/math/pkd_loss.h. Forward: one program per
+"""Triton kernels of PKD (docs/math.md §6): csrc/include/kdops/math/pkd_loss.h. Forward: one program per
 channel reads its N segments of H*W values three times (means, centred squares, squared
 difference of the standardised maps) and writes the channel statistics; one program adds the D_c
 in channel order. Backward: one elementwise pass with per-channel coefficients.

@@ -1,4 +1,4 @@
-"""Triton kernels of the FGD relation loss (SPEC §4): same algorithm as csrc/cuda/relation_mse.cu.
+"""Triton kernels of the FGD relation loss (docs/math.md §4): same algorithm as csrc/cuda/relation_mse.cu.
 
 Forward: one program per (n, c) row sums r = S - T + delta and r^2 over the row; one program adds
 the row partials in a fixed order. Backward: one elementwise pass, 2 grad / N read on the device.

@@ -1,4 +1,4 @@
-"""Triton kernels of the binary weighted soft cross-entropy (SPEC §7): the per-anchor math of
+"""Triton kernels of the binary weighted soft cross-entropy (docs/math.md §7): the per-anchor math of
 csrc/include/kdops/math/soft_binary_cross_entropy.h. Forward: each program sums BLOCK anchors into one
 (loss, kept) partial; one program adds the partials in order. Backward: one elementwise pass.
 """

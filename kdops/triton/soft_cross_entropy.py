@@ -1,4 +1,4 @@
-"""Triton kernels of the class-weighted soft cross-entropy (SPEC §7): the algorithm of
+"""Triton kernels of the class-weighted soft cross-entropy (docs/math.md §7): the algorithm of
 csrc/include/kdops/math/soft_cross_entropy.h (same row statistics).
 
 Forward: each program takes BLOCK_R rows, makes one pass over the classes for the row maxima and

@@ -12,7 +12,7 @@
 
 namespace kdops {
 
-// Accumulation type: float for half/bfloat16/float, double for double (SPEC: accumulate in fp32/fp64).
+// Accumulation type: float for half/bfloat16/float, double for double (docs/math.md §0: accumulate in fp32/fp64).
 template <typename scalar_t>
 using acc_t = at::opmath_type<scalar_t>;
 

@@ -1,4 +1,4 @@
-// Per-element math of the FGD attention masks (SPEC §1), one source for CPU and CUDA.
+// Per-element math of the FGD attention masks (docs/math.md §1), one source for CPU and CUDA.
 #pragma once
 #include "kdops/common.h"
 
@@ -7,7 +7,7 @@ namespace attention {
 
 template <typename T>
 KDOPS_HD T sign(T x) {
-  return static_cast<T>((x > T(0)) - (x < T(0)));  // sign(0) = 0, as SPEC §3 asks
+  return static_cast<T>((x > T(0)) - (x < T(0)));  // sign(0) = 0, as docs/math.md §3 asks
 }
 
 // Gradient of |F| feeding both means: dF = sign(F) * (g_m[n,hw] / C + g_k[n,c] / HW).

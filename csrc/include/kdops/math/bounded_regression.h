@@ -1,4 +1,4 @@
-// Per-row math of the teacher-bounded L2 loss (SPEC §7), one source for CPU and CUDA.
+// Per-row math of the teacher-bounded L2 loss (docs/math.md §7), one source for CPU and CUDA.
 // e_s = ||r_s - y||^2, e_t = ||r_t - y||^2; the row counts when e_s + margin > e_t (strictly: at the
 // kink the row is inactive, so its gradient there is 0).
 #pragma once

@@ -1,4 +1,4 @@
-// Per-box math of the FGD box masks (SPEC §2), one source for CPU and CUDA.
+// Per-box math of the FGD box masks (docs/math.md §2), one source for CPU and CUDA.
 #pragma once
 #include <cmath>
 

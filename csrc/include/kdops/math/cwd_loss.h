@@ -1,4 +1,4 @@
-// Per-row math of channel-wise distillation (SPEC §6), one source for CPU and CUDA.
+// Per-row math of channel-wise distillation (docs/math.md §6), one source for CPU and CUDA.
 // For one (n, c) row with maxima m_s, m_t over the pixels:
 //   sum_s = sum e^{(s - m_s)/tau}, sum_t = sum e^{(t - m_t)/tau}, A = sum e^{(t - m_t)/tau} ((t - m_t) - (s - m_s))
 //   KL = A / (tau sum_t) + log sum_s - log sum_t     (shifted terms: no cancellation for large features)

@@ -1,4 +1,4 @@
-// Per-element math of masked feature imitation (SPEC §5), one source for CPU and CUDA.
+// Per-element math of masked feature imitation (docs/math.md §5), one source for CPU and CUDA.
 #pragma once
 #include "kdops/common.h"
 

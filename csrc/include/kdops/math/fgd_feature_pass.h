@@ -1,4 +1,4 @@
-// Per-element gradient of one FGD level with respect to S (SPEC §3-§4), all three parts in one place.
+// Per-element gradient of one FGD level with respect to S (docs/math.md §3-§4), all three parts in one place.
 #pragma once
 #include "kdops/math/fgd_focal_loss.h"
 #include "kdops/math/gc_context.h"

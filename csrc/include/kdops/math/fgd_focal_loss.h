@@ -1,4 +1,4 @@
-// Per-element math of the FGD focal loss (SPEC §3), one source for CPU and CUDA.
+// Per-element math of the FGD focal loss (docs/math.md §3), one source for CPU and CUDA.
 #pragma once
 #include "kdops/math/attention_masks.h"
 

@@ -1,4 +1,4 @@
-// Per-channel math of PKD (SPEC §6), one source for CPU and CUDA. Each channel holds M = N*H*W values;
+// Per-channel math of PKD (docs/math.md §6), one source for CPU and CUDA. Each channel holds M = N*H*W values;
 // x' = (x - mean_x) / a_x with a_x = std_x + 1e-6 (unbiased std), D_c = sum (x' - y')^2, and
 // L = sum_c D_c / (2 C M). Three passes per channel (means, centred squares, D) keep float32 exact
 // enough where S and T nearly agree (no E[x^2] - E[x]^2 cancellation).

@@ -1,4 +1,4 @@
-// Per-element math of the FGD relation loss (SPEC §4), one source for CPU and CUDA.
+// Per-element math of the FGD relation loss (docs/math.md §4), one source for CPU and CUDA.
 #pragma once
 #include "kdops/common.h"
 

@@ -1,4 +1,4 @@
-// Per-anchor math of the binary weighted soft cross-entropy (SPEC §7), one source for CPU and CUDA.
+// Per-anchor math of the binary weighted soft cross-entropy (docs/math.md §7), one source for CPU and CUDA.
 // x = z_s / T, p_t = sigmoid(z_t / T); log sigmoid(-x) = log sigmoid(x) - x, so one log per anchor,
 // and every term stays finite for any finite logit.
 #pragma once

@@ -1,4 +1,4 @@
-// Per-row math of the class-weighted soft cross-entropy (SPEC §7), one source for CPU and CUDA.
+// Per-row math of the class-weighted soft cross-entropy (docs/math.md §7), one source for CPU and CUDA.
 //
 // With x = z_s / T, u = z_t / T and row maxima m_s = max z_s, m_t = max z_t, the forward sums
 //   sum_s = sum_c e^{(z_s - m_s)/T},  sum_t = sum_c e^{(z_t - m_t)/T},  sum_1 = sum_c e^{z_s - m_s}
