@@ -35,7 +35,8 @@ def available_backends() -> dict:
     if not _extension.native_loaded():
         cuda = native
     elif not _extension.cuda_kernels_built():
-        cuda = "the extension was built without the CUDA kernels (no CUDA toolkit, or KDOPS_NO_CUDA=1)"
+        cuda = ("the extension was built without the CUDA kernels (no GPU, toolkit or CUDA torch at build time, "
+                "or KDOPS_NO_CUDA=1); rebuild with FORCE_CUDA=1 to get them (README, Set-up)")
     elif not torch.cuda.is_available():
         cuda = "built, but no CUDA device is visible"
     else:
