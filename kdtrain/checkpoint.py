@@ -5,12 +5,16 @@ A run killed mid-write leaves the previous checkpoint intact, never a torn one.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import random
 import tempfile
 
 import numpy as np
 import torch
+
+from kdtrain.errors import UsageError, require_file
 
 LAST = "checkpoint_last.pth"
 
@@ -46,5 +50,14 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load(path: str) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+def load(path: str, map_location="cpu") -> dict:
+    require_file(path, "checkpoint")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:  # what torch.load raises on a non-checkpoint
+        raise UsageError(f"cannot read checkpoint {path}: {e}") from e
+
+
+def remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)

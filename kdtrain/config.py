@@ -1,10 +1,34 @@
-"""Training configuration: defaults < config file (YAML or TOML) < command-line flags."""
+"""Every command's configuration: the defaults, said once here, and the checks of user input.
+
+Training values come from the defaults < a config file (YAML or TOML) < command-line flags.
+No torch here: ``--help`` reads its defaults from these dataclasses, and a wrong name or
+missing file is reported before torch loads.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 from typing import Optional
+
+from kdtrain.architectures import ARCHITECTURES
+from kdtrain.distill.recipes import parse_recipe, parse_weights
+from kdtrain.errors import UsageError, require_dir, require_file
+
+# Options with a fixed set of values (the CLI's choices; config-file values are checked against them too).
+CHOICES = {
+    "invalid_boxes": ("error", "skip"),
+    "arch": ARCHITECTURES,
+    "teacher_arch": ARCHITECTURES,
+    "imitation_mask": ("none", "boxes"),
+    "optimizer": ("sgd", "adamw"),
+    "lr_schedule": ("constant", "step", "cosine"),
+    "amp": ("auto", "off", "bf16", "fp16"),
+    "device": ("auto", "cpu", "cuda"),
+    "variant": ("standard", "label-scarce"),
+}
+CACHE_DIR_ENV = "KDTRAIN_CACHE_DIR"
+DEFAULT_ITERATIONS = 1000  # when neither iterations nor epochs is set
 
 
 @dataclasses.dataclass
@@ -57,6 +81,7 @@ class TrainConfig:
     output_dir: str = "runs/kdtrain"
     resume: Optional[str] = None
     checkpoint_every: int = 500
+    keep_checkpoints: bool = False  # else checkpoint_last.pth is deleted once model_final.pth is written
     log_every: int = 20
     eval_batch_size: int = 4
     no_eval: bool = False
@@ -67,35 +92,62 @@ class TrainConfig:
     progress: bool = True
 
 
-FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+FIELDS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _checked_value(path: str, name: str, value):
+    """``value`` if it has the type of TrainConfig's field ``name``; floats written as 1e-4 in YAML are accepted."""
+    kind = FIELDS[name]
+    optional = kind.startswith("Optional[")
+    kind = kind[len("Optional["):-1] if optional else kind
+    if value is None and optional:
+        return value
+    if kind == "float" and isinstance(value, str):
+        try:
+            return float(value)  # PyYAML (YAML 1.1) reads 1e-4 as a string
+        except ValueError:
+            pass
+    if isinstance(value, bool) != (kind == "bool") or not isinstance(value, _TYPES[kind]):
+        raise UsageError(f"{path}: {name} must be of type {kind}, got {value!r}")
+    return value
+
+
+def _parse_config_file(path: str):
+    if path.endswith(".toml"):
+        import tomllib
+
+        bad, mode, load = tomllib.TOMLDecodeError, "rb", tomllib.load
+    else:
+        import yaml
+
+        bad, mode, load = yaml.YAMLError, "r", yaml.safe_load
+    try:
+        with open(path, mode) as f:
+            data = load(f)
+    except (bad, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot parse config file {path}: {' '.join(str(e).split())}") from None
+    return {} if data is None else data  # an empty YAML file
 
 
 def read_config_file(path: str) -> dict:
     """A flat mapping of TrainConfig keys (dashes or underscores) from .yaml/.yml/.toml."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
-    if path.endswith(".toml"):
-        import tomllib
-
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    elif path.endswith((".yaml", ".yml")):
-        try:
-            import yaml
-        except ImportError as e:
-            raise RuntimeError("YAML config files need pyyaml (pip install pyyaml), or use TOML") from e
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    else:
-        raise ValueError(f"config file must end in .yaml, .yml or .toml: {path}")
+    require_file(path, "--config")
+    if not path.endswith((".toml", ".yaml", ".yml")):
+        raise UsageError(f"config file must end in .yaml, .yml or .toml: {path}")
+    data = _parse_config_file(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of option names to values")
+        raise UsageError(f"{path}: expected a mapping of option names to values")
     out = {}
     for key, value in data.items():
         name = key.replace("-", "_")
         if name not in FIELDS:
-            raise ValueError(f"{path}: unknown option {key!r}")
-        out[name] = value
+            raise UsageError(f"{path}: unknown option {key!r}")
+        out[name] = _checked_value(path, name, value)
     return out
 
 
@@ -106,5 +158,102 @@ def make_config(file_values: dict | None = None, cli_values: dict | None = None)
     values.update({k: v for k, v in (cli_values or {}).items() if k in FIELDS})
     cfg = TrainConfig(**values)
     if cfg.iterations is None and cfg.epochs is None:
-        cfg.iterations = 1000
+        cfg.iterations = DEFAULT_ITERATIONS
     return cfg
+
+
+def check_train_config(cfg: TrainConfig, need_data: bool = True) -> TrainConfig:
+    """Raise UsageError for unknown names and missing inputs, before anything is built or loaded."""
+    if need_data and not (cfg.train_images and cfg.train_ann):
+        raise UsageError("training needs --train-images and --train-ann (flags, or keys of the --config file)")
+    for name, choices in CHOICES.items():
+        value = getattr(cfg, name, None)
+        if value is not None and value not in choices:
+            raise UsageError(f"{_flag(name)}: {value!r} is not one of: {', '.join(choices)}")
+    parse_recipe(cfg.recipe)
+    parse_weights(cfg.distill_weights)
+    for name in ("train_images", "val_images"):
+        if getattr(cfg, name):
+            require_dir(getattr(cfg, name), _flag(name))
+    for name in ("train_ann", "val_ann", "teacher", "init"):
+        if getattr(cfg, name):
+            require_file(getattr(cfg, name), _flag(name))
+    if cfg.resume not in (None, "auto"):
+        require_file(cfg.resume, "--resume")
+    return cfg
+
+
+@dataclasses.dataclass
+class PseudoLabelConfig:
+    teachers: list                       # kdtrain checkpoints
+    images: str                          # folder of (unlabeled) images
+    output: str                          # COCO json to write
+    class_maps: list = dataclasses.field(default_factory=list)  # none, one shared, or one per teacher
+    categories_from: Optional[str] = None  # COCO json whose categories are the student's label space
+    score_threshold: float = 0.5
+    nms_iou: float = 0.5                 # per teacher, class-wise
+    max_detections: int = 100            # per teacher and image
+    merge_nms_iou: Optional[float] = None  # NMS over the merged boxes (off: the paper found it does not help)
+    keep_empty: bool = False             # keep images no teacher found anything in (as pure background)
+    batch_size: int = 4
+    workers: int = 2
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class TwoStepConfig:
+    base: TrainConfig                     # shared options; train_images/train_ann are the labeled data
+    steps: tuple = (1, 2)
+    unlabeled_images: Optional[str] = None  # step-1 images (default: the labeled images' folder)
+    pseudo_ann: Optional[str] = None      # existing pseudo-labels; else the teacher writes them
+    class_maps: list = dataclasses.field(default_factory=list)
+    pseudo_score_threshold: float = PseudoLabelConfig.score_threshold
+    pseudo_nms_iou: float = PseudoLabelConfig.nms_iou
+    pseudo_max_detections: int = PseudoLabelConfig.max_detections
+    step1_iterations: Optional[int] = None
+    step2_iterations: Optional[int] = None
+    step2_lr: Optional[float] = None
+    step1_init: Optional[str] = None      # step 2 alone: the step-1 student (default OUTPUT/step1/model_final.pth)
+
+
+def default_cache_dir() -> str:
+    return os.environ.get(CACHE_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "kdtrain")
+
+
+DEMO_OUTPUT_DIRS = {"standard": "kdtrain_demo", "label-scarce": "kdtrain_demo_label_scarce"}  # by variant
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    output_dir: Optional[str] = None  # None: DEMO_OUTPUT_DIRS[variant]
+    cache_dir: str = dataclasses.field(default_factory=default_cache_dir)  # dataset and teacher, kept between runs
+    image_size: int = 160
+    train_images: int = 500
+    val_images: int = 120
+    teacher_arch: str = "fasterrcnn_resnet18_fpn"
+    teacher_iterations: int = 300
+    # Anchors sized for the 10-64 px objects of 160 px images (one size per FPN level).
+    teacher_anchors: tuple = (16, 32, 64, 128, 256)
+    student_arch: str = "fasterrcnn_mobilenet_v3_large_hires_fpn"
+    student_anchors: tuple = (16, 32, 64, 128)
+    student_iterations: int = 240
+    batch_size: int = 4
+    lr: float = 0.02
+    recipe: str = "imitation"
+    distill_weights: str | None = None
+    distill_warmup: int = 40
+    imitation_mask: str = "none"
+    seeds: tuple = (0,)
+    # label-scarce variant (kdtrain/demo_label_scarce.py)
+    variant: str = "standard"  # one of CHOICES["variant"]
+    labeled_fraction: float = 0.1
+    step1_share: float = 0.75  # of the student budget spent on pseudo-labels (two-step)
+    pseudo_score_threshold: float = PseudoLabelConfig.score_threshold
+    threads: int | None = None
+    workers: int = 1
+    retrain_teacher: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.output_dir is None:
+            self.output_dir = DEMO_OUTPUT_DIRS.get(self.variant, DEMO_OUTPUT_DIRS["standard"])

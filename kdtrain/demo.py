@@ -13,14 +13,15 @@ import os
 import shutil
 import time
 
-from kdtrain.config import TrainConfig
+from kdtrain.config import CHOICES, DemoConfig, TrainConfig
 from kdtrain.data.coco import CocoDetection, collate
 from kdtrain.distill.cost import measure_step_and_terms
 from kdtrain.distill.distiller import Distiller
 from kdtrain.data.synthetic import make_shapes_dataset
 from kdtrain.distributed import DistInfo
 from kdtrain.engine import FINAL, train
-from kdtrain.evaluate import evaluate
+from kdtrain.errors import UsageError
+from kdtrain.evaluate import METRIC_NAMES, evaluate
 from kdtrain.models import count_parameters, load_detector
 from kdtrain.report import format_table, write_plot
 
@@ -33,38 +34,6 @@ FAST_HEADS = {
     "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 150,
     "box_detections_per_img": 50,
 }
-
-
-@dataclasses.dataclass
-class DemoConfig:
-    output_dir: str = "kdtrain_demo"
-    cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "kdtrain")
-    image_size: int = 160
-    train_images: int = 500
-    val_images: int = 120
-    teacher_arch: str = "fasterrcnn_resnet18_fpn"
-    teacher_iterations: int = 300
-    # Anchors sized for the 10-64 px objects of 160 px images (one size per FPN level).
-    teacher_anchors: tuple = (16, 32, 64, 128, 256)
-    student_arch: str = "fasterrcnn_mobilenet_v3_large_hires_fpn"
-    student_anchors: tuple = (16, 32, 64, 128)
-    student_iterations: int = 240
-    batch_size: int = 4
-    lr: float = 0.02
-    recipe: str = "imitation"
-    distill_weights: str | None = None
-    distill_warmup: int = 40
-    imitation_mask: str = "none"
-    seeds: tuple = (0,)
-    # label-scarce variant (kdtrain/demo_label_scarce.py)
-    variant: str = "standard"  # "standard" | "label-scarce"
-    labeled_fraction: float = 0.1
-    step1_share: float = 0.75  # of the student budget spent on pseudo-labels (two-step)
-    pseudo_score_threshold: float = 0.5
-    threads: int | None = None
-    workers: int = 1
-    retrain_teacher: bool = False
-    progress: bool = True
 
 
 def _key(*parts) -> str:
@@ -100,7 +69,8 @@ def prepare_data_and_teacher(d: DemoConfig, log=print) -> tuple[dict, str, dict]
                                     "train_seconds_per_iter": None, "cached": True}
     cfg = _base_config(d, data, teacher_dir, seed=0, anchors=d.teacher_anchors)
     cfg.arch, cfg.iterations = d.teacher_arch, d.teacher_iterations
-    cfg.resume = "auto"  # an interrupted demo continues its teacher from the last checkpoint
+    # An interrupted demo continues its teacher from the last checkpoint; a retrained one starts afresh.
+    cfg.resume = None if d.retrain_teacher else "auto"
     log(f"[demo] training teacher {d.teacher_arch} for {d.teacher_iterations} iterations")
     s = train(cfg, log=log)
     return data, teacher_path, {**s["eval"], "params": s["params"], "train_seconds_per_iter": s["train_seconds_per_iter"]}
@@ -120,27 +90,43 @@ def run_record(name: str, seed: int, summary: dict) -> dict:
             "distill_term_seconds_per_iter": summary.get("distill_term_seconds_per_iter")}
 
 
+def _mean(values: list):
+    """None when any value is None (an AP group without ground truth is n/a for every seed)."""
+    return None if None in values else sum(values) / len(values)
+
+
 def average_runs(runs: list[dict]) -> dict:
-    """One table row per run name: metrics averaged over its seeds, per-seed mAP kept."""
+    """One table row per run name: metrics averaged over its seeds (the per-seed records stay in ``runs``)."""
     rows = {}
     for name in dict.fromkeys(r["name"] for r in runs):
         mine = [r for r in runs if r["name"] == name]
-        rows[name] = {k: sum(r[k] for r in mine) / len(mine) for k in
-                      ("mAP", "AP50", "AP75", "APs", "APm", "APl", "images_per_s", "train_seconds_per_iter")}
+        rows[name] = {k: _mean([r[k] for r in mine]) for k in
+                      (*METRIC_NAMES, "images_per_s", "train_seconds_per_iter")}
         rows[name]["params"] = mine[0]["params"]
         rows[name]["seeds"] = [r["seed"] for r in mine]
         rows[name]["mAP_per_seed"] = [r["mAP"] for r in mine]
     return rows
 
 
-def write_results(d: DemoConfig, rows: dict, runs: list[dict], started: float, log=print, plot_title=None,
-                  **extra) -> dict:
+def budget_caption(d: DemoConfig, rows: dict, wall_seconds: float, students: str = "") -> str:
+    """What the numbers cost: iterations of teacher and students, seeds, wall time."""
+    teacher = f"teacher {d.teacher_arch} {d.teacher_iterations} it" + (
+        " (cached)" if rows["teacher"].get("cached") else "")
+    return (f"budget: {teacher}; each student {d.student_arch} {d.student_iterations} it{students}, "
+            f"batch {d.batch_size}, {d.image_size} px; seeds {', '.join(map(str, d.seeds))}; "
+            f"wall time {wall_seconds / 60:.1f} min")
+
+
+def write_results(d: DemoConfig, rows: dict, runs: list[dict], started: float, log=print, *, title: str,
+                  baseline: str, students: str = "", **extra) -> dict:
+    """demo_results.json, the plot (``baseline``: the undistilled student the others are compared to), the table."""
     result = {"config": dataclasses.asdict(d), "rows": rows, "runs": runs, **extra,
               "wall_seconds": time.perf_counter() - started}
     os.makedirs(d.output_dir, exist_ok=True)
     with open(os.path.join(d.output_dir, "demo_results.json"), "w") as f:
         json.dump(result, f, indent=2)
-    write_plot(rows, os.path.join(d.output_dir, "demo_results.png"), **({"title": plot_title} if plot_title else {}))
+    write_plot(rows, runs, os.path.join(d.output_dir, "demo_results.png"), title, baseline,
+               budget_caption(d, rows, result["wall_seconds"], students))
     log(format_table(rows))
     log(f"[demo] wall time {result['wall_seconds'] / 60:.1f} min; results in {d.output_dir}/demo_results.json, "
         f"plot in {d.output_dir}/demo_results.png")
@@ -152,8 +138,8 @@ def run_demo(d: DemoConfig, log=print) -> dict:
         from kdtrain.demo_label_scarce import run_label_scarce_demo  # it builds on this module
 
         return run_label_scarce_demo(d, log)
-    if d.variant != "standard":
-        raise ValueError(f"DemoConfig.variant must be 'standard' or 'label-scarce', got {d.variant!r}")
+    if d.variant not in CHOICES["variant"]:
+        raise UsageError(f"DemoConfig.variant must be one of {', '.join(CHOICES['variant'])}, got {d.variant!r}")
     started = time.perf_counter()
     data, teacher_path, teacher_row = prepare_data_and_teacher(d, log)
     runs = []
@@ -175,7 +161,8 @@ def run_demo(d: DemoConfig, log=print) -> dict:
         log("[demo] distillation cost per training step: " + ", ".join(
             f"{k} {v * 1000:.1f} ms ({v / term_cost['step']:.1%})" for k, v in term_cost.items() if k != "step")
             + f" of a {term_cost['step'] * 1000:.0f} ms forward+backward")
-    return write_results(d, rows, runs, started, log, distill_cost_seconds=term_cost)
+    title = f"kdtrain demo: student with vs without distillation ({d.recipe}), {len(d.seeds)} seed(s)"
+    return write_results(d, rows, runs, started, log, title=title, baseline="student", distill_cost_seconds=term_cost)
 
 
 def profile_terms(d: DemoConfig, data: dict, teacher_path: str, student_path: str) -> dict:

@@ -15,16 +15,16 @@ all of them). At one equal iteration budget B per student and seed:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
-from kdtrain.demo import (DemoConfig, _key, average_runs, prepare_data_and_teacher, run_record, student_config,
-                          write_results)
+from kdtrain.config import DemoConfig, PseudoLabelConfig, TwoStepConfig
+from kdtrain.demo import _key, average_runs, prepare_data_and_teacher, run_record, student_config, write_results
 from kdtrain.distributed import DistInfo
 from kdtrain.engine import train
-from kdtrain.pseudo.labeler import PseudoLabelConfig, pseudo_label
-from kdtrain.two_step import TwoStepConfig, run_two_step
+from kdtrain.errors import UsageError
+from kdtrain.pseudo.labeler import pseudo_label
+from kdtrain.two_step import run_two_step
 
 FINE_TUNE_LR_FACTOR = 0.5  # step 2 starts from a trained student
 
@@ -48,22 +48,22 @@ def _pseudo_labels(d: DemoConfig, data: dict, teacher_path: str, log) -> str:
 
 def run_label_scarce_demo(d: DemoConfig, log=print) -> dict:
     if not 0.0 < d.labeled_fraction < 1.0:
-        raise ValueError(f"labeled_fraction must be in (0, 1) for the label-scarce demo, got {d.labeled_fraction}")
+        raise UsageError(f"labeled_fraction must be in (0, 1) for the label-scarce demo, got {d.labeled_fraction}")
     if not 0.0 < d.step1_share < 1.0:
-        raise ValueError(f"step1_share must be in (0, 1), got {d.step1_share}")
+        raise UsageError(f"step1_share must be in (0, 1), got {d.step1_share}")
     started = time.perf_counter()
     data, teacher_path, teacher_row = prepare_data_and_teacher(d, log)
     pseudo_ann = _pseudo_labels(d, data, teacher_path, log)
     percent = f"{d.labeled_fraction:.0%}"
     step1_iters = max(1, round(d.step1_share * d.student_iterations))
     step2_iters = d.student_iterations - step1_iters
+    supervised = f"student (labeled {percent})"
     runs = []
     for seed in d.seeds:
-        name = f"student (labeled {percent})"
         cfg = student_config(d, data, os.path.join(d.output_dir, f"supervised-seed{seed}"), seed)
         cfg.labeled_fraction = d.labeled_fraction  # the labeled subset is fixed (labeled_subset_seed), not per seed
-        log(f"[demo] training {name} (seed {seed}) for {d.student_iterations} iterations")
-        runs.append(run_record(name, seed, train(cfg, log=log)))
+        log(f"[demo] training {supervised} (seed {seed}) for {d.student_iterations} iterations")
+        runs.append(run_record(supervised, seed, train(cfg, log=log)))
 
         base = student_config(d, data, os.path.join(d.output_dir, f"two_step-seed{seed}"), seed)
         base.labeled_fraction, base.teacher = d.labeled_fraction, teacher_path
@@ -79,7 +79,9 @@ def run_label_scarce_demo(d: DemoConfig, log=print) -> dict:
             + out["step2"]["train_seconds_per_iter"] * step2_iters) / d.student_iterations
         runs.append(both)
     rows = {"teacher": teacher_row, **average_runs(runs)}
-    title = f"kdtrain label-scarce demo: {percent} labels, equal budget, mean of {len(d.seeds)} seed(s)"
-    return write_results(d, rows, runs, started, log, plot_title=title, variant="label-scarce", pseudo_labels=pseudo_ann,
+    title = f"kdtrain label-scarce demo: {percent} labels, equal budget, {len(d.seeds)} seed(s)"
+    return write_results(d, rows, runs, started, log, title=title, baseline=supervised,
+                         students=f" (two-step: {step1_iters} on pseudo-labels + {step2_iters} on labels)",
+                         variant="label-scarce", pseudo_labels=pseudo_ann,
                          budget_iterations={"supervised": d.student_iterations, "step1": step1_iters,
                                             "step2": step2_iters})

@@ -8,6 +8,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from kdtrain.errors import UsageError
+
 
 @dataclasses.dataclass
 class DistInfo:
@@ -29,7 +31,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     """Join the torchrun process group if launched by torchrun; pick the device."""
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked but no GPU is visible")
+        raise UsageError("--device cuda was asked but no GPU is visible; use --device cpu or auto")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -13,12 +13,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from kdtrain import checkpoint as ckpt_io
-from kdtrain.config import TrainConfig
+from kdtrain.config import TrainConfig, check_train_config
 from kdtrain.data.batching import TrainBatchStream
-from kdtrain.data.coco import CocoDetection
+from kdtrain.data.coco import CocoDetection, DatasetError
 from kdtrain.data.subset import keep_labeled_fraction
 from kdtrain.distill.distiller import Distiller
 from kdtrain.distributed import DistInfo, barrier, cleanup, init_distributed
+from kdtrain.errors import UsageError
 from kdtrain.evaluate import evaluate
 from kdtrain.metrics_log import MetricsWriter, read_jsonl
 from kdtrain.models import ModelSpec, build_detector, count_parameters, load_detector
@@ -47,9 +48,9 @@ def student_input_sizes(cfg: TrainConfig, teacher, log) -> tuple:
     if cfg.student_scale == 1.0:
         return cfg.min_size, cfg.max_size
     if not 0.0 < cfg.student_scale < 1.0:
-        raise ValueError(f"--student-scale must be in (0, 1], got {cfg.student_scale}")
+        raise UsageError(f"--student-scale must be in (0, 1], got {cfg.student_scale}")
     if teacher is None:
-        raise ValueError("--student-scale needs a teacher and a distillation --recipe")
+        raise UsageError("--student-scale needs a teacher and a distillation --recipe")
     t_min, t_max = teacher.transform.min_size[-1], teacher.transform.max_size
     sizes = (max(1, round(t_min * cfg.student_scale)), max(1, round(t_max * cfg.student_scale)))
     log(f"[kdtrain] low-resolution student: input {sizes[0]}/{sizes[1]} px (teacher {t_min}/{t_max}, "
@@ -58,8 +59,6 @@ def student_input_sizes(cfg: TrainConfig, teacher, log) -> tuple:
 
 
 def build_datasets(cfg: TrainConfig):
-    if not (cfg.train_images and cfg.train_ann):
-        raise ValueError("training needs --train-images and --train-ann")
     train_set = CocoDetection(cfg.train_images, cfg.train_ann, train=True, hflip_prob=cfg.hflip,
                               invalid_boxes=cfg.invalid_boxes, category_ids_as_labels=cfg.category_ids_as_labels)
     keep_labeled_fraction(train_set, cfg.labeled_fraction, cfg.labeled_subset_seed)
@@ -68,7 +67,7 @@ def build_datasets(cfg: TrainConfig):
         val_set = CocoDetection(cfg.val_images, cfg.val_ann, train=False, invalid_boxes=cfg.invalid_boxes,
                                 category_ids_as_labels=cfg.category_ids_as_labels, require_annotations=False)
         if val_set.cat_id_to_label != train_set.cat_id_to_label:
-            raise ValueError(f"{cfg.val_ann}: categories differ from {cfg.train_ann}")
+            raise DatasetError(f"{cfg.val_ann}: categories differ from {cfg.train_ann}")
     return train_set, val_set
 
 
@@ -84,14 +83,15 @@ def export_student(student, spec: ModelSpec, dataset, path: str, extra: dict | N
 
 
 def _resume_path(cfg: TrainConfig) -> str | None:
-    if not cfg.resume:
-        return None
-    if cfg.resume == "auto":
-        path = os.path.join(cfg.output_dir, ckpt_io.LAST)
-        return path if os.path.isfile(path) else None
-    if not os.path.isfile(cfg.resume):
-        raise FileNotFoundError(f"--resume: no checkpoint at {cfg.resume}")
-    return cfg.resume
+    if cfg.resume != "auto":
+        return cfg.resume  # None, or a path check_train_config found
+    path = os.path.join(cfg.output_dir, ckpt_io.LAST)
+    if os.path.isfile(path):
+        return path
+    if os.path.isfile(os.path.join(cfg.output_dir, FINAL)):  # its checkpoint went when it finished
+        raise UsageError(f"--resume: the run in {cfg.output_dir} has finished ({FINAL}); there is nothing to "
+                         "resume. Drop --resume to train it again, or use another --output-dir")
+    return None
 
 
 def _truncate_metrics(path: str, iteration: int) -> None:
@@ -106,6 +106,7 @@ def _truncate_metrics(path: str, iteration: int) -> None:
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
+    check_train_config(cfg)
     info = init_distributed(cfg.device)
     try:
         return _train(cfg, info, log if info.is_main else (lambda *a, **k: None))
@@ -227,10 +228,13 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
         if cfg.checkpoint_every > 0 and iteration % cfg.checkpoint_every == 0 and iteration < total:
             save(iteration)
     bar.close()
-    save(iteration)
+    if cfg.keep_checkpoints:
+        save(iteration)
     final_path = os.path.join(cfg.output_dir, FINAL)
     if info.is_main:
         export_student(distiller.student, spec, train_set, final_path, {"iteration": iteration, "recipe": cfg.recipe})
+        if not cfg.keep_checkpoints:  # a finished run needs no resume; the checkpoint is most of its disk use
+            ckpt_io.remove(os.path.join(cfg.output_dir, ckpt_io.LAST))
     barrier(info)
     steps_run = max(1, iteration - start)
     summary = {"iterations": iteration, "final_checkpoint": final_path, "params": count_parameters(distiller.student),
@@ -243,6 +247,6 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
             writer.write({"kind": "eval", "iteration": iteration, **metrics})
             with open(os.path.join(cfg.output_dir, "eval.json"), "w") as f:
                 json.dump(metrics, f, indent=2)
-            log("[kdtrain] eval: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            log("[kdtrain] eval: " + "  ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in metrics.items()))
     writer.close()
     return summary

@@ -53,19 +53,26 @@ def run_inference(model, dataset, info: DistInfo, batch_size: int = 4, workers: 
     return results, (len(indices), seconds)
 
 
+def _no_detections(gt: COCO) -> COCO:
+    """An empty result set (loadRes rejects an empty list), so groups with ground truth score 0."""
+    dt = COCO()
+    dt.dataset = {"images": list(gt.dataset["images"]), "categories": list(gt.dataset["categories"]),
+                  "annotations": []}
+    dt.createIndex()
+    return dt
+
+
 def coco_metrics(ann_file: str, results: list[dict]) -> dict:
-    """The six standard box metrics; zeros when there is no detection at all."""
+    """The six standard box metrics; None for an area group without ground truth objects."""
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(ann_file)
-        if not results:
-            return {k: 0.0 for k in METRIC_NAMES}
-        dt = gt.loadRes(results)
+        dt = gt.loadRes(results) if results else _no_detections(gt)
         ev = COCOeval(gt, dt, iouType="bbox")
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    # stats 0..5: AP@[.5:.95], AP50, AP75, AP small, medium, large; -1 means "no such objects".
-    return {k: max(0.0, float(v)) for k, v in zip(METRIC_NAMES, ev.stats[:6])}
+    # stats 0..5: AP@[.5:.95], AP50, AP75, AP small, medium, large; -1 means "no such objects", not zero.
+    return {k: float(v) if v >= 0 else None for k, v in zip(METRIC_NAMES, ev.stats[:6])}
 
 
 def evaluate(model, dataset, info: DistInfo, batch_size: int = 4, workers: int = 0, progress: bool = True,

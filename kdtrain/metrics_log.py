@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from kdtrain.errors import UsageError
+
 
 class MetricsWriter:
     def __init__(self, path: str | None, tensorboard_dir: str | None = None):
@@ -16,7 +18,7 @@ class MetricsWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:  # optional dependency
-                raise RuntimeError("--tensorboard needs the tensorboard package (pip install tensorboard)") from e
+                raise UsageError("--tensorboard needs the tensorboard package (pip install tensorboard)") from e
             self._tb = SummaryWriter(tensorboard_dir)
 
     def write(self, record: dict) -> None:

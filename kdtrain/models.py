@@ -9,39 +9,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-import torch
 from torch import nn
-from torchvision.models import detection
+from torchvision.models import detection, get_model_weights
 from torchvision.models import resnet as tv_resnet
 from torchvision.models import mobilenetv3 as tv_mobilenetv3
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
-# Architectures torchvision builds directly (with the weights API).
-_TORCHVISION_BUILDERS = {
-    "fasterrcnn_resnet50_fpn": detection.fasterrcnn_resnet50_fpn,
-    "fasterrcnn_resnet50_fpn_v2": detection.fasterrcnn_resnet50_fpn_v2,
-    "fasterrcnn_mobilenet_v3_large_fpn": detection.fasterrcnn_mobilenet_v3_large_fpn,
-    "fasterrcnn_mobilenet_v3_large_320_fpn": detection.fasterrcnn_mobilenet_v3_large_320_fpn,
-    "retinanet_resnet50_fpn": detection.retinanet_resnet50_fpn,
-    "retinanet_resnet50_fpn_v2": detection.retinanet_resnet50_fpn_v2,
-    "fcos_resnet50_fpn": detection.fcos_resnet50_fpn,
-}
-# Faster R-CNN on other ResNet depths: torchvision has no builder, so we compose
-# its own parts (ResNet + _resnet_fpn_extractor + FasterRCNN).
-_RESNET_FASTERRCNN = {
-    "fasterrcnn_resnet18_fpn": ("resnet18", tv_resnet.ResNet18_Weights),
-    "fasterrcnn_resnet34_fpn": ("resnet34", tv_resnet.ResNet34_Weights),
-    "fasterrcnn_resnet101_fpn": ("resnet101", tv_resnet.ResNet101_Weights),
-}
-# MobileNetV3-Large Faster R-CNN whose FPN starts at stride 8 (torchvision's
-# builders take both FPN inputs at stride 32, too coarse for small objects or
-# small images). Value: MobileNetV3 stage indices fed to the FPN.
-_MOBILENET_FASTERRCNN = {
-    "fasterrcnn_mobilenet_v3_large_hires_fpn": [2, 3, 4],  # strides 8, 16, 32 (+ 64 from max-pool)
-}
-ARCHITECTURES = sorted(list(_TORCHVISION_BUILDERS) + list(_RESNET_FASTERRCNN) + list(_MOBILENET_FASTERRCNN))
+from kdtrain import checkpoint as ckpt_io
+from kdtrain.architectures import ARCHITECTURES, MOBILENET_FASTERRCNN, RESNET_FASTERRCNN, TORCHVISION_DETECTORS
+from kdtrain.errors import UsageError
+
+_TORCHVISION_BUILDERS = {name: getattr(detection, name) for name in TORCHVISION_DETECTORS}
 
 
 @dataclasses.dataclass
@@ -95,30 +75,30 @@ def build_detector(spec: ModelSpec) -> nn.Module:
             num_classes=spec.num_classes,
             **kwargs,
         )
-    if spec.arch in _RESNET_FASTERRCNN:
+    if spec.arch in RESNET_FASTERRCNN:
         if spec.weights is not None:
-            raise ValueError(f"torchvision publishes no detector weights for {spec.arch}; use --weights-backbone")
-        depth, weights_enum = _RESNET_FASTERRCNN[spec.arch]
-        backbone_weights = _verify_weights(weights_enum, spec.weights_backbone)
+            raise UsageError(f"torchvision publishes no detector weights for {spec.arch}; use --weights-backbone")
+        depth = RESNET_FASTERRCNN[spec.arch]
+        backbone_weights = _verify_weights(get_model_weights(depth), spec.weights_backbone)
         # Same rule as torchvision's builders: frozen BN only on pretrained backbones.
         norm_layer = torchvision_frozen_bn() if backbone_weights is not None else nn.BatchNorm2d
         trainable = 3 if backbone_weights is not None else 5
         resnet = getattr(tv_resnet, depth)(weights=backbone_weights, norm_layer=norm_layer)
         backbone = _resnet_fpn_extractor(resnet, trainable)
         return detection.FasterRCNN(backbone, num_classes=spec.num_classes, **kwargs)
-    if spec.arch in _MOBILENET_FASTERRCNN:
+    if spec.arch in MOBILENET_FASTERRCNN:
         if spec.weights is not None:
-            raise ValueError(f"torchvision publishes no detector weights for {spec.arch}; use --weights-backbone")
+            raise UsageError(f"torchvision publishes no detector weights for {spec.arch}; use --weights-backbone")
         backbone_weights = _verify_weights(tv_mobilenetv3.MobileNet_V3_Large_Weights, spec.weights_backbone)
         norm_layer = torchvision_frozen_bn() if backbone_weights is not None else nn.BatchNorm2d
         trainable = 3 if backbone_weights is not None else 6
         mobilenet = tv_mobilenetv3.mobilenet_v3_large(weights=backbone_weights, norm_layer=norm_layer)
-        returned = _MOBILENET_FASTERRCNN[spec.arch]
+        returned = MOBILENET_FASTERRCNN[spec.arch]
         backbone = _mobilenet_extractor(mobilenet, True, trainable, returned_layers=returned)
         if "rpn_anchor_generator" not in kwargs:  # torchvision's rule: 8 x stride
             kwargs["rpn_anchor_generator"] = _anchor_generator([32, 64, 128, 256])
         return detection.FasterRCNN(backbone, num_classes=spec.num_classes, **kwargs)
-    raise ValueError(f"unknown architecture {spec.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    raise UsageError(f"unknown architecture {spec.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
 
 
 def _anchor_generator(sizes, scales=(1.0,)) -> AnchorGenerator:
@@ -129,13 +109,13 @@ def _anchor_generator(sizes, scales=(1.0,)) -> AnchorGenerator:
 def _set_anchor_generator(arch: str, kwargs: dict, sizes) -> None:
     if not isinstance(sizes, (list, tuple)) or not sizes or not all(
             isinstance(s, (int, float)) and s > 0 for s in sizes):
-        raise ValueError(f"anchor_sizes must be a non-empty list of positive sizes (one per FPN level), got {sizes!r}")
+        raise UsageError(f"anchor_sizes must be a non-empty list of positive sizes (one per FPN level), got {sizes!r}")
     if arch.startswith("fasterrcnn"):
         kwargs["rpn_anchor_generator"] = _anchor_generator(sizes)
     elif arch.startswith("retinanet"):  # RetinaNet: three octave scales per level, as torchvision's
         kwargs["anchor_generator"] = _anchor_generator(sizes, scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)))
     else:
-        raise ValueError(f"anchor_sizes is not supported for {arch} (FCOS is anchor-free)")
+        raise UsageError(f"anchor_sizes is not supported for {arch} (FCOS is anchor-free)")
 
 
 def torchvision_frozen_bn():
@@ -153,7 +133,7 @@ def _replace_classifier(model: nn.Module, num_classes: int) -> None:
     head = getattr(model, "head", None)
     current = getattr(getattr(head, "classification_head", None), "num_classes", None)
     if current is not None and current != num_classes:
-        raise ValueError(
+        raise UsageError(
             f"pretrained {type(model).__name__} has {current} classes but {num_classes} were asked; "
             "use --weights-backbone instead of --weights for a different label set"
         )
@@ -180,9 +160,9 @@ def load_detector(path: str, map_location: Any = "cpu") -> tuple[nn.Module, Mode
     Returns (model, spec, checkpoint). Only the student's own weights are loaded:
     distillation adaptation layers are never part of ``model_state``.
     """
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    ckpt = ckpt_io.load(path, map_location)
     if not isinstance(ckpt, dict) or "model_spec" not in ckpt or "model_state" not in ckpt:
-        raise ValueError(f"{path} is not a kdtrain checkpoint (keys model_spec and model_state are missing)")
+        raise UsageError(f"{path} is not a kdtrain checkpoint (keys model_spec and model_state are missing)")
     spec = ModelSpec.from_dict(ckpt["model_spec"])
     # Never download when restoring our own weights.
     spec_offline = dataclasses.replace(spec, weights=None, weights_backbone=None)
@@ -192,7 +172,7 @@ def load_detector(path: str, map_location: Any = "cpu") -> tuple[nn.Module, Mode
     # no num_batches_tracked buffer; everything else must match exactly.
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
-        raise ValueError(
+        raise UsageError(
             f"{path}: weights do not match {spec.arch} (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
         )
     return model, spec, ckpt

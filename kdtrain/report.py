@@ -1,8 +1,15 @@
-"""The demo's printed table and matplotlib plot."""
+"""The demo's printed table and its plot of what distillation changes.
+
+A metric is None ("n/a") when the validation set has no objects of that size.
+"""
 
 from __future__ import annotations
 
 COLUMNS = ("mAP", "AP50", "APs", "APm", "APl")
+
+
+def _cell(value) -> str:
+    return f"{'n/a':>8}" if value is None else f"{value:>8.3f}"
 
 
 def format_table(rows: dict) -> str:
@@ -10,28 +17,86 @@ def format_table(rows: dict) -> str:
     lines = [header, "-" * len(header)]
     for name, r in rows.items():
         spi = r.get("train_seconds_per_iter")
-        lines.append(f"{name:<22}" + "".join(f"{r[c]:>8.3f}" for c in COLUMNS)
+        lines.append(f"{name:<22}" + "".join(_cell(r[c]) for c in COLUMNS)
                      + f"{r['params'] / 1e6:>9.1f}M{r['images_per_s']:>8.1f}"
                      + (f"{spi:>8.2f}" if spi is not None else f"{'cached':>8}"))
     return "\n".join(lines)
 
 
-def write_plot(rows: dict, path: str, title: str = "kdtrain demo: teacher vs student vs distilled student") -> None:
+def plotted_metrics(rows: dict) -> list[str]:
+    """The columns every row has a value for (an empty size group is left out)."""
+    return [c for c in COLUMNS if all(r.get(c) is not None for r in rows.values())]
+
+
+def seed_gains(runs: list[dict], name: str, baseline: str, metric: str) -> list[float]:
+    """Per seed: ``name``'s metric minus the baseline's of the same seed."""
+    base = {r["seed"]: r[metric] for r in runs if r["name"] == baseline}
+    return [r[metric] - base[r["seed"]] for r in runs if r["name"] == name and r["seed"] in base]
+
+
+def _grouped_bars(ax, metrics, series: dict, seed_points: dict, colors: dict, sign: str = "") -> None:
+    """One bar group per metric, one bar per series, its value on top and one dot per seed."""
+    width = 0.8 / max(1, len(series))
+    biggest = max([abs(v) for values in series.values() for v in values] or [0.0])
+    fmt = f"{sign}.{3 if biggest >= 0.05 else 4}f"  # small APs (0.0045) keep two significant digits
+    for i, (name, values) in enumerate(series.items()):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(metrics))]
+        ax.bar(xs, values, width, label=name, color=colors[name])
+        for x, value, points in zip(xs, values, seed_points[name]):
+            if len(points) > 1:
+                ax.scatter([x] * len(points), points, s=14, color="black", zorder=3, linewidths=0)
+            # The label goes beyond the bar and its seed dots, so neither hides it.
+            up = value >= 0
+            end = max([value, *points]) if up else min([value, *points])
+            ax.annotate(format(value, fmt), (x, end), xytext=(0, 3 if up else -3), textcoords="offset points",
+                        ha="center", va="bottom" if up else "top", fontsize=8)
+    ax.set_xticks(range(len(metrics)))
+    ax.set_xticklabels(metrics)
+    ax.margins(y=0.15)
+
+
+def write_plot(rows: dict, runs: list[dict], path: str, title: str, baseline: str, caption: str) -> None:
+    """Left: the students' COCO AP on their own scale. Right: each other student's gain over ``baseline``.
+
+    ``rows`` are seed means (a ``teacher`` row goes into the caption), ``runs`` the per-seed records.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / max(1, len(rows))
-    for i, (name, r) in enumerate(rows.items()):
-        xs = [j + i * width for j in range(len(COLUMNS))]
-        ax.bar(xs, [r[c] for c in COLUMNS], width, label=name)
-    ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(COLUMNS))])
-    ax.set_xticklabels(COLUMNS)
-    ax.set_ylabel("COCO AP")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    metrics = plotted_metrics(rows)
+    students = [n for n in rows if n != "teacher"]
+    others = [n for n in students if n != baseline]
+    colors = {n: ("0.6" if n == baseline else f"C{i}") for i, n in enumerate(students)}
+    multi_seed = any(len(rows[n].get("seeds", ())) > 1 for n in students)
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.1, 1]})
+    _grouped_bars(left, metrics, {n: [rows[n][m] for m in metrics] for n in students},
+                  {n: [[r[m] for r in runs if r["name"] == n] for m in metrics] for n in students}, colors)
+    left.set_ylim(bottom=0.0)
+    left.set_ylabel("COCO AP (mean over seeds)")
+    left.set_title("students, on their own scale" + (" (dots: one per seed)" if multi_seed else ""))
+    left.legend(fontsize=8, loc="upper right")
+
+    gains = {n: [seed_gains(runs, n, baseline, m) for m in metrics] for n in others}
+    _grouped_bars(right, metrics, {n: [sum(g) / len(g) if g else 0.0 for g in gains[n]] for n in others},
+                  gains, colors, sign="+")
+    right.axhline(0.0, color="black", linewidth=0.8)
+    right.set_ylabel("AP difference (same seed)")
+    right.set_title(f"gain over {baseline}" + (" (dots: one per seed)" if multi_seed else ""))
+    if others:
+        right.legend(fontsize=8, loc="best")
+
+    fig.suptitle(title, fontsize=12)
+    teacher = rows.get("teacher")
+    notes = [caption]
+    if teacher:
+        notes.append("teacher (not drawn): " + ", ".join(f"{m} {teacher[m]:.3f}" for m in metrics))
+    left_out = [c for c in COLUMNS if c not in metrics]
+    if left_out:
+        notes.append(f"{', '.join(left_out)}: n/a (no objects of that size in the validation set)")
+    fig.text(0.5, 0.01, "\n".join(notes), ha="center", va="bottom", fontsize=8.5)
+    fig.tight_layout(rect=(0, 0.01 + 0.03 * len(notes), 1, 0.97))
+    fig.savefig(path, dpi=110)
     plt.close(fig)

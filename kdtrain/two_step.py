@@ -1,7 +1,7 @@
 """Banitalebi 2021's two-step recipe: (1) learn from the teacher's pseudo-labels, (2) fine-tune on labels.
 
 Step 1 trains on teacher-labelled images (unlabeled data allowed) with feature
-imitation masked by the teacher's boxes (SPEC §5, 0/1 mask of SPEC §2: the
+imitation masked by the teacher's boxes (docs/math.md §5, 0/1 mask of docs/math.md §2: the
 pseudo-label boxes are the teacher's predicted boxes). Step 2 starts from the
 step-1 student and trains on whatever ground truth exists, without the teacher.
 Each step is an ordinary ``train`` run, so either can also run alone.
@@ -13,30 +13,15 @@ import dataclasses
 import os
 from typing import Optional
 
-from kdtrain.config import TrainConfig
+from kdtrain.config import PseudoLabelConfig, TrainConfig, TwoStepConfig
 from kdtrain.data.coco import DatasetError, load_coco_json
 from kdtrain.distributed import barrier, init_distributed
 from kdtrain.engine import FINAL, train
+from kdtrain.errors import UsageError, require_file
 from kdtrain.models import load_detector
-from kdtrain.pseudo.labeler import PseudoLabelConfig, pseudo_label
+from kdtrain.pseudo.labeler import pseudo_label
 
 STEP1_RECIPE = "imitation"  # the paper's feature matching with imitation masking
-
-
-@dataclasses.dataclass
-class TwoStepConfig:
-    base: TrainConfig                     # shared options; train_images/train_ann are the labeled data
-    steps: tuple = (1, 2)
-    unlabeled_images: Optional[str] = None  # step-1 images (default: the labeled images' folder)
-    pseudo_ann: Optional[str] = None      # existing pseudo-labels; else the teacher writes them
-    class_maps: list = dataclasses.field(default_factory=list)
-    pseudo_score_threshold: float = 0.5
-    pseudo_nms_iou: float = 0.5
-    pseudo_max_detections: int = 100
-    step1_iterations: Optional[int] = None
-    step2_iterations: Optional[int] = None
-    step2_lr: Optional[float] = None
-    step1_init: Optional[str] = None      # step 2 alone: the step-1 student (default OUTPUT/step1/model_final.pth)
 
 
 def _check_same_categories(pseudo_ann: str, labeled_ann: Optional[str]) -> None:
@@ -52,7 +37,7 @@ def ensure_pseudo_labels(c: TwoStepConfig, images: str, log=print) -> str:
     if c.pseudo_ann:
         return c.pseudo_ann
     if not c.base.teacher:
-        raise ValueError("step 1 needs --pseudo-ann, or --teacher to write the pseudo-labels")
+        raise UsageError("step 1 needs --pseudo-ann, or --teacher to write the pseudo-labels")
     path = os.path.join(c.base.output_dir, "pseudo_labels.json")
     if os.path.isfile(path):
         log(f"[kdtrain] reusing pseudo-labels {path}")
@@ -94,15 +79,14 @@ def run_two_step(c: TwoStepConfig, log=print) -> dict:
     if 1 in c.steps:
         images = c.unlabeled_images or c.base.train_images
         if not images:
-            raise ValueError("step 1 needs --unlabeled-images (or --train-images)")
+            raise UsageError("step 1 needs --unlabeled-images (or --train-images)")
         pseudo_ann = ensure_pseudo_labels(c, images, log)
         _check_same_categories(pseudo_ann, c.base.train_ann if 2 in c.steps else None)
         log(f"[kdtrain] two-step, step 1: train on pseudo-labels {pseudo_ann}")
         out["step1"] = train(step1_config(c, pseudo_ann, images), log=log)
         init = out["step1"]["final_checkpoint"]
     if 2 in c.steps:
-        if not os.path.isfile(init):
-            raise FileNotFoundError(f"step 2 starts from the step-1 student, not found at {init} (--step1-init)")
+        require_file(init, "step 2 starts from the step-1 student (--step1-init)")
         log(f"[kdtrain] two-step, step 2: fine-tune {init} on {c.base.train_ann}"
             + (f" (labeled fraction {c.base.labeled_fraction:g})" if c.base.labeled_fraction < 1 else ""))
         out["step2"] = train(step2_config(c, init), log=log)

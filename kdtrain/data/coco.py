@@ -15,8 +15,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import pil_to_tensor
 
+from kdtrain.errors import UsageError
 
-class DatasetError(ValueError):
+
+class DatasetError(UsageError):
     """A COCO-format dataset that cannot be used as it is."""
 
 

@@ -21,6 +21,7 @@ from kdtrain.distill.context import DistillContext, RoiOutputs, RpnPair
 from kdtrain.distill.levels import pair_levels
 from kdtrain.distill.probe import probe_levels
 from kdtrain.distill.rpn import anchor_layout_mismatch, rpn_forward_with_logits, teacher_objectness
+from kdtrain.errors import UsageError
 from kdtrain.models import detector_family
 
 
@@ -62,7 +63,7 @@ class Distiller(nn.Module):
         if not self.term_names:
             return
         if teacher is None:
-            raise ValueError(f"recipe {recipe!r} needs a teacher (--teacher CHECKPOINT)")
+            raise UsageError(f"recipe {recipe!r} needs a teacher (--teacher CHECKPOINT)")
         freeze(teacher)
         s_channels, s_strides = probe_levels(student.backbone)
         t_channels, t_strides = probe_levels(teacher.backbone)
@@ -94,11 +95,11 @@ class Distiller(nn.Module):
 
     def _check_two_stage_pair(self, name):
         if not (isinstance(self.student, detection.FasterRCNN) and isinstance(self.teacher, detection.FasterRCNN)):
-            raise ValueError(f"{name} (Chen 2017 head distillation) needs a Faster R-CNN student and teacher")
+            raise UsageError(f"{name} (Chen 2017 head distillation) needs a Faster R-CNN student and teacher")
         s_cls = self.student.roi_heads.box_predictor.cls_score.out_features
         t_cls = self.teacher.roi_heads.box_predictor.cls_score.out_features
         if s_cls != t_cls:
-            raise ValueError(f"{name}: student has {s_cls} classes, teacher {t_cls}; head distillation needs the same label space")
+            raise UsageError(f"{name}: student has {s_cls} classes, teacher {t_cls}; head distillation needs the same label space")
 
     def train(self, mode: bool = True):
         super().train(mode)

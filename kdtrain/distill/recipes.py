@@ -7,6 +7,8 @@ below); raw imitation at weight ~1 on sum-reduced features hurt in planning.
 
 from __future__ import annotations
 
+from kdtrain.errors import UsageError
+
 RECIPES = {
     "none": (),
     "imitation": ("imitation",),
@@ -23,7 +25,7 @@ DEFAULT_WEIGHTS = {
     "imitation": 1.0,      # kdops.nn.HintLoss, normalize="mean"
     "fgd": 1.0,
     "chen_rcn_cls": 1.0,   # soft CE (mu=0; the hard CE stays in torchvision's loss)
-    "chen_rcn_reg": 0.5,   # nu = 0.5 (SPEC §7)
+    "chen_rcn_reg": 0.5,   # nu = 0.5 (docs/math.md §7)
     "chen_rpn_cls": 1.0,
     "cwd": 1.0,
     "pkd": 1.0,
@@ -47,7 +49,7 @@ def parse_recipe(recipe: str) -> tuple[str, ...]:
         if not name:
             continue
         if name not in RECIPES:
-            raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)} (comma-combinable)")
+            raise UsageError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)} (comma-combinable)")
         for term in RECIPES[name]:
             if term not in terms:
                 terms.append(term)
@@ -65,11 +67,11 @@ def parse_weights(text: str | dict | None) -> dict:
     items = text.items() if isinstance(text, dict) else (p.split("=", 1) for p in text.split(",") if p.strip())
     for item in items:
         if len(item) != 2:
-            raise ValueError(f"bad distillation weight {item!r}: expected NAME=VALUE")
+            raise UsageError(f"bad distillation weight {item!r}: expected NAME=VALUE")
         key, value = item[0].strip(), float(item[1])
         keys = TERM_KEYS.get(key, (key,) if key in DEFAULT_WEIGHTS else None)
         if keys is None:
-            raise ValueError(f"unknown distillation weight {key!r}; known: {', '.join(sorted(set(TERM_KEYS) | set(DEFAULT_WEIGHTS)))}")
+            raise UsageError(f"unknown distillation weight {key!r}; known: {', '.join(sorted(set(TERM_KEYS) | set(DEFAULT_WEIGHTS)))}")
         for k in keys:
             weights[k] = value
     return weights

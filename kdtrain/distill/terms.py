@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from kdtrain.distill.boxes import boxes_on_level
 from kdtrain.distill.context import DistillContext
 from kdtrain.distill.levels import LevelPair
+from kdtrain.errors import UsageError
 
 
 def kdops_op(path: str):
@@ -61,7 +62,7 @@ class PairedFeatureTerm(nn.Module):
         super().__init__()
         require_kdops(self.KDOPS)
         if not pairs:
-            raise ValueError(f"{self.name}: no student level shares a stride with a teacher level")
+            raise UsageError(f"{self.name}: no student level shares a stride with a teacher level")
         self.pairs = list(pairs)
         self.per_pair = nn.ModuleDict(
             {_pair_key(p): self.make_pair_module(student_channels[p.student], teacher_channels[p.teacher])
@@ -84,7 +85,7 @@ class PairedFeatureTerm(nn.Module):
 
 
 class ImitationTerm(PairedFeatureTerm):
-    """Hint learning with a 1x1 adaptation (Chen 2017 §3.4), optional box mask (SPEC §5)."""
+    """Hint learning with a 1x1 adaptation (Chen 2017 §3.4), optional box mask (docs/math.md §5)."""
 
     name = "imitation"
     KDOPS = ("nn.HintLoss", "feature_imitation")
@@ -154,7 +155,7 @@ class _AdaptedTerm(PairedFeatureTerm):
 
 
 class CWDTerm(_AdaptedTerm):
-    """Channel-wise distillation (SPEC §6)."""
+    """Channel-wise distillation (docs/math.md §6)."""
 
     name = "cwd"
     KDOPS = ("cwd_loss",)
@@ -168,7 +169,7 @@ class CWDTerm(_AdaptedTerm):
 
 
 class PKDTerm(_AdaptedTerm):
-    """Pearson-correlation feature distillation (SPEC §6)."""
+    """Pearson-correlation feature distillation (docs/math.md §6)."""
 
     name = "pkd"
     KDOPS = ("pkd_loss",)

@@ -12,8 +12,10 @@ import json
 import os
 from typing import Optional
 
+from kdtrain.errors import UsageError
 
-class ClassMapError(ValueError):
+
+class ClassMapError(UsageError):
     """A mapping file that does not fit the teachers or the student's categories."""
 
 
@@ -53,7 +55,10 @@ def read_mapping_file(path: str) -> dict:
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ClassMapError(f"corrupt YAML in class mapping file {path}: {e}") from None
     else:
         try:
             data = json.loads(text)

@@ -5,7 +5,6 @@ Under torchrun each rank labels a shard of the images and rank 0 merges and writ
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -15,30 +14,15 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from kdtrain.config import PseudoLabelConfig
 from kdtrain.data.coco import DatasetError, collate, load_coco_json
 from kdtrain.distributed import DistInfo, gather_to_main
+from kdtrain.errors import UsageError
 from kdtrain.models import load_detector
 from kdtrain.predict import list_images, read_image
 from kdtrain.pseudo.class_map import (TeacherClasses, read_mapping_file, resolve_label_maps,
                                       student_categories)
 from kdtrain.pseudo.detections import filter_detections, set_postprocess
-
-
-@dataclasses.dataclass
-class PseudoLabelConfig:
-    teachers: list                       # kdtrain checkpoints
-    images: str                          # folder of (unlabeled) images
-    output: str                          # COCO json to write
-    class_maps: list = dataclasses.field(default_factory=list)  # none, one shared, or one per teacher
-    categories_from: Optional[str] = None  # COCO json whose categories are the student's label space
-    score_threshold: float = 0.5
-    nms_iou: float = 0.5                 # per teacher, class-wise
-    max_detections: int = 100            # per teacher and image
-    merge_nms_iou: Optional[float] = None  # NMS over the merged boxes (off: the paper found it does not help)
-    keep_empty: bool = False             # keep images no teacher found anything in (as pure background)
-    batch_size: int = 4
-    workers: int = 2
-    progress: bool = True
 
 
 class _Images(torch.utils.data.Dataset):
@@ -66,7 +50,7 @@ def check_images_readable(folder: str, names: list[str]) -> None:
 def _mapping_per_teacher(cfg: PseudoLabelConfig) -> tuple[list, list]:
     n = len(cfg.teachers)
     if len(cfg.class_maps) not in (0, 1, n):
-        raise ValueError(f"give no --class-map, one shared by all teachers, or one per teacher ({n}); "
+        raise UsageError(f"give no --class-map, one shared by all teachers, or one per teacher ({n}); "
                          f"got {len(cfg.class_maps)}")
     if not cfg.class_maps:
         return [None] * n, [None] * n
@@ -79,7 +63,7 @@ def _mapping_per_teacher(cfg: PseudoLabelConfig) -> tuple[list, list]:
 def load_teachers(cfg: PseudoLabelConfig, device):
     """(models, per-teacher {label: student category id}, student categories)."""
     if not cfg.teachers:
-        raise ValueError("pseudo-labelling needs at least one --teacher checkpoint")
+        raise UsageError("pseudo-labelling needs at least one --teacher checkpoint")
     models, classes = [], []
     for path in cfg.teachers:
         model, spec, ckpt = load_detector(path)
@@ -91,7 +75,7 @@ def load_teachers(cfg: PseudoLabelConfig, device):
     categories = student_categories(classes, mappings, given)
     label_maps = resolve_label_maps(classes, mappings, categories, mapping_paths)
     if not any(label_maps):
-        raise ValueError("no teacher class maps to a student class: check --class-map / --categories-from")
+        raise UsageError("no teacher class maps to a student class: check --class-map / --categories-from")
     return models, label_maps, categories
 
 

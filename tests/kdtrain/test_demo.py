@@ -4,6 +4,7 @@ import json
 import os
 
 from kdtrain.demo import DemoConfig, run_demo
+from kdtrain.errors import UsageError
 from kdtrain.metrics_log import MetricsWriter
 
 
@@ -43,7 +44,7 @@ def test_metrics_writer_json_lines_and_optional_tensorboard(tmp_path):
     else:
         try:
             MetricsWriter(str(path), str(tmp_path / "tb"))
-        except RuntimeError as e:
+        except UsageError as e:
             assert "pip install tensorboard" in str(e)
         else:
             raise AssertionError("--tensorboard without tensorboard must say how to install it")

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from kdtrain.cli import _train_config, build_parser, main
+from kdtrain.cli import build_parser, main
+from kdtrain.commands import train_config
 from kdtrain.engine import train
 from kdtrain.distill.distiller import Distiller, teacher_input
 from kdtrain.metrics_log import read_jsonl
@@ -63,7 +64,7 @@ def test_low_resolution_student_trains(recipe, tiny_data, teacher_ckpt, tmp_path
     logs = []
     args = train_args(tiny_data, out, "--arch", TEACHER, "--teacher", teacher_ckpt, "--student-scale", 0.5,
                       "--recipe", recipe, "--imitation-mask", "boxes", "--iterations", 2, "--no-eval")
-    summary = train(_train_config(vars(build_parser().parse_args(args))), log=logs.append)
+    summary = train(train_config(vars(build_parser().parse_args(args))), log=logs.append)
     assert summary["iterations"] == 2
     _, spec, _ = load_detector(str(out / "model_final.pth"))
     assert (spec.min_size, spec.max_size) == (SIZE // 2, SIZE // 2)  # the student keeps its low resolution
@@ -78,4 +79,4 @@ def test_low_resolution_student_trains(recipe, tiny_data, teacher_ckpt, tmp_path
 
 def test_student_scale_needs_a_teacher(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="student-scale needs a teacher"):
-        main(train_args(tiny_data, tmp_path / "x", "--student-scale", 0.5, "--iterations", 1))
+        main(["--debug", *train_args(tiny_data, tmp_path / "x", "--student-scale", 0.5, "--iterations", 1)])

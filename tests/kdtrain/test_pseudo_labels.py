@@ -36,7 +36,7 @@ def _label(tiny_data, out, *teachers_and_flags):
     args = ["pseudo-label", "--images", tiny_data["val"]["images"], "--output", str(out),
             "--score-threshold", "0", "--max-detections", "5", "--batch-size", "3", "--workers", "0",
             "--no-progress", *map(str, teachers_and_flags)]
-    assert main(args) == 0
+    assert main(["--debug", *args]) == 0  # --debug: errors raise instead of exiting with the usage line
     return json.load(open(out))
 
 
@@ -109,7 +109,7 @@ def test_unknown_class_in_mapping_file(tiny_data, teacher_ckpt, tmp_path):
 def test_empty_folder(teacher_ckpt, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no images"):
-        main(["pseudo-label", "--teacher", teacher_ckpt, "--images", str(tmp_path / "empty"),
+        main(["--debug", "pseudo-label", "--teacher", teacher_ckpt, "--images", str(tmp_path / "empty"),
               "--output", str(tmp_path / "p.json"), "--no-progress"])
 
 
@@ -118,7 +118,7 @@ def test_unreadable_image_is_named(tiny_data, teacher_ckpt, tmp_path):
     shutil.copytree(tiny_data["val"]["images"], images)
     (images / "zz_broken.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match="zz_broken.png"):
-        main(["pseudo-label", "--teacher", teacher_ckpt, "--images", str(images),
+        main(["--debug", "pseudo-label", "--teacher", teacher_ckpt, "--images", str(images),
               "--output", str(tmp_path / "p.json"), "--no-progress"])
     assert not (tmp_path / "p.json").exists()
 

@@ -21,7 +21,7 @@ def _env():
     return env
 
 
-def test_kill_then_resume_completes(tiny_data, tmp_path):
+def test_kill_then_resume_completes(tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
     args = train_args(tiny_data, out, "--iterations", 10, "--checkpoint-every", 2, "--no-eval", "--threads", 1)
     proc = subprocess.Popen([sys.executable, "-m", "kdtrain", *args], cwd=REPO, env=_env(),
@@ -39,16 +39,19 @@ def test_kill_then_resume_completes(tiny_data, tmp_path):
     assert all(not name.endswith(".pth") or name.startswith(("checkpoint_last", ".tmp_")) for name in os.listdir(out))
 
     assert main(args + ["--resume"]) == 0
-    state = torch.load(ckpt, weights_only=False)
-    assert state["iteration"] == 10
+    assert torch.load(out / "model_final.pth", weights_only=False)["iteration"] == 10
+    assert not ckpt.exists(), "a finished run keeps no checkpoint (without --keep-checkpoints)"
     iterations = [r["iteration"] for r in read_jsonl(str(out / "metrics.jsonl")) if r["kind"] == "train"]
     assert iterations == list(range(1, 11)), "records after the checkpoint are redone once, none lost or doubled"
+    with pytest.raises(SystemExit) as e:  # nothing to resume: said, instead of silently training again
+        main(args + ["--resume"])
+    assert e.value.code == 2 and "has finished" in capsys.readouterr().err
 
 
 def test_resume_restores_optimizer_scheduler_and_rng(tiny_data, tmp_path):
     out = tmp_path / "run"
     base = train_args(tiny_data, out, "--no-eval", "--checkpoint-every", 2, "--lr-schedule", "step",
-                      "--lr-steps", 3, "--lr-warmup", 0)
+                      "--lr-steps", 3, "--lr-warmup", 0, "--keep-checkpoints")
     assert main(base + ["--iterations", "4"]) == 0
     first = torch.load(out / "checkpoint_last.pth", weights_only=False)
     assert main(base + ["--iterations", "4", "--resume"]) == 0  # nothing left: resumes at 4 and stops

@@ -16,7 +16,7 @@ from kdtrain_testutil import TEACHER, kdops_has, train_args
 def _two_step(tiny_data, out, *extra):
     args = train_args(tiny_data, out, "--no-eval", *extra)
     args[0] = "two-step"
-    return main(args)
+    return main(["--debug", *args])  # --debug: errors raise instead of exiting with the usage line
 
 
 @pytest.mark.skipif(not kdops_has("nn.HintLoss", "feature_imitation", "box_masks"), reason="kdops ops missing")
