@@ -1,6 +1,8 @@
 """Atomic checkpoints: write a temporary file in the same folder, fsync, os.replace.
 
-A run killed mid-write leaves the previous checkpoint intact, never a torn one.
+A run killed mid-write leaves the previous checkpoint intact, never a torn one. Checkpoints are read
+with ``weights_only=True``: a kdtrain checkpoint holds only tensors, numbers, strings and containers,
+so a file that asks the unpickler for anything else (a payload that would run code) is refused.
 """
 
 from __future__ import annotations
@@ -35,8 +37,16 @@ def atomic_save(obj, path: str) -> None:
         raise
 
 
+# numpy's RNG state as kdtrain versions before weights_only loading wrote it (an ndarray of keys):
+# the only non-container type those checkpoints hold, allowed so they still load.
+_LEGACY_NUMPY_GLOBALS = [np.ndarray, np.dtype, type(np.dtype(np.uint32)),
+                         getattr(np, "_core", getattr(np, "core", None)).multiarray._reconstruct]
+
+
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (name, keys.tolist(), pos, has_gauss, gauss)  # plain types: loadable with weights_only
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -44,7 +54,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -53,9 +64,37 @@ def set_rng_state(state: dict) -> None:
 def load(path: str, map_location="cpu") -> dict:
     require_file(path, "checkpoint")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:  # what torch.load raises on a non-checkpoint
-        raise UsageError(f"cannot read checkpoint {path}: {e}") from e
+        with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = _unsafe_globals(path)
+        if unsafe:
+            raise UsageError(f"refused to load checkpoint {path}: it holds {', '.join(unsafe)}, which a kdtrain "
+                             "checkpoint never does (only tensors, numbers, strings and containers); loading it "
+                             "could run code. Use checkpoints written by kdtrain, or re-save the weights "
+                             "you trust as a plain state_dict") from None
+        raise _unreadable(path, e) from e
+    except Exception as e:  # a torn or foreign file: torch.load raises EOFError, RuntimeError, KeyError, ...
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(path: str, error: Exception) -> UsageError:
+    # torch's texts run to many lines, and its weights_only advice (load with weights_only=False) is
+    # exactly what must not be done with a file of unknown origin: name the error type only then.
+    detail = "" if isinstance(error, pickle.UnpicklingError) else \
+        f": {(str(error).strip().splitlines() or [''])[0][:200]}"
+    return UsageError(f"cannot read checkpoint {path}: not a torch checkpoint, or a torn one "
+                      f"({type(error).__name__}{detail})")
+
+
+def _unsafe_globals(path: str) -> list[str]:
+    """The types a checkpoint asks the unpickler for beyond weights_only's and kdtrain's own."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint at all: the caller reports the load error instead
+        return []
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _LEGACY_NUMPY_GLOBALS}
+    return [name for name in found if name not in allowed]
 
 
 def remove(path: str) -> None:
