@@ -19,12 +19,13 @@ import torch
 from kdtrain.errors import UsageError, require_file
 
 LAST = "checkpoint_last.pth"
+TMP_PREFIX, TMP_SUFFIX = ".tmp_", ".pth"
 
 
 def atomic_save(obj, path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -95,6 +96,16 @@ def _unsafe_globals(path: str) -> list[str]:
         return []
     allowed = {f"{g.__module__}.{g.__qualname__}" for g in _LEGACY_NUMPY_GLOBALS}
     return [name for name in found if name not in allowed]
+
+
+def remove_torn_writes(folder: str) -> list[str]:
+    """Delete the temporary files of writes killed before their os.replace (one process per run folder)."""
+    if not os.path.isdir(folder):
+        return []
+    torn = sorted(n for n in os.listdir(folder) if n.startswith(TMP_PREFIX) and n.endswith(TMP_SUFFIX))
+    for name in torn:
+        remove(os.path.join(folder, name))
+    return torn
 
 
 def remove(path: str) -> None:

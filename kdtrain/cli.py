@@ -218,7 +218,8 @@ def _add_eval_parser(sub):
     add(p, "--ann", "COCO instances json", required=True, metavar="JSON")
     add(p, "--batch-size", "images per batch", T, field="eval_batch_size", type=int)
     add(p, "--workers", "image loading worker processes", T, type=int)
-    add(p, "--category-ids-as-labels", "as in train", T, action="store_true")
+    add(p, "--category-ids-as-labels", "as in train; only for a checkpoint without a label map (kdtrain's have "
+                                       "one and it is used)", T, action="store_true")
     add(p, "--output", "also write the metrics json here", metavar="JSON")
     _add_runtime_flags(p, T)
     p.set_defaults(run=commands.run_eval)

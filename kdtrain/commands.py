@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from kdtrain.config import DemoConfig, PseudoLabelConfig, TwoStepConfig, check_train_config, make_config, \
     read_config_file
@@ -70,17 +71,21 @@ def run_eval(args) -> int:
     require_dir(args.images, "--images")
     require_file(args.ann, "--ann")
     from kdtrain.data.coco import CocoDetection
+    from kdtrain.data.image_check import check_images
     from kdtrain.distributed import DistInfo
     from kdtrain.evaluate import evaluate
+    from kdtrain.label_map import checkpoint_label_map
     from kdtrain.models import load_detector
     from kdtrain.runtime import set_threads
 
     set_threads(args.threads)
-    model, _, _ = load_detector(args.checkpoint)
+    model, _, ckpt = load_detector(args.checkpoint)
     model.to(_device(args.device))
     dataset = CocoDetection(args.images, args.ann, category_ids_as_labels=args.category_ids_as_labels)
+    check_images([dataset.image_path(i) for i in range(len(dataset))], args.progress)
+    label_to_cat_id = checkpoint_label_map(ckpt, args.checkpoint, dataset, warn=lambda m: print(m, file=sys.stderr))
     metrics = evaluate(model, dataset, DistInfo(device=_device(args.device)), args.batch_size, args.workers,
-                       args.progress)
+                       args.progress, label_to_cat_id=label_to_cat_id)
     text = json.dumps(metrics, indent=2)
     print(text)
     if args.output:

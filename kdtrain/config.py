@@ -27,6 +27,29 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "variant": ("standard", "label-scarce"),
 }
+# Allowed values of numeric options: (test, what it says). Checked for flags, config files and the Python API.
+_POSITIVE_INT = (lambda v: v > 0, "an integer > 0")
+_FRACTION = (lambda v: 0 < v <= 1, "a number in (0, 1]")
+RANGES = {
+    "iterations": _POSITIVE_INT, "batch_size": _POSITIVE_INT, "eval_batch_size": _POSITIVE_INT,
+    "log_every": _POSITIVE_INT, "checkpoint_every": _POSITIVE_INT, "threads": _POSITIVE_INT,
+    "min_size": _POSITIVE_INT, "max_size": _POSITIVE_INT,
+    "num_classes": (lambda v: v >= 2, "an integer >= 2 (background and one class at least)"),
+    "epochs": (lambda v: v > 0, "a number > 0"),
+    "workers": (lambda v: v >= 0, "an integer >= 0"),
+    "lr_warmup": (lambda v: v >= 0, "an integer >= 0"),
+    "distill_warmup": (lambda v: v >= 0, "an integer >= 0"),
+    "aspect_ratio_group_factor": (lambda v: v >= -1, "an integer >= -1 (-1: off)"),
+    "labeled_fraction": _FRACTION, "student_scale": _FRACTION,
+    "hflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "lr": (lambda v: v > 0, "a number > 0"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "lr_gamma": (lambda v: v > 0, "a number > 0"),
+    "clip_grad": (lambda v: v >= 0, "a number >= 0 (0: off)"),
+    "lr_steps": (lambda v: all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v),
+                 "a list of integers > 0"),
+}
 CACHE_DIR_ENV = "KDTRAIN_CACHE_DIR"
 DEFAULT_ITERATIONS = 1000  # when neither iterations nor epochs is set
 
@@ -100,6 +123,13 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def check_range(name: str, value) -> None:
+    """UsageError naming the flag, the config key and the allowed values unless RANGES[name] admits ``value``."""
+    test, allowed = RANGES[name]
+    if value is not None and not test(value):
+        raise UsageError(f"{_flag(name)} (config key {name}): must be {allowed}, got {value!r}")
+
+
 def _checked_value(path: str, name: str, value):
     """``value`` if it has the type of TrainConfig's field ``name``; floats written as 1e-4 in YAML are accepted."""
     kind = FIELDS[name]
@@ -163,9 +193,14 @@ def make_config(file_values: dict | None = None, cli_values: dict | None = None)
 
 
 def check_train_config(cfg: TrainConfig, need_data: bool = True) -> TrainConfig:
-    """Raise UsageError for unknown names and missing inputs, before anything is built or loaded."""
+    """Raise UsageError for unknown names, values of the wrong type or range and missing inputs, before anything
+    is built or loaded."""
     if need_data and not (cfg.train_images and cfg.train_ann):
         raise UsageError("training needs --train-images and --train-ann (flags, or keys of the --config file)")
+    for name in FIELDS:  # flags and config files are typed already; a TrainConfig built in Python is not
+        setattr(cfg, name, _checked_value("TrainConfig", name, getattr(cfg, name)))
+    for name in RANGES:
+        check_range(name, getattr(cfg, name))
     for name, choices in CHOICES.items():
         value = getattr(cfg, name, None)
         if value is not None and value not in choices:

@@ -16,17 +16,18 @@ from kdtrain import checkpoint as ckpt_io
 from kdtrain.config import TrainConfig, check_train_config
 from kdtrain.data.batching import TrainBatchStream
 from kdtrain.data.coco import CocoDetection, DatasetError
+from kdtrain.data.image_check import check_images
 from kdtrain.data.subset import keep_labeled_fraction
 from kdtrain.distill.distiller import Distiller
 from kdtrain.distributed import DistInfo, barrier, cleanup, init_distributed
 from kdtrain.errors import UsageError
 from kdtrain.evaluate import evaluate
-from kdtrain.metrics_log import MetricsWriter, read_jsonl
+from kdtrain.metrics_log import MetricsWriter
+from kdtrain.model_args import check_model_args
 from kdtrain.models import ModelSpec, build_detector, count_parameters, load_detector
+from kdtrain.resume import FINAL, load_training_state, restart_metrics, resume_path
 from kdtrain.runtime import amp_dtype, autocast, seed_everything, set_threads
 from kdtrain.schedule import build_scheduler
-
-FINAL = "model_final.pth"
 
 
 def build_teacher(cfg: TrainConfig, num_classes: int):
@@ -47,8 +48,6 @@ def student_input_sizes(cfg: TrainConfig, teacher, log) -> tuple:
     """
     if cfg.student_scale == 1.0:
         return cfg.min_size, cfg.max_size
-    if not 0.0 < cfg.student_scale < 1.0:
-        raise UsageError(f"--student-scale must be in (0, 1], got {cfg.student_scale}")
     if teacher is None:
         raise UsageError("--student-scale needs a teacher and a distillation --recipe")
     t_min, t_max = teacher.transform.min_size[-1], teacher.transform.max_size
@@ -71,6 +70,12 @@ def build_datasets(cfg: TrainConfig):
     return train_set, val_set
 
 
+def check_dataset_images(datasets, info: DistInfo, progress: bool) -> None:
+    """Decode every image up front (each rank its share), so a bad file fails now and not hours in."""
+    paths = sorted({d.image_path(i) for d in datasets if d is not None for i in range(len(d))})
+    check_images(paths[info.rank::info.world_size], progress and info.is_main)
+
+
 def export_student(student, spec: ModelSpec, dataset, path: str, extra: dict | None = None) -> None:
     """Student weights only (no adaptation layers): loads into plain torchvision."""
     ckpt_io.atomic_save({
@@ -82,31 +87,9 @@ def export_student(student, spec: ModelSpec, dataset, path: str, extra: dict | N
     }, path)
 
 
-def _resume_path(cfg: TrainConfig) -> str | None:
-    if cfg.resume != "auto":
-        return cfg.resume  # None, or a path check_train_config found
-    path = os.path.join(cfg.output_dir, ckpt_io.LAST)
-    if os.path.isfile(path):
-        return path
-    if os.path.isfile(os.path.join(cfg.output_dir, FINAL)):  # its checkpoint went when it finished
-        raise UsageError(f"--resume: the run in {cfg.output_dir} has finished ({FINAL}); there is nothing to "
-                         "resume. Drop --resume to train it again, or use another --output-dir")
-    return None
-
-
-def _truncate_metrics(path: str, iteration: int) -> None:
-    """Drop records logged after the checkpoint we resume from (they will be redone)."""
-    if not os.path.isfile(path):
-        return
-    keep = [r for r in read_jsonl(path) if r.get("kind") != "train" or r.get("iteration", 0) <= iteration]
-    with open(path + ".tmp", "w") as f:
-        for r in keep:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
-    os.replace(path + ".tmp", path)
-
-
 def train(cfg: TrainConfig, log=print) -> dict:
     check_train_config(cfg)
+    check_model_args(cfg.arch, cfg.model_kwargs)
     info = init_distributed(cfg.device)
     try:
         return _train(cfg, info, log if info.is_main else (lambda *a, **k: None))
@@ -119,6 +102,7 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
     seed_everything(cfg.seed)
     device = info.device
     train_set, val_set = build_datasets(cfg)
+    check_dataset_images((train_set, val_set), info, cfg.progress)
     num_classes = cfg.num_classes or train_set.num_classes
     with torch.random.fork_rng(devices=[]):  # a random-init teacher must not change the student's init
         teacher = build_teacher(cfg, num_classes) if cfg.recipe != "none" else None
@@ -148,9 +132,9 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
 
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl") if info.is_main else None
     start = 0
-    resume = _resume_path(cfg)
+    resume = resume_path(cfg)
     if resume:
-        state = ckpt_io.load(resume)
+        state = load_training_state(resume, total)
         distiller.student.load_state_dict(state["model_state"])
         distiller.terms.load_state_dict(state["distill_state"])
         optimizer.load_state_dict(state["optimizer"])
@@ -159,10 +143,11 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
         start = int(state["iteration"])
         ckpt_io.set_rng_state(state["rng"])
         log(f"[kdtrain] resumed from {resume} at iteration {start}/{total}")
-        if metrics_path:
-            _truncate_metrics(metrics_path, start)
     if info.is_main:
         os.makedirs(cfg.output_dir, exist_ok=True)
+        for name in ckpt_io.remove_torn_writes(cfg.output_dir):
+            log(f"[kdtrain] removed {name}, left by a checkpoint write that was killed")
+        restart_metrics(metrics_path, start, log)
         with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=2, sort_keys=True)
     writer = MetricsWriter(metrics_path, os.path.join(cfg.output_dir, "tb") if cfg.tensorboard and info.is_main else None)
@@ -225,7 +210,7 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
             bar.set_postfix(loss=f"{record['loss']:.3f}")
             writer.write(record)
             window, window_start = {}, time.perf_counter()
-        if cfg.checkpoint_every > 0 and iteration % cfg.checkpoint_every == 0 and iteration < total:
+        if iteration % cfg.checkpoint_every == 0 and iteration < total:
             save(iteration)
     bar.close()
     if cfg.keep_checkpoints:

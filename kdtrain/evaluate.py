@@ -32,8 +32,12 @@ def detections_to_coco(outputs, image_ids, label_to_cat_id) -> list[dict]:
 
 @torch.no_grad()
 def run_inference(model, dataset, info: DistInfo, batch_size: int = 4, workers: int = 0,
-                  progress: bool = True, desc: str = "eval"):
-    """This rank's COCO results and (images, seconds) it processed."""
+                  progress: bool = True, desc: str = "eval", label_to_cat_id: dict | None = None):
+    """This rank's COCO results and (images, seconds) it processed.
+
+    ``label_to_cat_id``: the model's label map (a checkpoint's); None: the dataset's, for a model trained on it.
+    """
+    label_to_cat_id = dataset.label_to_cat_id if label_to_cat_id is None else label_to_cat_id
     model.eval()
     indices = list(range(info.rank, len(dataset), info.world_size))  # disjoint shards, no padding
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
@@ -49,7 +53,7 @@ def run_inference(model, dataset, info: DistInfo, batch_size: int = 4, workers: 
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds += time.perf_counter() - start
-        results.extend(detections_to_coco(outputs, [t["image_id"] for t in targets], dataset.label_to_cat_id))
+        results.extend(detections_to_coco(outputs, [t["image_id"] for t in targets], label_to_cat_id))
     return results, (len(indices), seconds)
 
 
@@ -76,9 +80,10 @@ def coco_metrics(ann_file: str, results: list[dict]) -> dict:
 
 
 def evaluate(model, dataset, info: DistInfo, batch_size: int = 4, workers: int = 0, progress: bool = True,
-             desc: str = "eval"):
+             desc: str = "eval", label_to_cat_id: dict | None = None):
     """Metrics dict on rank 0 (None on other ranks), including images/s of inference."""
-    results, (count, seconds) = run_inference(model, dataset, info, batch_size, workers, progress, desc)
+    results, (count, seconds) = run_inference(model, dataset, info, batch_size, workers, progress, desc,
+                                              label_to_cat_id)
     gathered = gather_to_main((results, count, seconds), info)
     if not info.is_main:
         return None

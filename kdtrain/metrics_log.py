@@ -35,6 +35,16 @@ class MetricsWriter:
             self._tb.close()
 
 
-def read_jsonl(path: str) -> list[dict]:
+def read_jsonl(path: str, warn=print) -> list[dict]:
+    """The records of ``path``; a torn last line (a kill mid-write) is left out with a warning."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number < len(lines):  # inside the file: not a torn write but a damaged log
+                raise UsageError(f"{path}: line {number} is not a json record ({e})") from None
+            warn(f"[kdtrain] warning: {path}: ignoring its torn last line {line.strip()[:60]!r}")
+    return records

@@ -77,11 +77,14 @@ class TrainBatchStream:
             # Augmentation randomness derives from (seed, epoch, index), not from
             # global RNG state, so a resumed run sees the same flips.
             self.dataset.augment_seed = self.seed * 1000003 + epoch
+            # Its own generator: without one, starting the loader draws its worker seed from the global
+            # RNG, so a resumed run (which starts it mid-epoch) would train on a different random stream.
             loader = DataLoader(
                 self.dataset,
                 batch_sampler=batches[skip:],
                 collate_fn=collate,
                 num_workers=self.workers,
+                generator=torch.Generator().manual_seed((self.seed * 1000003 + epoch) * 1009 + self.rank),
             )
             skip = 0
             for images, targets in loader:

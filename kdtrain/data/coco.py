@@ -6,7 +6,6 @@ starts, with a message naming the file, the json key or the annotation at fault.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Optional
@@ -15,39 +14,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import pil_to_tensor
 
-from kdtrain.errors import UsageError
+from kdtrain.data.coco_json import DatasetError, check_unique, entries, integer, load_coco_json, optional_size, \
+    require
 
-
-class DatasetError(UsageError):
-    """A COCO-format dataset that cannot be used as it is."""
-
-
-_REQUIRED_TOP_KEYS = ("images", "annotations", "categories")
-
-
-def load_coco_json(ann_file: str) -> dict:
-    if not os.path.isfile(ann_file):
-        raise DatasetError(f"annotation file not found: {ann_file}")
-    with open(ann_file, "rb") as f:
-        raw = f.read()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"corrupt json in {ann_file}: {e}") from None
-    if not isinstance(data, dict):
-        raise DatasetError(f"{ann_file}: top level must be an object with keys {list(_REQUIRED_TOP_KEYS)}")
-    for key in _REQUIRED_TOP_KEYS:
-        if key not in data:
-            raise DatasetError(f"{ann_file}: missing key {key!r}")
-        if not isinstance(data[key], list):
-            raise DatasetError(f"{ann_file}: key {key!r} must be a list")
-    return data
-
-
-def _require(entry: dict, key: str, where: str):
-    if key not in entry:
-        raise DatasetError(f"{where}: missing key {key!r}")
-    return entry[key]
+__all__ = ["CocoDetection", "DatasetError", "collate", "load_coco_json"]
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -76,13 +46,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.hflip_prob = hflip_prob if train else 0.0
         self.augment_seed = 0  # set per epoch by the batch stream
         data = load_coco_json(ann_file)
-        self.categories = sorted(
-            ({"id": int(_require(c, "id", f"{ann_file}: categories[{i}]")), "name": str(c.get("name", c["id"]))}
-             for i, c in enumerate(data["categories"])),
-            key=lambda c: c["id"],
-        )
-        if not self.categories:
-            raise DatasetError(f"{ann_file}: 'categories' is empty")
+        self.categories = self._read_categories(data, ann_file)
         cat_ids = [c["id"] for c in self.categories]
         if category_ids_as_labels:
             self.cat_id_to_label = {c: c for c in cat_ids}
@@ -92,68 +56,102 @@ class CocoDetection(torch.utils.data.Dataset):
         self.num_classes = max(self.cat_id_to_label.values()) + 1
 
         self.images = []
-        index_of_id = {}
-        for i, img in enumerate(data["images"]):
-            where = f"{ann_file}: images[{i}]"
-            image_id = int(_require(img, "id", where))
-            file_name = str(_require(img, "file_name", where))
+        index_of_id, first_of_id = {}, {}
+        for where, img in entries(data, "images", ann_file):
+            image_id = integer(img, "id", where)
+            check_unique(first_of_id, image_id, "image id", where)  # else one image's boxes land on another
+            file_name = str(require(img, "file_name", where))
             path = os.path.join(images_dir, file_name)
             if not os.path.isfile(path):
                 raise DatasetError(f"image not found: {path} (image id {image_id} in {ann_file})")
             index_of_id[image_id] = len(self.images)
-            self.images.append(
-                {"id": image_id, "file_name": file_name, "width": img.get("width"), "height": img.get("height")}
-            )
+            self.images.append({"id": image_id, "file_name": file_name, "width": optional_size(img, "width", where),
+                                "height": optional_size(img, "height", where)})
         if not self.images:
             raise DatasetError(f"{ann_file}: 'images' is empty")
 
         self.boxes = [[] for _ in self.images]
         self.labels = [[] for _ in self.images]
         self.skipped_annotations = 0
-        for i, ann in enumerate(data["annotations"]):
-            where = f"{ann_file}: annotations[{i}] (id {ann.get('id', '?')})"
-            image_id = int(_require(ann, "image_id", where))
+        first_of_ann = {}
+        for where, ann in entries(data, "annotations", ann_file):
+            if "id" in ann:  # pycocotools indexes by it: a duplicate hides a ground-truth box from evaluation
+                where = f"{where} (id {ann['id']!r})"
+                check_unique(first_of_ann, integer(ann, "id", where), "annotation id", where)
+            image_id = integer(ann, "image_id", where)
             if image_id not in index_of_id:
                 raise DatasetError(f"{where}: image_id {image_id} is not in 'images'")
-            cat = int(_require(ann, "category_id", where))
+            cat = integer(ann, "category_id", where)
             if cat not in self.cat_id_to_label:
                 raise DatasetError(f"{where}: category_id {cat} is not in 'categories'")
             if ann.get("iscrowd", 0):
                 continue  # crowd regions are not training targets (as in torchvision's references)
-            bbox = _require(ann, "bbox", where)
-            if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
-                    and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
-                raise DatasetError(f"{where}: 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}")
-            x, y, w, h = (float(v) for v in bbox)
-            if w <= 0 or h <= 0:
-                if invalid_boxes == "skip":
-                    self.skipped_annotations += 1
-                    continue
-                raise DatasetError(
-                    f"{where}: degenerate box {bbox!r} (width and height must be > 0) in image "
-                    f"{self.images[index_of_id[image_id]]['file_name']}; pass --invalid-boxes skip to drop such boxes"
-                )
             k = index_of_id[image_id]
-            self.boxes[k].append([x, y, x + w, y + h])
+            box = self._checked_box(ann, where, k, invalid_boxes)
+            if box is None:
+                self.skipped_annotations += 1
+                continue
+            self.boxes[k].append(box)
             self.labels[k].append(self.cat_id_to_label[cat])
         if require_annotations is None:
             require_annotations = train
         if require_annotations and not any(self.boxes):
             raise DatasetError(f"{ann_file}: the annotation list is empty, there is nothing to train on")
 
+    @staticmethod
+    def _read_categories(data: dict, ann_file: str) -> list[dict]:
+        categories, first_of_id = [], {}
+        for where, c in entries(data, "categories", ann_file):
+            cat_id = integer(c, "id", where)
+            check_unique(first_of_id, cat_id, "category id", where)
+            categories.append({"id": cat_id, "name": str(c.get("name", cat_id))})
+        if not categories:
+            raise DatasetError(f"{ann_file}: 'categories' is empty")
+        return sorted(categories, key=lambda c: c["id"])
+
+    def _checked_box(self, ann: dict, where: str, index: int, invalid_boxes: str):
+        """[x1, y1, x2, y2]; None for a box to skip: degenerate, or entirely outside its image."""
+        bbox = require(ann, "bbox", where)
+        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
+            raise DatasetError(f"{where}: 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+        x, y, w, h = (float(v) for v in bbox)
+        width, height = self.image_size(index)
+        # Boxes are clipped to the image when loaded: one with no area left would vanish unnoticed.
+        problem = ("degenerate box (width and height must be > 0)" if w <= 0 or h <= 0 else
+                   f"box entirely outside its {width}x{height} image"
+                   if min(x + w, width) <= max(x, 0) or min(y + h, height) <= max(y, 0) else None)
+        if problem is None:
+            return [x, y, x + w, y + h]
+        if invalid_boxes == "skip":
+            return None
+        raise DatasetError(f"{where}: {problem}: {bbox!r} in image {self.images[index]['file_name']}; "
+                           "pass --invalid-boxes skip to drop such boxes")
+
+    def image_path(self, index: int) -> str:
+        return os.path.join(self.images_dir, self.images[index]["file_name"])
+
+    def image_size(self, index: int) -> tuple:
+        """(width, height) from the json, else from the image header (read once)."""
+        info = self.images[index]
+        if not (info["width"] and info["height"]):
+            try:
+                with Image.open(self.image_path(index)) as im:
+                    info["width"], info["height"] = im.size
+            except (UnidentifiedImageError, OSError) as e:
+                raise DatasetError(f"cannot read image {self.image_path(index)}: {e}") from None
+        return info["width"], info["height"]
+
     def __len__(self) -> int:
         return len(self.images)
 
     def aspect_ratio(self, index: int) -> float:
         """Width / height without opening the image when the json has the sizes."""
-        info = self.images[index]
-        if info["width"] and info["height"]:
-            return float(info["width"]) / float(info["height"])
-        with Image.open(os.path.join(self.images_dir, info["file_name"])) as im:
-            return im.width / im.height
+        width, height = self.image_size(index)
+        return float(width) / float(height)
 
     def load_image(self, index: int) -> torch.Tensor:
-        path = os.path.join(self.images_dir, self.images[index]["file_name"])
+        path = self.image_path(index)
         try:
             with Image.open(path) as im:
                 image = pil_to_tensor(im.convert("RGB"))

@@ -7,13 +7,12 @@ import math
 import torch
 
 from kdtrain.data.coco import DatasetError
-from kdtrain.errors import UsageError
+from kdtrain.config import check_range
 
 
 def labeled_image_indices(num_images: int, fraction: float, seed: int) -> list[int]:
     """ceil(fraction * N) image indices, the same for every run with this seed (so baselines compare)."""
-    if not 0.0 < fraction <= 1.0:
-        raise UsageError(f"--labeled-fraction must be in (0, 1], got {fraction}")
+    check_range("labeled_fraction", fraction)
     count = max(1, math.ceil(fraction * num_images))
     order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[:count])

@@ -11,11 +11,11 @@ import time
 from typing import Optional
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from kdtrain.config import PseudoLabelConfig
-from kdtrain.data.coco import DatasetError, collate, load_coco_json
+from kdtrain.data.coco import collate, load_coco_json
+from kdtrain.data.image_check import check_images
 from kdtrain.distributed import DistInfo, gather_to_main
 from kdtrain.errors import UsageError
 from kdtrain.models import load_detector
@@ -34,17 +34,6 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.names[i], read_image(os.path.join(self.folder, self.names[i]))
-
-
-def check_images_readable(folder: str, names: list[str]) -> None:
-    """Open every header before hours of inference; the error names the file."""
-    for name in names:
-        path = os.path.join(folder, name)
-        try:
-            with Image.open(path) as im:
-                im.size
-        except (UnidentifiedImageError, OSError) as e:
-            raise DatasetError(f"cannot read image {path}: {e}") from None
 
 
 def _mapping_per_teacher(cfg: PseudoLabelConfig) -> tuple[list, list]:
@@ -139,7 +128,7 @@ def pseudo_label(cfg: PseudoLabelConfig, info: Optional[DistInfo] = None, log=pr
     info = info or DistInfo()
     names = list_images(cfg.images)
     shard = names[info.rank::info.world_size]
-    check_images_readable(cfg.images, shard)
+    check_images([os.path.join(cfg.images, n) for n in shard], cfg.progress and info.is_main)
     models, label_maps, categories = load_teachers(cfg, info.device)
     start = time.perf_counter()
     mine = label_images(models, label_maps, cfg.images, shard, cfg, info.device, cfg.progress and info.is_main)

@@ -1,5 +1,8 @@
 """Shared fixtures: a tiny generated COCO dataset and a tiny random-init teacher."""
 
+import os
+import tempfile
+
 import pytest
 import torch
 
@@ -8,7 +11,11 @@ from kdtrain_testutil import SIZE, TEACHER, tiny_spec
 from kdtrain.data.coco import CocoDetection
 from kdtrain.data.synthetic import make_shapes_dataset
 from kdtrain.engine import export_student
+from kdtrain.config import CACHE_DIR_ENV
 from kdtrain.models import build_detector
+
+# The tests' image-check cache and demo data stay out of the user's ~/.cache (subprocesses inherit it).
+os.environ.setdefault(CACHE_DIR_ENV, tempfile.mkdtemp(prefix="kdtrain-test-cache-"))
 
 
 @pytest.fixture(scope="session")
