@@ -8,11 +8,12 @@ import torch
 import triton
 import triton.language as tl
 
+from kdops.reference import pkd_loss as reference
 from kdops.triton._common import acc_dtype, block_for, tl_acc
 from kdops.triton._reduce import scaled_sum_kernel
 
 CHANNEL_STATS = 5  # (mean_s, std_s, mean_t, std_t, D_c)
-EPS = 1e-6
+EPS = tl.constexpr(reference.EPS)  # a plain Python global is a NameError in a compiled kernel
 
 
 @triton.jit
