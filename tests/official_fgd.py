@@ -4,9 +4,10 @@ test-only: the oracle kdops.nn.FGDLoss is checked against, and the "official-sty
 It keeps the official structure (a Python loop over boxes writing slices, sqrt-weighted features,
 MSELoss(reduction="sum"), GcBlock spatial_pool with matmul) and follows docs/math.md §2-§4 where that
 contract decides: boxes arrive already in feature-map pixels (docs/math.md §2: the caller divides by the
-padded batch's stride), and the box ranges are clipped to the map with the value 1 / clipped area
-(docs/math.md §2; the official code divides by the unclipped size, a known open difference); boxes with
-x2 < x1 or y2 < y1 are skipped, as kdops does without validation.
+padded batch's stride); a box's value is 1 / its whole (unclipped) size, as the official code, and the
+range it writes is clipped to the map (the official slices clip past the right/bottom edge; a box
+reaching past the left/top edge would wrap there); boxes with x2 < x1 or y2 < y1 are skipped, as kdops
+does without validation.
 """
 
 import math
@@ -67,8 +68,8 @@ class OfficialFGD(nn.Module):
                 w0, w1, h0, h1 = int(wmin[j]), int(wmax[j]), int(hmin[j]), int(hmax[j])
                 if w1 < 0 or h1 < 0 or w0 > W - 1 or h0 > H - 1:
                     continue  # entirely outside the map
+                area = 1.0 / (h1 + 1 - h0) / (w1 + 1 - w0)  # the whole box, as the official code
                 w0, h0, w1, h1 = max(w0, 0), max(h0, 0), min(w1, W - 1), min(h1, H - 1)
-                area = 1.0 / (h1 + 1 - h0) / (w1 + 1 - w0)
                 Mask_fg[i][h0:h1 + 1, w0:w1 + 1] = torch.maximum(
                     Mask_fg[i][h0:h1 + 1, w0:w1 + 1], torch.tensor(area, dtype=Mask_fg.dtype))
             Mask_bg[i] = torch.where(Mask_fg[i] > 0, 0, 1)

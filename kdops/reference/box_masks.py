@@ -1,4 +1,4 @@
-"""FGD box masks, docs/math.md §2: M_fg = max over covering boxes of 1 / (clipped box area),
+"""FGD box masks, docs/math.md §2: M_fg = max over covering boxes of 1 / (the box's whole size),
 M_bg = [M_fg == 0] / count.
 
 Vectorised over boxes (no Python loop): each box's coverage is the outer product of its row and
@@ -13,8 +13,9 @@ def _acc_dtype(boxes: torch.Tensor) -> torch.dtype:
 
 
 def box_spans(boxes: torch.Tensor, image_index: torch.Tensor, batch: int, height: int, width: int):
-    """Per box: (wmin, hmin, wmax, hmax) clipped to the map, the value 1 / clipped area, and whether the
-    box writes anything (finite, x2 >= x1, y2 >= y1, an image in [0, batch), not entirely outside)."""
+    """Per box: (wmin, hmin, wmax, hmax) clipped to the map and the value 1 / (the unclipped box's size),
+    zero where the box writes nothing (not finite, x2 < x1, y2 < y1, no image in [0, batch), entirely
+    outside the map)."""
     b = boxes.to(_acc_dtype(boxes))
     valid = torch.isfinite(b).all(dim=1) & (b[:, 2] >= b[:, 0]) & (b[:, 3] >= b[:, 1])
     valid &= (image_index >= 0) & (image_index < batch)
@@ -22,9 +23,9 @@ def box_spans(boxes: torch.Tensor, image_index: torch.Tensor, batch: int, height
     wmin, hmin = torch.floor(b[:, 0]), torch.floor(b[:, 1])
     wmax, hmax = torch.ceil(b[:, 2]), torch.ceil(b[:, 3])
     valid &= (wmax >= 0) & (hmax >= 0) & (wmin <= width - 1) & (hmin <= height - 1)
+    value = 1.0 / ((hmax - hmin + 1) * (wmax - wmin + 1))  # FGD eq. 2: the whole box, before clipping
     wmin, hmin = wmin.clamp(min=0), hmin.clamp(min=0)
     wmax, hmax = wmax.clamp(max=width - 1), hmax.clamp(max=height - 1)
-    value = 1.0 / ((hmax - hmin + 1) * (wmax - wmin + 1))
     return wmin, hmin, wmax, hmax, torch.where(valid, value, torch.zeros_like(value))
 
 

@@ -14,6 +14,15 @@ from kdops.triton._common import acc_dtype, block_for, tl_acc
 
 
 @triton.jit
+def _reciprocal(x, ACC: tl.constexpr):
+    """1 / x rounded to nearest, bit-equal to the other backends: compiled fp32 `/` is approximate."""
+    if ACC == tl.float32:
+        return tl.div_rn(tl.full(x.shape, 1.0, ACC), x)
+    else:
+        return 1.0 / x
+
+
+@triton.jit
 def _fg_kernel(boxes_ptr, index_ptr, fg_ptr, zeros_ptr, K, H, W, tiles, BLOCK_P: tl.constexpr,
                BLOCK_K: tl.constexpr, ACC: tl.constexpr):
     tile = tl.program_id(0)
@@ -40,9 +49,11 @@ def _fg_kernel(boxes_ptr, index_ptr, fg_ptr, zeros_ptr, K, H, W, tiles, BLOCK_P:
         hmin, hmax = tl.floor(y1), tl.ceil(y2)
         valid = k_ok & (image == n) & finite & (x2 >= x1) & (y2 >= y1)
         valid = valid & (wmax >= 0.0) & (hmax >= 0.0) & (wmin <= last_w) & (hmin <= last_h)
+        # The whole box's size, before clipping (FGD eq. 2).
+        size = tl.where(valid, (hmax - hmin + 1.0) * (wmax - wmin + 1.0), 1.0)
+        value = _reciprocal(size, ACC)
         wmin, hmin = tl.maximum(wmin, 0.0), tl.maximum(hmin, 0.0)
         wmax, hmax = tl.minimum(wmax, last_w), tl.minimum(hmax, last_h)
-        value = 1.0 / tl.where(valid, (hmax - hmin + 1.0) * (wmax - wmin + 1.0), 1.0)
         cover = valid[None, :] & (px[:, None] >= wmin[None, :]) & (px[:, None] <= wmax[None, :]) & \
             (py[:, None] >= hmin[None, :]) & (py[:, None] <= hmax[None, :])
         best = tl.maximum(best, tl.max(tl.where(cover, value[None, :], 0.0), axis=1))
@@ -60,7 +71,7 @@ def _bg_kernel(fg_ptr, zeros_ptr, bg_ptr, HW, tiles, BLOCK_P: tl.constexpr, BLOC
         t = t0 + tl.arange(0, BLOCK_T)
         count += tl.load(zeros_ptr + n * tiles + t, mask=t < tiles, other=0)
     total = tl.sum(count, axis=0).to(ACC)
-    inv = tl.where(total == 0.0, 0.0, 1.0 / tl.where(total == 0.0, 1.0, total))
+    inv = tl.where(total == 0.0, 0.0, _reciprocal(tl.where(total == 0.0, 1.0, total), ACC))
     p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
     ok = p < HW
     fg = tl.load(fg_ptr + n * HW + p, mask=ok, other=1.0)

@@ -9,7 +9,8 @@ namespace boxes {
 
 // Inclusive pixel span of one box on an H x W map and the mask value it writes, or false when
 // the box writes nothing: not finite, x2 < x1 or y2 < y1, or entirely outside the map.
-// wmin = floor(x1), wmax = ceil(x2) (likewise for y), clipped to the map; value = 1 / clipped area.
+// wmin = floor(x1), wmax = ceil(x2) (likewise for y); value = 1 / the whole box's size (FGD eq. 2, as the
+// official code), computed before the span is clipped to the map.
 // The comparisons run in floating point before any integer cast, so huge coordinates cannot overflow.
 template <typename acc>
 KDOPS_HD bool box_span(acc x1, acc y1, acc x2, acc y2, int64_t height, int64_t width, int64_t span[4], acc* value) {
@@ -19,6 +20,7 @@ KDOPS_HD bool box_span(acc x1, acc y1, acc x2, acc y2, int64_t height, int64_t w
   acc wmin = ::floor(x1), wmax = ::ceil(x2), hmin = ::floor(y1), hmax = ::ceil(y2);
   const acc last_w = static_cast<acc>(width - 1), last_h = static_cast<acc>(height - 1);
   if (wmax < acc(0) || hmax < acc(0) || wmin > last_w || hmin > last_h) return false;
+  *value = acc(1) / ((hmax - hmin + acc(1)) * (wmax - wmin + acc(1)));
   wmin = wmin < acc(0) ? acc(0) : wmin;
   hmin = hmin < acc(0) ? acc(0) : hmin;
   wmax = wmax > last_w ? last_w : wmax;
@@ -27,7 +29,6 @@ KDOPS_HD bool box_span(acc x1, acc y1, acc x2, acc y2, int64_t height, int64_t w
   span[1] = static_cast<int64_t>(hmin);
   span[2] = static_cast<int64_t>(wmax);
   span[3] = static_cast<int64_t>(hmax);
-  *value = acc(1) / (static_cast<acc>(span[3] - span[1] + 1) * static_cast<acc>(span[2] - span[0] + 1));
   return true;
 }
 
