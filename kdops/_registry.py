@@ -20,13 +20,46 @@ def register(forward: str, backward: str, fake_forward, fake_backward, setup_con
     native = forward.startswith("kdops::")
     if native and not _extension.native_loaded():
         return
-    torch.library.register_fake(forward)(fake_forward)
-    torch.library.register_fake(backward)(fake_backward)
+    register_fake(forward, fake_forward)
+    register_fake(backward, fake_backward)
     if native:
         return  # its autograd is C++: csrc/autograd/<op>.cpp
     namespace, name = backward.split("::")
     backward_op = getattr(getattr(torch.ops, namespace), name)
     torch.library.register_autograd(forward, make_backward(backward_op), setup_context=setup_context)
+
+
+_META_LIBS = {}  # namespace -> the library fragment that holds the device-checked Meta kernels
+
+
+def register_fake(qualname: str, fake) -> None:
+    """Registers `fake` as the FakeTensor rule of `qualname`, and as its Meta kernel behind a device check.
+
+    register_fake alone also serves the Meta key with `fake`, and the dispatcher picks the Meta key as
+    soon as one argument is a meta tensor: a raw call mixing meta and CPU tensors would get `fake`'s
+    uninitialised CPU tensors back. The Meta kernel therefore first requires every tensor to be on meta.
+    """
+    torch.library.register_fake(qualname)(fake)
+    namespace, name = qualname.split("::")
+    schema = getattr(getattr(torch.ops, namespace), name).default._schema
+    names = [a.name for a in schema.arguments]
+    op = name[: -len("_backward")] if name.endswith("_backward") else name
+
+    def meta(*args, **kwargs):
+        tensors = []
+        for n, v in (*zip(names, args), *kwargs.items()):
+            items = [(f"{n}[{i}]", x) for i, x in enumerate(v)] if isinstance(v, (list, tuple)) else [(n, v)]
+            tensors += [(n, x) for n, x in items if isinstance(x, torch.Tensor)]
+        first = next(n for n, v in tensors if v.device.type == "meta")
+        for n, v in tensors:
+            if v.device.type != "meta":
+                raise RuntimeError(f"kdops.{op}: {n} is on {v.device} but {first} is on meta; all tensors must be "
+                                   "on one device")
+        return fake(*args, **kwargs)
+
+    if namespace not in _META_LIBS:
+        _META_LIBS[namespace] = torch.library.Library(namespace, "IMPL")
+    _META_LIBS[namespace].impl(name, meta, "Meta", allow_override=True)
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -1,6 +1,7 @@
 """Backend selection, availability report, and the pure-Python fallback when the extension is missing."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -71,3 +72,43 @@ def test_no_extension_variable_disables_native_kernels_quietly():
     assert result.returncode == 0, result.stderr
     assert "KDOPS_NO_EXTENSION" in result.stdout
     assert "RuntimeWarning" not in result.stderr
+
+
+
+def _registered_ops():
+    return sorted({n.split(".")[0] for n in torch._C._dispatch_get_all_op_names()
+                   if n.startswith(("kdops::", "kdops_triton::"))})
+
+
+@pytest.mark.parametrize("qualname", _registered_ops())
+def test_a_raw_call_mixing_meta_and_cpu_tensors_is_a_device_error(qualname):
+    """One meta tensor among CPU ones routes the call to the Meta key: it must raise, naming the argument,
+    rather than answer with the fake kernel's uninitialised CPU tensors."""
+    namespace, name = qualname.split("::")
+    op = getattr(getattr(torch.ops, namespace), name).default
+    args, tensor_names = [], []
+
+    def tensor(arg_name):
+        tensor_names.append(arg_name)
+        return torch.zeros(1, device="cpu" if len(tensor_names) == 1 else "meta")
+
+    for a in op._schema.arguments:
+        kind = str(a.type).replace("Optional[", "").rstrip("]?")
+        if kind in ("Tensor[]", "List[Tensor"):
+            args.append([tensor(f"{a.name}[0]"), tensor(f"{a.name}[1]")])
+        else:
+            value = {"float": 0.5, "bool": False, "str": "mse"}.get(kind, 1)
+            args.append(tensor(a.name) if kind == "Tensor" else value)
+    if len(tensor_names) < 2:
+        pytest.skip("one tensor argument: nothing to mix")
+    with pytest.raises(RuntimeError, match=re.escape(f"{tensor_names[0]} is on cpu but {tensor_names[1]} is on meta")):
+        op(*args)
+
+
+@pytest.mark.parametrize("namespace", ["kdops", "kdops_triton"])
+def test_a_raw_call_on_meta_tensors_only_still_answers(namespace):
+    if not hasattr(torch.ops, namespace) or not hasattr(getattr(torch.ops, namespace), "bounded_regression"):
+        pytest.skip(f"{namespace} is not registered")
+    x = torch.empty(5, 4, device="meta")
+    loss, norm = getattr(torch.ops, namespace).bounded_regression(x, x, x, None, 0.0)
+    assert loss.device.type == norm.device.type == "meta" and loss.shape == ()

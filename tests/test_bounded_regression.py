@@ -101,6 +101,24 @@ def test_bound_is_decided_per_row():
         torch.testing.assert_close(kdops.bounded_regression(s, t, y, backend=backend), torch.tensor(1.0 / 3))
 
 
+@pytest.mark.parametrize("nan_side", ["teacher", "student"])
+def test_a_nan_row_poisons_the_loss_instead_of_being_dropped(nan_side):
+    """A NaN e_t makes e_s + m > e_t false: the row must not silently drop out (docs/math.md §7.3)."""
+    y = torch.zeros(3, 4)
+    s = torch.tensor([[1.0, 0, 0, 0], [0.1, 0, 0, 0], [0.5, 0, 0, 0]])
+    t = torch.tensor([[0.5, 0, 0, 0], [1.0, 0, 0, 0], [0.6, 0, 0, 0]])
+    (t if nan_side == "teacher" else s)[1, 2] = float("nan")
+    for backend in backends_on_cpu():
+        for weight in (None, torch.tensor([1.0, 0.0, 1.0])):
+            student = s.clone().requires_grad_()
+            out = kdops.bounded_regression(student, t, y, weight=weight, backend=backend)
+            assert out.isnan(), backend
+            out.backward()
+            assert student.grad[1].isnan().all(), backend
+            torch.testing.assert_close(student.grad[[0, 2]], torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0]]) * 2 / (
+                3 if weight is None else 2), msg=backend)
+
+
 def test_weight_mean_is_over_rows_with_positive_weight():
     y = torch.randn(6, 4)
     s, t = y + torch.randn(6, 4), y.clone()  # a perfect teacher: every row is bounded (active)

@@ -35,21 +35,35 @@ def test_matches_reference_exactly(backend, device, dtype):
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_spec_semantics_by_hand(backend):
-    """floor/ceil inclusive ranges, 1/area, smallest box wins, clipping, outside boxes, empty images."""
+    """floor/ceil inclusive ranges, 1/(whole size), smallest box wins, clipping, outside boxes, empty images."""
     boxes = [torch.tensor([[1.2, 0.5, 3.7, 2.0],     # cols 1..4, rows 0..2: value 1/12
                            [2.5, 1.5, 2.5, 1.5],     # a point: cols 2..3, rows 1..2: value 1/4 (smallest wins)
-                           [-3.0, 3.2, 0.4, 9.0],    # clipped to cols 0..1 (floor(-3) -> 0), rows 3..3: value 1/2
+                           [-3.0, 3.2, 0.4, 9.0],    # cols -3..1, rows 3..9: value 1/35, written on cols 0..1, row 3
                            [6.5, 0.0, 9.0, 1.0]]),   # entirely right of the 6-wide map: nothing
              torch.zeros(0, 4)]                      # an image without boxes
     fg, bg = kdops.box_masks(boxes, (4, 6), backend=backend)
     expected = torch.zeros(2, 4, 6)
     expected[0, 0:3, 1:5] = 1 / 12
     expected[0, 1:3, 2:4] = 1 / 4
-    expected[0, 3, 0:2] = 1 / 2
+    expected[0, 3, 0:2] = 1 / 35
     torch.testing.assert_close(fg, expected, rtol=0, atol=0)
     background = (expected[0] == 0).float()
     torch.testing.assert_close(bg[0], background / background.sum(), rtol=0, atol=0)
     torch.testing.assert_close(bg[1], torch.full((4, 6), 1 / 24), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_a_box_crossing_the_border_keeps_its_whole_size_as_the_official_code(backend, device):
+    """FGD eq. 2 / the official code: value from the unclipped floor/ceil range; only the write is clipped.
+    A ground-truth box ending on the image edge has ceil(x2 / stride) == W: one column past the map."""
+    boxes = [torch.tensor([[0.5, 0.5, 2.2, 1.0],     # cols 0..3 (4) x rows 0..1 (2): 1/8, written on cols 0..2
+                           [1.0, 2.0, 3.0, 4.0]],    # exactly on the right/bottom edges: cols 1..3, rows 2..4: 1/9
+                          device=device)]
+    fg, _ = kdops.box_masks(boxes, (4, 3), backend=backend)
+    expected = torch.zeros(1, 4, 3)
+    expected[0, 0:2, 0:3] = 1 / 8
+    expected[0, 2:4, 1:3] = 1 / 9
+    torch.testing.assert_close(fg.cpu(), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
@@ -120,7 +134,6 @@ def test_compile_fullgraph():
      "image_index must be an int32/int64 tensor"),
     (lambda: kdops.box_masks([torch.zeros(1, 4)], (4,)), ValueError, r"size must be \(height, width\)"),
     (lambda: kdops.box_masks([torch.zeros(1, 4)], (0, 4)), ValueError, "size must be >= 1"),
-    (lambda: kdops.box_masks([], (4, 4)), ValueError, "boxes is an empty list"),
     (lambda: kdops.box_masks("boxes", (4, 4)), TypeError, "boxes must be a list"),
 ])
 def test_bad_input(call, error, match):

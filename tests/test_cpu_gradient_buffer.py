@@ -58,6 +58,24 @@ def test_live_gradients_never_share_memory():
     assert torch.equal(first, kept)
 
 
+def test_a_cached_gradient_resizes_like_any_tensor():
+    """The storage is resizable (GradientAllocator): growing keeps the values and hands the old buffer back
+    to the cache; shrinking keeps the leading values."""
+    s, t = _inputs(3)
+    grad = _relation_grad(s, t)
+    expected = grad.clone()
+    grad.resize_(2 * grad.numel())  # grows: new memory, the old buffer goes back to the cache
+    assert kdops.cpu_gradient_cache_bytes() == BYTES
+    torch.testing.assert_close(grad[: expected.numel()], expected.reshape(-1))
+    grad[expected.numel():] = 1.0
+    assert (grad[expected.numel():] == 1.0).all()
+    grad.resize_(5)
+    torch.testing.assert_close(grad, expected.reshape(-1)[:5])
+    again = _relation_grad(s, t)  # takes the cached buffer: still right
+    torch.testing.assert_close(again, expected)
+    del grad, again
+
+
 def test_small_gradients_are_not_cached():
     s = torch.randn(2, 8, 16, 16, requires_grad=True)
     kdops.cwd_loss(s, torch.randn(2, 8, 16, 16), backend="cpu").backward()

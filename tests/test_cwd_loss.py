@@ -61,7 +61,7 @@ def test_reference_matches_the_kl_definition():
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
-@pytest.mark.parametrize("tau", TAUS)
+@pytest.mark.parametrize("tau", TAUS + (1e3,))  # 1e3: every row takes the near (large tau) form
 def test_gradcheck_float64(backend, tau):
     if kdops.available_backends()[backend] != "available":
         pytest.skip(kdops.available_backends()[backend])
@@ -96,6 +96,40 @@ def test_identical_maps_give_zero_and_large_values_stay_finite():
                                    rtol=1e-5, atol=1e-2)
 
 
+def _exact(student, teacher, tau):
+    """cwd_loss and its gradient (grad = 1) in 80-digit arithmetic."""
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workdps(80):
+        n, c, h, w = student.shape
+        tau_mp, total, grads = mpmath.mpf(tau), 0, []
+        rows = zip(student.double().reshape(n * c, -1).tolist(), teacher.double().reshape(n * c, -1).tolist())
+        for s_row, t_row in rows:
+            a, b = [mpmath.mpf(x) / tau_mp for x in s_row], [mpmath.mpf(x) / tau_mp for x in t_row]
+            ls, lt = mpmath.log(mpmath.fsum(map(mpmath.exp, a))), mpmath.log(mpmath.fsum(map(mpmath.exp, b)))
+            total += mpmath.fsum(mpmath.exp(y - lt) * ((y - lt) - (x - ls)) for x, y in zip(a, b))
+            grads += [tau_mp / (n * c) * (mpmath.exp(x - ls) - mpmath.exp(y - lt)) for x, y in zip(a, b)]
+        loss = float(total * tau_mp * tau_mp / (n * c))
+        return loss, torch.tensor([float(g) for g in grads], dtype=torch.float64).reshape(student.shape)
+
+
+@pytest.mark.parametrize("tau", [1e-20, 1e-3, 1e3, 1e6, 1e20])
+def test_extreme_tau_is_exact(tau):
+    """At large tau the KL is second order in 1/tau: the log-softmax difference lost it to cancellation
+    (float32 7% off at tau = 1e3, NaN at 1e20). The loss tends to half the variance of S - T per row."""
+    student, teacher = randn((1, 2, 3, 4), torch.float64, "cpu", 11) * 3, randn((1, 2, 3, 4), torch.float64, "cpu", 12)
+    loss, grad = _exact(student, teacher, tau)
+    for backend in backends_on_cpu():
+        for dtype in (torch.float64,) if backend == "reference" else (torch.float32, torch.float64):
+            s = student.detach().to(dtype).requires_grad_()
+            out = kdops.cwd_loss(s, teacher.to(dtype), tau, backend=backend)
+            out.backward()
+            rtol = 1e-5 if dtype == torch.float32 else 1e-12
+            torch.testing.assert_close(out.double(), torch.tensor(loss, dtype=torch.float64), rtol=rtol, atol=0,
+                                       msg=f"{backend} {dtype}")
+            torch.testing.assert_close(s.grad.double(), grad, rtol=0, atol=rtol * grad.abs().max().item(),
+                                       msg=f"{backend} {dtype}")
+
+
 def test_empty_batch_is_zero_and_nan_propagates():
     for backend in backends_on_cpu():
         assert kdops.cwd_loss(torch.zeros(0, 3, 4, 5), torch.zeros(0, 3, 4, 5), backend=backend).item() == 0.0
@@ -113,6 +147,8 @@ X = torch.randn(2, 3, 4, 5)
     ((X[0], X[0]), {}, ValueError, "student must be a 4-D"),
     ((X, torch.randn(2, 3, 4, 5, requires_grad=True)), {}, ValueError, "teacher gets no gradient"),
     ((X, X), {"tau": 0}, ValueError, "tau must be a number > 0"),
+    ((X, X), {"tau": 1e-31}, ValueError, r"tau must be a finite number >= 1e-30"),
+    ((X, X), {"tau": float("inf")}, ValueError, r"tau must be a finite number >= 1e-30"),
     ((torch.zeros(1, 2, 0, 3),) * 2, {}, ValueError, r"H\*W >= 1"),
 ])
 def test_bad_input(args, kwargs, error, match):

@@ -19,6 +19,15 @@ def test_distill_cross_entropy_uses_the_paper_background_weight():
     assert s.grad is not None and torch.isfinite(s.grad).all()
 
 
+def test_distill_cross_entropy_follows_a_changed_background_weight():
+    s, t = torch.randn(6, 4), torch.randn(6, 4)
+    module = DistillCrossEntropy()
+    module(s, t)  # builds and caches the weight vector with w_0 = 1.5
+    module.background_weight = 3.0
+    torch.testing.assert_close(module(s, t), kdops.soft_cross_entropy(s, t, torch.tensor([3.0, 1, 1, 1])))
+    assert "background_weight=3.0" in repr(module)
+
+
 def test_distill_cross_entropy_with_explicit_weights_and_teacher_needing_grad():
     w = torch.rand(4) + 0.5
     s, t = torch.randn(3, 4), torch.randn(3, 4, requires_grad=True)  # the module detaches the teacher

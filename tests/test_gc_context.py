@@ -74,6 +74,39 @@ def test_reference_closed_form_backward_matches_autograd():
     torch.testing.assert_close(closed[1], expected[1])
 
 
+def _saturated_weight_grad(feat, weight, g):
+    """dw in float64 with sum_j dl_j = 0 built in: dl_j = p_j ((u_j - u_r) - sum_k p_k (u_k - u_r)), r the argmax
+    of p, so the largest-p pixel's dl is a sum of small terms instead of a cancelling difference."""
+    n, c = feat.shape[:2]
+    flat = feat.double().reshape(n, c, -1)
+    p = torch.softmax(torch.einsum("ncj,c->nj", flat, weight.double()), dim=1)
+    u = torch.einsum("ncj,nc->nj", flat, g)
+    centred = u - u.gather(1, p.argmax(dim=1, keepdim=True))
+    dl = p * (centred - (p * centred).sum(dim=1, keepdim=True))
+    return torch.einsum("ncj,nj->c", flat, dl)
+
+
+@pytest.mark.parametrize("logit_std", [150.0, 300.0])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_weight_gradient_stays_exact_when_the_softmax_saturates(logit_std, dtype):
+    """At logit std >= 150 one pixel holds p ~ 1 and p_r (u_r - ubar) cancels: the CPU kernel's dw was 4e-5
+    (float64) to 1e4 (float32) relative off, since the true dw is tiny."""
+    if kdops.available_backends()["cpu"] != "available":
+        pytest.skip(kdops.available_backends()["cpu"])
+    feat = randn((2, 16, 9, 11), torch.float64, "cpu", 21)
+    weight = randn((16,), torch.float64, "cpu", 22)
+    weight = weight * logit_std / weight.norm()  # F ~ N(0, 1): logits of std logit_std
+    g = randn((2, 16), torch.float64, "cpu", 23)
+    feat, weight = feat.to(dtype), weight.to(dtype)  # the expected value sees the same rounded inputs
+    expected = _saturated_weight_grad(feat, weight, g)
+    w = weight.clone().requires_grad_()
+    context = kdops.gc_context(feat, w, torch.zeros(1, dtype=w.dtype), backend="cpu")
+    (context.double() * g).sum().backward()
+    # float32: logits of |l| ~ 1000 carry ~1e-4 absolute rounding, which exp turns into ~1e-4 relative in p
+    rtol = 1e-9 if dtype == torch.float64 else 2e-3
+    torch.testing.assert_close(w.grad.double(), expected, rtol=0, atol=rtol * expected.abs().max().item())
+
+
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_gradcheck_float64(backend):
     if kdops.available_backends()[backend] != "available":

@@ -4,9 +4,15 @@
 // the block is still in cache; per image the blocks are merged in order, rescaled to the global max.
 // Backward, one pass: ubar = g . context needs no pass, so each block computes u_j = g . F[:, j],
 // dl_j = p_j (u_j - ubar), the partial weight gradient sum_j dl_j F[c, j] and (if asked) dF.
+// When the softmax saturates (p_r ~ 1), u_r - ubar is a tiny difference of two large numbers and dl_r
+// keeps only its rounding error (float64: 4e-5 relative in dw at logit std 150, float32: garbage). As
+// sum_j dl_j = 0 exactly, the largest-p pixel r of each image (found first, one pass over p) is left out of
+// the block sums (dl_r = 0 there), and a last O(C) step per image adds it as dl_r = -sum_{j != r} dl_j:
+// dw += dl_r F[:, r], dF[:, r] = p_r g + w dl_r.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -115,8 +121,8 @@ std::tuple<at::Tensor, at::Tensor> gc_context_cpu(const at::Tensor& feat_in, con
 // partial weight gradient sum_j dl_j F[c, j] and, when df is given, dF for the block.
 template <typename scalar_t, typename acc = acc_t<scalar_t>>
 KDOPS_CPU_CLONES void backward_block(const scalar_t* f, const acc* w, const acc* g, const acc* probs_p, acc ubar,
-                                     int64_t task, int64_t blocks, int64_t block, int64_t C, int64_t HW, acc* dl,
-                                     acc* dw_part, scalar_t* df) {
+                                     int64_t top, int64_t task, int64_t blocks, int64_t block, int64_t C, int64_t HW,
+                                     acc* dl, acc* dw_part, acc* dl_sum, scalar_t* df) {
   const int64_t n = task / blocks, p0 = (task % blocks) * block;
   const int64_t len = std::min(block, HW - p0);
   const acc* gn = g + n * C;
@@ -130,6 +136,11 @@ KDOPS_CPU_CLONES void backward_block(const scalar_t* f, const acc* w, const acc*
   }
 #pragma omp simd
   for (int64_t j = 0; j < len; ++j) dl[j] = gc::logit_grad<acc>(p[j], dl[j], ubar);
+  if (top >= p0 && top < p0 + len) dl[top - p0] = 0;  // set from the others' sum afterwards
+  acc total = 0;
+#pragma omp simd reduction(+ : total)
+  for (int64_t j = 0; j < len; ++j) total += dl[j];
+  dl_sum[task] = total;
   for (int64_t c = 0; c < C; ++c) {
     dw_part[task * C + c] = cpu::dot(dl, f + (n * C + c) * HW + p0, len);
     if (df != nullptr) {
@@ -154,21 +165,41 @@ void backward_impl(const at::Tensor& grad_context, const at::Tensor& feat, const
   const acc* ctx = context.const_data_ptr<acc>();
   const acc* probs_p = probs.const_data_ptr<acc>();
   scalar_t* df = need_feat ? grad_feat.data_ptr<scalar_t>() : nullptr;
-  std::vector<acc> ubar(N, acc(0)), dw_part(N * blocks * C);
+  std::vector<acc> ubar(N, acc(0)), dw_part(N * blocks * C), dl_sum(N * blocks), dw_top(N * C);
+  std::vector<int64_t> top(N);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < C; ++c) ubar[n] += g[n * C + c] * ctx[n * C + c];
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const acc* p = probs_p + n * HW;
+      top[n] = std::max_element(p, p + HW) - p;
+    }
+  });
 
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc> dl(block);
     for (int64_t task = begin; task < end; ++task)
-      backward_block<scalar_t>(f, w, g, probs_p, ubar[task / blocks], task, blocks, block, C, HW, dl.data(),
-                               dw_part.data(), df);
+      backward_block<scalar_t>(f, w, g, probs_p, ubar[task / blocks], top[task / blocks], task, blocks, block, C,
+                               HW, dl.data(), dw_part.data(), dl_sum.data(), df);
   });
+
+  for (int64_t n = 0; n < N; ++n) {  // the top pixel: dl_r = -sum_{j != r} dl_j (see the top of the file)
+    const int64_t r = top[n];
+    acc dl_r = 0;
+    for (int64_t k = 0; k < blocks; ++k) dl_r -= dl_sum[n * blocks + k];
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = (n * C + c) * HW + r;
+      dw_top[n * C + c] = dl_r * static_cast<acc>(f[i]);
+      if (df != nullptr) df[i] = gc::grad_feat<acc, scalar_t>(probs_p[n * HW + r], g[n * C + c], w[c], dl_r);
+    }
+  }
 
   acc* gw = grad_weight.data_ptr<acc>();
   std::fill(gw, gw + C, acc(0));
   for (int64_t task = 0; task < N * blocks; ++task)
     for (int64_t c = 0; c < C; ++c) gw[c] += dw_part[task * C + c];
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) gw[c] += dw_top[n * C + c];
 }
 
 std::tuple<at::Tensor, at::Tensor> gc_context_backward_cpu(const at::Tensor& grad_context, const at::Tensor& feat_in,

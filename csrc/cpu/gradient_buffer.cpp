@@ -1,10 +1,12 @@
 // The cache of freed full-size CPU gradient buffers (see gradient_buffer.h for why).
 //
-// A gradient of 8 MB or more is a tensor over memory from c10::alloc_cpu whose deleter hands the memory
-// back here instead of freeing it; the next gradient of the same byte size takes it, already mapped.
-// Exact sizes only: a step's gradients repeat exactly, and an exact match never wastes memory.
+// A gradient of 8 MB or more is an ordinary resizable tensor whose storage comes from GradientAllocator:
+// it takes memory from the cache when a buffer of exactly that byte size waits there (else c10::alloc_cpu),
+// and its deleter hands the memory back instead of freeing it. Exact sizes only: a step's gradients repeat
+// exactly, and an exact match never wastes memory. `resize_` goes through the same allocator.
 #include "gradient_buffer.h"
 
+#include <ATen/EmptyTensor.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>
 
@@ -84,17 +86,44 @@ GradientCache& cache() {
   return *instance;
 }
 
+// The deleter's context: the memory and its byte size.
+struct Block {
+  void* ptr;
+  int64_t bytes;
+};
+
+void release(void* context) {
+  const Block* block = static_cast<Block*>(context);
+  if (block->bytes >= kReusedGradientBytes)
+    cache().give_back(block->ptr, block->bytes);
+  else
+    c10::free_cpu(block->ptr);
+  delete block;
+}
+
+class GradientAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t n) override {
+    const int64_t bytes = static_cast<int64_t>(n);
+    void* ptr = bytes >= kReusedGradientBytes ? cache().take(bytes) : nullptr;
+    if (ptr == nullptr) ptr = c10::alloc_cpu(n);
+    return {ptr, new Block{ptr, bytes}, &release, c10::Device(c10::kCPU)};
+  }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+};
+
 }  // namespace
 
 at::Tensor empty_gradient_like(const at::Tensor& like) {
   const int64_t bytes = like.numel() * static_cast<int64_t>(like.element_size());
   if (bytes < kReusedGradientBytes || !cache().enabled())
     return at::empty_like(like, at::MemoryFormat::Contiguous);
-  void* ptr = cache().take(bytes);
-  if (ptr == nullptr) ptr = c10::alloc_cpu(static_cast<size_t>(bytes));
-  return at::from_blob(
-      ptr, like.sizes(), [bytes](void* p) { cache().give_back(p, bytes); },
-      at::TensorOptions().dtype(like.scalar_type()).device(at::kCPU));
+  static GradientAllocator* allocator = new GradientAllocator();  // never destroyed, like the cache
+  return at::detail::empty_generic(like.sizes(), allocator, c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   like.scalar_type(), c10::MemoryFormat::Contiguous);
 }
 
 int64_t empty_gradient_cache() { return cache().clear(); }

@@ -21,7 +21,7 @@ constexpr int kThreads = 256;
 template <typename scalar_t, typename acc>
 __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t,
                                acc* __restrict__ stats, acc* __restrict__ partial, int* __restrict__ ticket,
-                               acc* __restrict__ out, int64_t rows, int64_t HW, acc inv_tau, acc scale) {
+                               acc* __restrict__ out, int64_t rows, int64_t HW, acc tau, acc inv_tau, acc scale) {
   acc block_kl = 0;  // meaningful in thread 0
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const scalar_t* x = s + row * HW;
@@ -33,24 +33,31 @@ __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* _
     }
     ms = block_max(ms);
     mt = block_max(mt);
-    acc sum_s = 0, sum_t = 0, a = 0;
+    const acc c0 = (static_cast<acc>(x[0]) - ms) - (static_cast<acc>(y[0]) - mt);
+    acc sum_s = 0, sum_t = 0, a = 0, m1 = 0, m2 = 0, zmax = 0;
     for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) {
       const acc ds = static_cast<acc>(x[j]) - ms, dt = static_cast<acc>(y[j]) - mt;
-      const acc et = exp(dt * inv_tau);
+      const acc et = exp(dt * inv_tau), z = (ds - dt) - c0;
       sum_s += exp(ds * inv_tau);
       sum_t += et;
       a += et * (dt - ds);
+      m1 += et * z;
+      m2 += et * z * z * expm1_gap_ratio<acc>(z * inv_tau);
+      zmax = fmax(zmax, fabs(z));
     }
     sum_s = block_sum(sum_s);
     sum_t = block_sum(sum_t);
     a = block_sum(a);
+    m1 = block_sum(m1);
+    m2 = block_sum(m2);
+    zmax = block_max(zmax);
     if (threadIdx.x == 0) {
       acc* st = stats + row * kStats;
       st[kMaxS] = ms;
       st[kLogSumS] = log(sum_s);
       st[kMaxT] = mt;
       st[kLogSumT] = log(sum_t);
-      block_kl += row_kl<acc>(inv_tau, sum_s, sum_t, a);
+      block_kl += row_loss<acc>(tau, inv_tau, sum_s, sum_t, a, m1, m2, zmax, st + kNear, st + kShift);
     }
   }
   const acc mine[1] = {block_sum(threadIdx.x == 0 ? block_kl : acc(0))};
@@ -73,8 +80,8 @@ std::tuple<at::Tensor, at::Tensor> cwd_loss_cuda(const at::Tensor& student, cons
     using acc = acc_t<scalar_t>;
     forward_kernel<scalar_t, acc><<<blocks, kThreads, 0, stream>>>(
         s.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), stats.data_ptr<acc>(), partial.data_ptr<acc>(),
-        ticket.data_ptr<int>(), out.data_ptr<acc>(), rows, HW, static_cast<acc>(1.0 / tau),
-        static_cast<acc>(tau * tau / static_cast<double>(std::max<int64_t>(rows, 1))));
+        ticket.data_ptr<int>(), out.data_ptr<acc>(), rows, HW, static_cast<acc>(tau), static_cast<acc>(1.0 / tau),
+        static_cast<acc>(1.0 / static_cast<double>(std::max<int64_t>(rows, 1))));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, stats};
@@ -83,16 +90,21 @@ std::tuple<at::Tensor, at::Tensor> cwd_loss_cuda(const at::Tensor& student, cons
 template <typename scalar_t, typename acc>
 __global__ void backward_kernel(const acc* __restrict__ grad_out, const scalar_t* __restrict__ s,
                                 const scalar_t* __restrict__ t, const acc* __restrict__ stats,
-                                scalar_t* __restrict__ g, int64_t rows, int64_t HW, acc inv_tau, acc scale) {
+                                scalar_t* __restrict__ g, int64_t rows, int64_t HW, acc tau, acc inv_tau, acc scale) {
   const acc coef = grad_out[0] * scale;
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     const acc* st = stats + row * kStats;
     const acc max_s = st[kMaxS], log_sum_s = st[kLogSumS], max_t = st[kMaxT], log_sum_t = st[kLogSumT];
+    const bool near = st[kNear] != acc(0);
+    const acc shift = st[kShift];
+    const acc c0 = (static_cast<acc>(s[row * HW]) - max_s) - (static_cast<acc>(t[row * HW]) - max_t);
     for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < HW;
          j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       const int64_t i = row * HW + j;
-      g[i] = static_cast<scalar_t>(coef * grad_element<acc>(static_cast<acc>(s[i]), static_cast<acc>(t[i]), max_s, log_sum_s, max_t,
-                                                               log_sum_t, inv_tau));
+      const acc si = static_cast<acc>(s[i]), ti = static_cast<acc>(t[i]);
+      g[i] = static_cast<scalar_t>(
+          near ? coef * near_grad_element<acc>(((si - max_s) - (ti - max_t)) - c0, ti, max_t, log_sum_t, shift, inv_tau)
+               : coef * tau * grad_element<acc>(si, ti, max_s, log_sum_s, max_t, log_sum_t, inv_tau));
     }
   }
 }
@@ -116,8 +128,8 @@ at::Tensor cwd_loss_backward_cuda(const at::Tensor& grad_out, const at::Tensor& 
     using acc = acc_t<scalar_t>;
     backward_kernel<scalar_t, acc><<<grid, kThreads, 0, stream>>>(
         g_out.const_data_ptr<acc>(), s.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
-        st.const_data_ptr<acc>(), grad.data_ptr<scalar_t>(), rows, HW, static_cast<acc>(1.0 / tau),
-        static_cast<acc>(tau / static_cast<double>(rows)));
+        st.const_data_ptr<acc>(), grad.data_ptr<scalar_t>(), rows, HW, static_cast<acc>(tau),
+        static_cast<acc>(1.0 / tau), static_cast<acc>(1.0 / static_cast<double>(rows)));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad;

@@ -1,5 +1,5 @@
 // Schema of channel-wise distillation (CWD, docs/math.md §6). Kernels: cpu/cwd_loss.cpp, cuda/cwd_loss.cu.
-// `row_stats` (N*C, 4) holds each (n, c) row's softmax statistics (math/cwd_loss.h), so the backward is
+// `row_stats` (N*C, 6) holds each (n, c) row's softmax statistics (math/cwd_loss.h), so the backward is
 // one elementwise pass.
 #include <torch/library.h>
 

@@ -129,7 +129,12 @@ class FGDLoss(nn.Module):
             if isinstance(b, torch.Tensor) and b.device != student.device:
                 raise ValueError(f"FGDLoss: boxes[{i}] is on {b.device} but the features are on {student.device}; "
                                  "move the boxes to the features' device")
-        fg, bg = box_masks(boxes, student.shape[-2:], backend=self.backend)
+        if len(boxes) == 0:  # N = 0: empty masks on the features' device (an empty list names no device)
+            empty = student.new_zeros((0, 4), dtype=torch.float64 if student.dtype == torch.float64 else torch.float32)
+            fg, bg = box_masks(empty, student.shape[-2:], empty.new_zeros((0,), dtype=torch.long), 0,
+                               backend=self.backend)
+        else:
+            fg, bg = box_masks(boxes, student.shape[-2:], backend=self.backend)
         which = _backend.resolve("fgd_focal_loss", student.device, self.backend)
         if which in ONE_PASS_BACKENDS:
             focal, terms, relation = self._one_pass(student, teacher, fg, bg, which)

@@ -30,10 +30,20 @@ class DistillCrossEntropy(nn.Module):
     def __init__(self, background_weight: float = 1.5, temperature: float = 1.0, mu: float = 0.5,
                  ignore_index: int = -1, class_weight: Optional[Tensor] = None, backend: Optional[str] = None):
         super().__init__()
-        self.background_weight, self.temperature, self.mu = float(background_weight), temperature, mu
+        self._cache = {}  # (classes, device, dtype) -> weight vector, so forward allocates nothing
+        self.background_weight, self.temperature, self.mu = background_weight, temperature, mu
         self.ignore_index, self.backend = ignore_index, backend
         self.register_buffer("class_weight", None if class_weight is None else class_weight.detach().clone())
-        self._cache = {}  # (classes, device, dtype) -> weight vector, so forward allocates nothing
+
+    @property
+    def background_weight(self) -> float:
+        return self._background_weight
+
+    @background_weight.setter
+    def background_weight(self, value: float) -> None:
+        # The cached weight vectors hold the old w_0: drop them (rebuilt once, on the next call).
+        self._background_weight = float(value)
+        self._cache.clear()
 
     def weights(self, classes: int, like: Tensor) -> Tensor:
         dtype = torch.float64 if like.dtype == torch.float64 else torch.float32

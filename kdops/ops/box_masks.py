@@ -24,15 +24,15 @@ def _fake_forward(boxes, image_index, batch, height, width):
 
 
 # No autograd: the masks are constants of the loss (boxes are detached before the call).
-torch.library.register_fake("kdops_triton::box_masks")(_fake_forward)
+_registry.register_fake("kdops_triton::box_masks", _fake_forward)
 if _extension.native_loaded():
-    torch.library.register_fake("kdops::box_masks")(_fake_forward)
+    _registry.register_fake("kdops::box_masks", _fake_forward)
 
 
 def _pack(boxes, op: str):
     """A list of per-image (K_i, 4) tensors -> packed (K, 4) boxes and (K,) image indices (no host sync)."""
-    if len(boxes) == 0:
-        raise ValueError(f"kdops.{op}: boxes is an empty list; pass one (K_i, 4) tensor per image")
+    if len(boxes) == 0:  # no image (N = 0): nothing names a device or dtype, so CPU float32 -> (0, H, W) masks
+        return torch.zeros((0, 4)), torch.zeros((0,), dtype=torch.long)
     for i, b in enumerate(boxes):
         _check_boxes(b, op, f"boxes[{i}]")
         if b.device != boxes[0].device:
@@ -85,15 +85,16 @@ def box_masks(boxes: Union[Sequence[Tensor], Tensor], size: Sequence[int], image
     """FGD foreground and background masks of a batch (docs/math.md §2), computed on the boxes' device.
 
     For a box (x1, y1, x2, y2) in feature-map pixels: wmin = floor(x1), wmax = ceil(x2), hmin = floor(y1),
-    hmax = ceil(y2), an inclusive pixel range clipped to the map; the box writes
-    1 / ((hmax - hmin + 1) * (wmax - wmin + 1)) (the clipped area) on its pixels, and where boxes
+    hmax = ceil(y2), an inclusive pixel range; the box writes 1 / ((hmax - hmin + 1) * (wmax - wmin + 1))
+    (its whole size, FGD eq. 2) on the part of that range inside the map, and where boxes
     overlap the largest value (the smallest box) wins. bg = [fg == 0] / (number of such pixels of the
     image), all zeros when the whole map is foreground. A box entirely outside the map writes nothing;
     an image without boxes has fg = 0 and a uniform bg.
 
     Args:
         boxes: a list with one (K_i, 4) floating tensor per image (K_i may be 0), or one packed (K, 4)
-            tensor together with `image_index` and `batch_size`. Boxes carry no gradient.
+            tensor together with `image_index` and `batch_size`. Boxes carry no gradient. An empty
+            list (N = 0) gives (0, H, W) float32 masks on the CPU.
         size: (height, width) of the feature map.
         image_index: (K,) integer tensor, the image of each packed box.
         batch_size: the number of images N for packed boxes.

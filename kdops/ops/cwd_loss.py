@@ -9,7 +9,8 @@ from kdops import _backend, _checks, _registry
 from kdops.reference import cwd_loss as reference
 
 OP = "cwd_loss"
-ROW_STATS = 4  # see csrc/include/kdops/math/cwd_loss.h
+ROW_STATS = 6  # see csrc/include/kdops/math/cwd_loss.h
+MIN_TAU = 1e-30  # below it 1/tau and tau^2 KL leave float32's range (csrc/ops/cwd_loss.h: kMinTau)
 
 
 @torch.library.custom_op("kdops_triton::cwd_loss", mutates_args=())
@@ -66,7 +67,8 @@ def cwd_loss(student: Tensor, teacher: Tensor, tau: float = 1.0, *, backend: Opt
         student, teacher: (N, C, H, W) features of the same shape, dtype and device, H*W >= 1
             (the student already adapted to the teacher's channels). The teacher gets no gradient:
             it must not require grad.
-        tau: temperature > 0 (the CWD paper uses 1 for detection, 4 for segmentation).
+        tau: temperature, a finite number >= 1e-30 (the CWD paper uses 1 for detection, 4 for
+            segmentation). Any large tau is exact: the loss tends to half the variance of S - T per row.
         backend: None (automatic), "reference", "cpu", "cuda" or "triton".
 
     Returns:
@@ -79,5 +81,8 @@ def cwd_loss(student: Tensor, teacher: Tensor, tau: float = 1.0, *, backend: Opt
     if student.shape[2] * student.shape[3] == 0:
         raise ValueError(f"kdops.{OP}: student must have H*W >= 1, got shape {tuple(student.shape)}")
     tau = _checks.positive(tau, OP, "tau")
+    if not MIN_TAU <= tau < float("inf"):
+        raise ValueError(f"kdops.{OP}: tau must be a finite number >= {MIN_TAU} (below it 1/tau and tau^2 KL leave "
+                         f"float32's range), got {tau!r}")
     which = _backend.resolve(OP, student.device, backend)
     return _registry.call(which, OP, _reference, student, teacher, tau)[0]

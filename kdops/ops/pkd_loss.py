@@ -65,10 +65,11 @@ def pkd_loss(student: Tensor, teacher: Tensor, *, backend: Optional[str] = None)
     1 - the mean per-channel Pearson correlation (up to the epsilon and the (M-1)/M of the std).
 
     Args:
-        student, teacher: non-empty (N, C, H, W) features of the same shape, dtype and device
+        student, teacher: (N, C, H, W) features of the same shape, dtype and device
             (resize the student first if the maps differ; mmrazor's resize_stu does that).
             Both may require grad: the loss is symmetric, and each gets its gradient.
             A channel with N*H*W = 1 has no unbiased std: the loss is NaN, as in torch.std.
+            Empty features (e.g. N = 0) give a zero loss and zero gradients.
         backend: None (automatic), "reference", "cpu", "cuda" or "triton".
 
     Returns:
@@ -77,7 +78,8 @@ def pkd_loss(student: Tensor, teacher: Tensor, *, backend: Optional[str] = None)
     _checks.feature(student, OP, "student")
     _checks.tensor(teacher, OP, "teacher")
     _checks.same_layout(student, teacher, OP, "student", "teacher")
-    if student.numel() == 0:
-        raise ValueError(f"kdops.{OP}: student must not be empty, got shape {tuple(student.shape)}")
+    if student.numel() == 0:  # nothing to correlate: a zero loss (a sum of no elements), zero gradients
+        dtype = _registry.acc_dtype(student.dtype)
+        return student.sum(dtype=dtype) + teacher.sum(dtype=dtype)
     which = _backend.resolve(OP, student.device, backend)
     return _registry.call(which, OP, _reference, student, teacher)[0]

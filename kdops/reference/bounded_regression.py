@@ -2,7 +2,8 @@
     e_s = ||r_s - y||^2, e_t = ||r_t - y||^2
     L_b = sum_i w_i * [e_s + m > e_t] * e_s / Z,   Z = rows (no weight) or #{i : w_i > 0}
 The bound is decided per row. The teacher only enters through the indicator, which is piecewise
-constant in it, so it gets no gradient.
+constant in it, so it gets no gradient. A row whose e_s or e_t is NaN is neither in nor out of the
+bound: its term and its gradient are NaN (a NaN teacher is not silently dropped).
 """
 
 import torch
@@ -27,7 +28,10 @@ def bounded_regression(student, teacher, target, weight=None, margin: float = 0.
     """student, teacher, target: (rows, D); weight: optional (rows,). Returns (0-dim loss, Z)."""
     dtype = acc_dtype(student)
     e_s, e_t = _errors(student, teacher, target, dtype)
-    per_row = torch.where(e_s + margin > e_t, e_s, torch.zeros_like(e_s))
+    zero = torch.zeros_like(e_s)
+    unordered = e_s.isnan() | e_t.isnan()
+    nan_row = e_s * zero.masked_fill(unordered, float("nan"))  # NaN with a NaN gradient on those rows only
+    per_row = torch.where(e_s + margin > e_t, e_s, torch.where(unordered, nan_row, zero))
     if weight is not None:
         per_row = weight.to(dtype) * per_row
     count = _count(weight, e_s.shape[0], e_s)
@@ -38,7 +42,7 @@ def bounded_regression_backward(grad, student, teacher, target, weight, norm, ma
     """dL/dr_s = grad / Z * w_i * [e_s + m > e_t] * 2 (r_s - y)."""
     dtype = acc_dtype(student)
     e_s, e_t = _errors(student, teacher, target, dtype)
-    active = (e_s + margin > e_t).to(dtype)
+    active = (e_s + margin > e_t).to(dtype).masked_fill(e_s.isnan() | e_t.isnan(), float("nan"))
     if weight is not None:
         active = active * weight.to(dtype)
     g = 2 * (student.to(dtype) - target.to(dtype)) * active[:, None]

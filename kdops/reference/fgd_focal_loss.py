@@ -13,8 +13,8 @@ def _acc(x: torch.Tensor) -> torch.Tensor:
 def fgd_focal_terms(student, teacher, fg, bg, temperature: float = 0.5):
     """(3,) tensor: the unweighted (L_fg, L_bg, L_att), float32 (float64 for float64 features)."""
     n = student.shape[0]
-    if n == 0:
-        return _acc(student).new_zeros(3)
+    if n == 0:  # zeros plus the sum of no elements: still 0, but connected to the graph (zero gradients)
+        return _acc(student).new_zeros(3) + _acc(student).sum()
     s_sp, s_ch = attention_masks(student, temperature)
     t_sp, t_ch = attention_masks(teacher, temperature)
     d = _acc(student) - _acc(teacher)

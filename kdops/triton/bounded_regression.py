@@ -39,7 +39,8 @@ def _forward_kernel(s_ptr, t_ptr, y_ptr, w_ptr, partial_ptr, rows, D, margin, HA
     r = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_ok = r < rows
     e_s, e_t = _row_errors(s_ptr, t_ptr, y_ptr, r, r_ok, D, BLOCK_R, BLOCK_D, ACC)
-    per_row = tl.where(e_s + margin > e_t, e_s, 0.0)
+    # a NaN e_s or e_t makes both comparisons false: the row's term is NaN (docs/math.md §7.3)
+    per_row = tl.where(e_s + margin > e_t, e_s, tl.where(e_s + margin <= e_t, 0.0, e_s + margin - e_t))
     counts = r_ok
     if HAS_W:
         w = tl.load(w_ptr + r, mask=r_ok, other=0.0).to(ACC)
@@ -74,7 +75,7 @@ def _backward_kernel(grad_ptr, norm_ptr, s_ptr, t_ptr, y_ptr, w_ptr, out_ptr, ro
     count = tl.load(norm_ptr).to(ACC)
     coef = tl.where(count == 0, 0.0, tl.load(grad_ptr).to(ACC) / tl.where(count == 0, 1.0, count))
     e_s, e_t = _row_errors(s_ptr, t_ptr, y_ptr, r, r_ok, D, BLOCK_R, BLOCK_D, ACC)
-    scale = tl.where(e_s + margin > e_t, 2.0 * coef, 0.0)
+    scale = tl.where(e_s + margin > e_t, 2.0 * coef, tl.where(e_s + margin <= e_t, 0.0, e_s + margin - e_t))
     if HAS_W:
         scale = scale * tl.load(w_ptr + r, mask=r_ok, other=0.0).to(ACC)
     for start in range(0, D, BLOCK_D):

@@ -1,6 +1,7 @@
 """Triton kernels of channel-wise distillation (docs/math.md §6): csrc/include/kdops/math/cwd_loss.h.
-Forward: one program per (n, c) row (one pass for the maxima, one for the shifted exp-sums) writes
-the row statistics and KL; one program adds the KLs in row order. Backward: one elementwise pass.
+Forward: one program per (n, c) row (one pass for the maxima, one for the shifted exp-sums and the
+near-row moments) writes the row statistics and tau^2 KL; one program adds the KLs in row order. Backward: one
+elementwise pass.
 """
 
 import torch
@@ -10,11 +11,39 @@ import triton.language as tl
 from kdops.triton._common import acc_dtype, block_for, tl_acc
 from kdops.triton._reduce import scaled_sum_kernel
 
-ROW_STATS = 4  # (max_s, log sum_s, max_t, log sum_t)
+ROW_STATS = 6  # (max_s, log sum_s, max_t, log sum_t, near, shift): csrc/include/kdops/math/cwd_loss.h
+NEAR_BOUND = tl.constexpr(0.125)  # a row is near when every |z| / tau <= NEAR_BOUND
 
 
 @triton.jit
-def _row_kernel(s_ptr, t_ptr, stats_ptr, kl_ptr, HW, inv_tau, BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _expm1_gap_ratio(y):
+    """(e^y - 1 - y) / y^2 to y^10."""
+    p = y * 0.0 + 1.0
+    for i in tl.static_range(10):
+        p = 1.0 + y * p / (12 - i)
+    return 0.5 * p
+
+
+@triton.jit
+def _expm1_ratio(x):
+    """(e^x - 1) / x to x^13."""
+    p = x * 0.0 + 1.0
+    for i in tl.static_range(13):
+        p = 1.0 + x * p / (14 - i)
+    return p
+
+
+@triton.jit
+def _log1p_series(u, FIRST: tl.constexpr):
+    """sum_k (-u)^k / (k + FIRST) to u^23: (u - log1p(u)) / u^2 for FIRST = 2, log1p(u) / u for FIRST = 1."""
+    p = u * 0.0
+    for i in tl.static_range(24):
+        p = 1.0 / (23 - i + FIRST) - u * p
+    return p
+
+
+@triton.jit
+def _row_kernel(s_ptr, t_ptr, stats_ptr, kl_ptr, HW, tau, inv_tau, BLOCK: tl.constexpr, ACC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     ms = tl.full([BLOCK], float("-inf"), ACC)
@@ -25,25 +54,42 @@ def _row_kernel(s_ptr, t_ptr, stats_ptr, kl_ptr, HW, inv_tau, BLOCK: tl.constexp
         mt = tl.maximum(mt, tl.load(t_ptr + row * HW + j, mask=j < HW, other=float("-inf")).to(ACC))
     max_s = tl.max(ms, axis=0)
     max_t = tl.max(mt, axis=0)
+    c0 = ((tl.load(s_ptr + row * HW).to(ACC) - max_s) - (tl.load(t_ptr + row * HW).to(ACC) - max_t))
     sum_s = tl.zeros([BLOCK], ACC)
     sum_t = tl.zeros([BLOCK], ACC)
     a = tl.zeros([BLOCK], ACC)
+    m1 = tl.zeros([BLOCK], ACC)
+    m2 = tl.zeros([BLOCK], ACC)
+    zmax = tl.zeros([BLOCK], ACC)
     for start in range(0, HW, BLOCK):
         j = start + offs
         ok = j < HW
         ds = tl.load(s_ptr + row * HW + j, mask=ok, other=0.0).to(ACC) - max_s
         dt = tl.load(t_ptr + row * HW + j, mask=ok, other=0.0).to(ACC) - max_t
         et = tl.where(ok, tl.exp(dt * inv_tau), 0.0)
+        z = tl.where(ok, (ds - dt) - c0, 0.0)
         sum_s += tl.where(ok, tl.exp(ds * inv_tau), 0.0)
         sum_t += et
         a += tl.where(ok, et * (dt - ds), 0.0)
+        m1 += et * z
+        m2 += et * z * z * _expm1_gap_ratio(z * inv_tau)
+        zmax = tl.maximum(zmax, tl.abs(z))
     total_s = tl.sum(sum_s, axis=0)
     total_t = tl.sum(sum_t, axis=0)
-    tl.store(stats_ptr + row * 4 + 0, max_s)
-    tl.store(stats_ptr + row * 4 + 1, tl.log(total_s))
-    tl.store(stats_ptr + row * 4 + 2, max_t)
-    tl.store(stats_ptr + row * 4 + 3, tl.log(total_t))
-    tl.store(kl_ptr + row, tl.sum(a, axis=0) * inv_tau / total_t + tl.log(total_s) - tl.log(total_t))
+    tl.store(stats_ptr + row * 6 + 0, max_s)
+    tl.store(stats_ptr + row * 6 + 1, tl.log(total_s))
+    tl.store(stats_ptr + row * 6 + 2, max_t)
+    tl.store(stats_ptr + row * 6 + 3, tl.log(total_t))
+    # near rows: tau^2 KL = M2 - v^2 h(u) (no cancellation at large tau); far rows: tau^2 times the shifted KL
+    big_m1 = tl.sum(m1, axis=0) / total_t
+    big_m2 = tl.sum(m2, axis=0) / total_t
+    v = big_m1 + big_m2 * inv_tau
+    u = v * inv_tau
+    near = tl.max(zmax, axis=0) * inv_tau <= NEAR_BOUND
+    far_kl = (tl.sum(a, axis=0) * inv_tau / total_t + tl.log(total_s) - tl.log(total_t)) * tau * tau
+    tl.store(stats_ptr + row * 6 + 4, tl.where(near, 1.0, 0.0).to(ACC))
+    tl.store(stats_ptr + row * 6 + 5, tl.where(near, v * _log1p_series(u, 1), 0.0).to(ACC))
+    tl.store(kl_ptr + row, tl.where(near, big_m2 - v * v * _log1p_series(u, 2), far_kl))
 
 
 def forward(student, teacher, tau: float):
@@ -55,13 +101,13 @@ def forward(student, teacher, tau: float):
     stats = torch.empty((rows, ROW_STATS), dtype=acc, device=s.device)
     kl = torch.zeros(max(rows, 1), dtype=acc, device=s.device)
     if rows > 0:
-        _row_kernel[(rows,)](s, t, stats, kl, hw, 1.0 / tau, BLOCK=block_for(hw, 2048), ACC=tl_acc(acc))
-    scaled_sum_kernel[(1,)](kl, rows, 1, 0, tau * tau / max(rows, 1), out, BLOCK=1024, ACC=tl_acc(acc))
+        _row_kernel[(rows,)](s, t, stats, kl, hw, tau, 1.0 / tau, BLOCK=block_for(hw, 2048), ACC=tl_acc(acc))
+    scaled_sum_kernel[(1,)](kl, rows, 1, 0, 1.0 / max(rows, 1), out, BLOCK=1024, ACC=tl_acc(acc))
     return out, stats
 
 
 @triton.jit
-def _grad_kernel(grad_ptr, s_ptr, t_ptr, stats_ptr, out_ptr, HW, inv_tau, scale, BLOCK: tl.constexpr,
+def _grad_kernel(grad_ptr, s_ptr, t_ptr, stats_ptr, out_ptr, HW, tau, inv_tau, scale, BLOCK: tl.constexpr,
                  ACC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -69,9 +115,17 @@ def _grad_kernel(grad_ptr, s_ptr, t_ptr, stats_ptr, out_ptr, HW, inv_tau, scale,
     coef = tl.load(grad_ptr).to(ACC) * scale
     s = tl.load(s_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
     t = tl.load(t_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
-    ps = tl.exp((s - tl.load(stats_ptr + row * 4 + 0)) * inv_tau - tl.load(stats_ptr + row * 4 + 1))
-    pt = tl.exp((t - tl.load(stats_ptr + row * 4 + 2)) * inv_tau - tl.load(stats_ptr + row * 4 + 3))
-    tl.store(out_ptr + row * HW + j, (coef * (ps - pt)).to(out_ptr.dtype.element_ty), mask=ok)
+    max_s = tl.load(stats_ptr + row * 6 + 0)
+    max_t = tl.load(stats_ptr + row * 6 + 2)
+    pt = tl.exp((t - max_t) * inv_tau - tl.load(stats_ptr + row * 6 + 3))
+    if tl.load(stats_ptr + row * 6 + 4) != 0:  # near row: tau (P_s - P_t) = P_t w E(w / tau)
+        c0 = (tl.load(s_ptr + row * HW).to(ACC) - max_s) - (tl.load(t_ptr + row * HW).to(ACC) - max_t)
+        w = (((s - max_s) - (t - max_t)) - c0) - tl.load(stats_ptr + row * 6 + 5)
+        g = coef * (pt * w * _expm1_ratio(w * inv_tau))
+    else:
+        ps = tl.exp((s - max_s) * inv_tau - tl.load(stats_ptr + row * 6 + 1))
+        g = coef * tau * (ps - pt)
+    tl.store(out_ptr + row * HW + j, g.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 def backward(grad, student, teacher, row_stats, tau: float):
@@ -84,5 +138,5 @@ def backward(grad, student, teacher, row_stats, tau: float):
     acc = acc_dtype(s.dtype)
     block = block_for(hw, 1024)
     _grad_kernel[(n * c, triton.cdiv(hw, block))](grad.to(acc).reshape(1), s, t, row_stats.contiguous(), out, hw,
-                                                   1.0 / tau, tau / (n * c), BLOCK=block, ACC=tl_acc(acc))
+                                                   tau, 1.0 / tau, 1.0 / (n * c), BLOCK=block, ACC=tl_acc(acc))
     return out

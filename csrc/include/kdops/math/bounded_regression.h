@@ -1,6 +1,7 @@
 // Per-row math of the teacher-bounded L2 loss (docs/math.md §7), one source for CPU and CUDA.
 // e_s = ||r_s - y||^2, e_t = ||r_t - y||^2; the row counts when e_s + margin > e_t (strictly: at the
-// kink the row is inactive, so its gradient there is 0).
+// kink the row is inactive, so its gradient there is 0). A row whose e_s or e_t is NaN is neither active
+// nor bounded: its term and its gradient are NaN, so a NaN teacher poisons the loss instead of being dropped.
 #pragma once
 #include "kdops/common.h"
 #include "kdops/math/transcendental.h"
@@ -24,6 +25,14 @@ KDOPS_VEC_HD void row_errors(const scalar_t* rs, const scalar_t* rt, const scala
 template <typename acc>
 KDOPS_VEC_HD bool active(acc e_s, acc e_t, acc margin) {
   return e_s + margin > e_t;
+}
+
+// The term (loss or gradient factor) of a row that is not active: 0 when it is bounded
+// (e_s + margin <= e_t), NaN when the comparison is unordered (e_s or e_t NaN).
+template <typename acc>
+KDOPS_VEC_HD acc inactive_term(acc e_s, acc e_t, acc margin) {
+  const acc lhs = e_s + margin;
+  return lhs <= e_t ? acc(0) : lhs - e_t;
 }
 
 // A row's weight (1 without weights) and whether it counts in Z.
