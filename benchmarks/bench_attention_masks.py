@@ -15,7 +15,8 @@ CASES = list(itertools.product(levels(), batches(), dtypes(), implementations())
 def test_attention_masks(benchmark, level, batch, dtype, impl):
     h, w = FPN_LEVELS[level]
     feat = feature((batch, CHANNELS, h, w), dtype, 0, requires_grad=True)
-    masks = pick(impl, lambda f: reference(f, 0.5), lambda backend: lambda f: kdops.attention_masks(f, 0.5, backend=backend))
+    masks = pick(impl, lambda f: reference(f, temperature=0.5),
+                 lambda backend: lambda f: kdops.attention_masks(f, temperature=0.5, backend=backend))
 
     def step(f):
         f.grad = None

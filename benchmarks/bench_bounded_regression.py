@@ -19,9 +19,10 @@ def test_bounded_regression(benchmark, dtype, impl):
     teacher = feature(shape, dtype, 1)
     target = feature(shape, dtype, 2)
     weight = (torch.rand(shape[:-1], device=DEVICE) < 0.25).float()
-    loss_fn = pick(impl, lambda s, t, y, w: reference(s.reshape(-1, 4), t.reshape(-1, 4), y.reshape(-1, 4),
-                                                      w.reshape(-1), 0.0)[0],
-                   lambda backend: lambda s, t, y, w: kdops.bounded_regression(s, t, y, 0.0, w, backend=backend))
+    loss_fn = pick(impl, lambda s, t, y, w: reference(s.reshape(-1, 4), t.reshape(-1, 4), target=y.reshape(-1, 4),
+                                                      weight=w.reshape(-1))[0],
+                   lambda backend: lambda s, t, y, w: kdops.bounded_regression(s, t, target=y, weight=w,
+                                                                               backend=backend))
 
     def step(s, t, y, w):
         s.grad = None

@@ -16,8 +16,8 @@ def test_cwd_loss(benchmark, level, batch, dtype, impl):
     h, w = FPN_LEVELS[level]
     student = feature((batch, CHANNELS, h, w), dtype, 0, requires_grad=True)
     teacher = feature((batch, CHANNELS, h, w), dtype, 1)
-    loss_fn = pick(impl, lambda s, t: reference(s, t, 1.0),
-                   lambda backend: lambda s, t: kdops.cwd_loss(s, t, 1.0, backend=backend))
+    loss_fn = pick(impl, lambda s, t: reference(s, t, tau=1.0),
+                   lambda backend: lambda s, t: kdops.cwd_loss(s, t, tau=1.0, backend=backend))
 
     def step(s, t):
         s.grad = None

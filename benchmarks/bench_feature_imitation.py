@@ -18,8 +18,9 @@ def test_feature_imitation(benchmark, level, batch, dtype, impl):
     student = feature((batch, CHANNELS, h, w), dtype, 0, requires_grad=True)
     teacher = feature((batch, CHANNELS, h, w), dtype, 1)
     mask = (torch.rand((batch, h, w), device=student.device) > 0.7).to(student.dtype)
-    loss_fn = pick(impl, lambda s, t, m: reference(s, t, m, "mse", "mask"),
-                   lambda backend: lambda s, t, m: kdops.feature_imitation(s, t, m, "mse", "mask", backend=backend))
+    loss_fn = pick(impl, lambda s, t, m: reference(s, t, mask=m, normalize="mask"),
+                   lambda backend: lambda s, t, m: kdops.feature_imitation(s, t, mask=m, normalize="mask",
+                                                                           backend=backend))
 
     def step(s, t, m):
         s.grad = None

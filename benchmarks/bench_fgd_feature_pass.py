@@ -10,12 +10,12 @@ import torch
 import kdops
 from common import CHANNELS, DEVICE, batches, dtypes, feature, implementations, levels, pick, run_case
 from fgd_common import image_boxes, level_boxes, level_size
-from kdops.ops.fgd_feature_pass import BACKENDS
+from kdops.ops.fgd_feature_pass import OP_SPEC
 from kdops.reference.fgd_feature_pass import fgd_feature_pass as reference
 
-IMPLEMENTATIONS = [i for i in implementations() if i in ("compiled", *BACKENDS)]
+IMPLEMENTATIONS = [i for i in implementations() if i in ("compiled", *OP_SPEC.backends)]
 CASES = list(itertools.product(levels(), batches(), dtypes(), IMPLEMENTATIONS))
-WEIGHTS = (0.5, 1e-3, 5e-4, 5e-4)  # temperature, alpha, beta, gamma (RetinaNet)
+WEIGHTS = dict(temperature=0.5, alpha=1e-3, beta=5e-4, gamma=5e-4)  # RetinaNet
 
 
 @pytest.mark.parametrize("level,batch,dtype,impl", CASES, ids=["-".join(map(str, c)) for c in CASES])
@@ -25,11 +25,12 @@ def test_fgd_feature_pass(benchmark, level, batch, dtype, impl):
     teacher = feature((batch, CHANNELS, h, w), dtype, 1)
     fg, bg = kdops.box_masks(level_boxes(image_boxes(batch), level), (h, w))
     g = torch.Generator().manual_seed(2)
-    convs = [(torch.randn(CHANNELS, generator=g) / CHANNELS ** 0.5).to(DEVICE).requires_grad_(),
-             torch.zeros(1, device=DEVICE)] * 2
+    weight, bias = (torch.randn(CHANNELS, generator=g) / CHANNELS ** 0.5).to(DEVICE).requires_grad_(), torch.zeros(
+        1, device=DEVICE)
+    convs = dict(student_gc_weight=weight, student_gc_bias=bias, teacher_gc_weight=weight, teacher_gc_bias=bias)
     out_grads = [torch.randn(batch, CHANNELS, generator=g).to(DEVICE) for _ in range(3)]
-    loss_fn = pick(impl, lambda s, t, f, b: reference(s, t, f, b, *convs, *WEIGHTS),
-                   lambda backend: lambda s, t, f, b: kdops.fgd_feature_pass(s, t, f, b, *convs, *WEIGHTS,
+    loss_fn = pick(impl, lambda s, t, f, b: reference(s, t, fg=f, bg=b, **convs, **WEIGHTS),
+                   lambda backend: lambda s, t, f, b: kdops.fgd_feature_pass(s, t, fg=f, bg=b, **convs, **WEIGHTS,
                                                                              backend=backend))
 
     def step(s, t, f, b):

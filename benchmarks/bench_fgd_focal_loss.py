@@ -10,7 +10,7 @@ from fgd_common import image_boxes, level_boxes, level_size
 from kdops.reference.fgd_focal_loss import fgd_focal_loss as reference
 
 CASES = list(itertools.product(levels(), batches(), dtypes(), implementations()))
-WEIGHTS = (0.5, 1e-3, 5e-4, 5e-4)  # temperature, alpha, beta, gamma (RetinaNet)
+WEIGHTS = dict(temperature=0.5, alpha=1e-3, beta=5e-4, gamma=5e-4)  # RetinaNet
 
 
 @pytest.mark.parametrize("level,batch,dtype,impl", CASES, ids=["-".join(map(str, c)) for c in CASES])
@@ -19,8 +19,9 @@ def test_fgd_focal_loss(benchmark, level, batch, dtype, impl):
     student = feature((batch, CHANNELS, h, w), dtype, 0, requires_grad=True)
     teacher = feature((batch, CHANNELS, h, w), dtype, 1)
     fg, bg = kdops.box_masks(level_boxes(image_boxes(batch), level), (h, w))
-    loss_fn = pick(impl, lambda s, t, f, b: reference(s, t, f, b, *WEIGHTS)[0],
-                   lambda backend: lambda s, t, f, b: kdops.fgd_focal_loss(s, t, f, b, *WEIGHTS, backend=backend))
+    loss_fn = pick(impl, lambda s, t, f, b: reference(s, t, fg=f, bg=b, **WEIGHTS)[0],
+                   lambda backend: lambda s, t, f, b: kdops.fgd_focal_loss(s, t, fg=f, bg=b, **WEIGHTS,
+                                                                           backend=backend))
 
     def step(s, t, f, b):
         s.grad = None

@@ -20,7 +20,9 @@ def test_relation_mse(benchmark, level, batch, dtype, impl):
     teacher = feature((batch, CHANNELS, h, w), dtype, 1)
     delta_s = torch.randn(batch, CHANNELS, device=DEVICE, requires_grad=True)
     delta_t = torch.randn(batch, CHANNELS, device=DEVICE, requires_grad=True)
-    loss_fn = pick(impl, reference, lambda backend: lambda *a: kdops.relation_mse(*a, backend=backend))
+    loss_fn = pick(impl, lambda s, t, ds, dt: reference(s, t, delta_s=ds, delta_t=dt),
+                   lambda backend: lambda s, t, ds, dt: kdops.relation_mse(s, t, delta_s=ds, delta_t=dt,
+                                                                           backend=backend))
 
     def step(s, t, ds, dt):
         s.grad = ds.grad = dt.grad = None

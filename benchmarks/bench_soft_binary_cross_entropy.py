@@ -15,7 +15,7 @@ def test_soft_binary_cross_entropy(benchmark, dtype, impl):
     student = feature((RPN_ANCHORS,), dtype, 0, requires_grad=True)
     teacher = feature((RPN_ANCHORS,), dtype, 1)
     target = labels((RPN_ANCHORS,), -1, 2, 2)  # torchvision RPN labels: 1, 0, -1 (not sampled)
-    loss_fn = pick(impl, lambda s, t, y: reference(s, t, y, 1.0, 1.5, 1.0, 0.5, -1)[0],
+    loss_fn = pick(impl, lambda s, t, y: reference(s, t, target=y, mu=0.5)[0],
                    lambda backend: lambda s, t, y: kdops.soft_binary_cross_entropy(s, t, target=y, mu=0.5,
                                                                                    backend=backend))
 

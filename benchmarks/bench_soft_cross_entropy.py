@@ -18,8 +18,8 @@ def test_soft_cross_entropy(benchmark, dtype, impl):
     target = labels((ROI_ROWS,), 0, ROI_CLASSES, 2)
     weight = torch.ones(ROI_CLASSES, device=DEVICE)
     weight[0] = 1.5
-    loss_fn = pick(impl, lambda s, t, y: reference(s, t, weight, y, 1.0, 0.5, -1)[0],
-                   lambda backend: lambda s, t, y: kdops.soft_cross_entropy(s, t, weight, 1.0, y, 0.5,
+    loss_fn = pick(impl, lambda s, t, y: reference(s, t, class_weight=weight, target=y, mu=0.5)[0],
+                   lambda backend: lambda s, t, y: kdops.soft_cross_entropy(s, t, class_weight=weight, target=y, mu=0.5,
                                                                             backend=backend))
 
     def step(s, t, y):

@@ -87,12 +87,25 @@ def integer(value, op: str, arg: str) -> int:
     return value
 
 
-def detached(x, op: str, arg: str) -> torch.Tensor:
+def no_grad_message(op: str, arg: str, why: str = "") -> str:
+    """The error for an input that requires grad but gets none (one wording with C++ check_no_grad)."""
+    return f"kdops.{op}: {arg} must not require grad, as {arg} gets no gradient{why}; pass {arg}.detach()"
+
+
+FGD_TEACHER_WHY = " (its attention masks are constants of the FGD loss, as in the official code)"
+
+
+def detached(x, op: str, arg: str, why: str = "") -> torch.Tensor:
     """An input the op does not differentiate with respect to."""
     if x.requires_grad:
-        raise ValueError(f"kdops.{op}: {arg} gets no gradient from this op and must not require grad; "
-                         f"pass {arg}.detach()")
+        raise ValueError(no_grad_message(op, arg, why))
     return x
+
+
+def no_grad_needed(needed: bool, op: str, arg: str, why: str = "") -> None:
+    """In a backward: `arg` must not need a gradient (a raw op call skips the public checks)."""
+    if needed:
+        raise RuntimeError(no_grad_message(op, arg, why))
 
 
 def weight_vector(w, length: int, like: torch.Tensor, dtype: torch.dtype, op: str, arg: str) -> torch.Tensor:

@@ -12,7 +12,11 @@ TORCHVISION_DETECTORS = (
     "retinanet_resnet50_fpn",
     "retinanet_resnet50_fpn_v2",
     "fcos_resnet50_fpn",
+    "ssdlite320_mobilenet_v3_large",
 )
+# Detectors that squash every image to one fixed square (no FPN, no padding). Value: torchvision's
+# side in pixels; --min-size replaces it (kdtrain/models.py), --max-size must then equal it.
+FIXED_SIZE_DETECTORS = {"ssdlite320_mobilenet_v3_large": 320}
 # Faster R-CNN on other ResNet depths: torchvision has no builder, so kdtrain composes
 # its parts (ResNet + FPN extractor + FasterRCNN). Value: the torchvision ResNet builder.
 RESNET_FASTERRCNN = {

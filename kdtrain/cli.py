@@ -1,4 +1,5 @@
-"""Command line: ``python -m kdtrain [--debug] [train|eval|predict|pseudo-label|two-step|demo] ...``.
+"""Command line: ``python -m kdtrain [--debug] [COMMAND] ...``, COMMAND one of train, eval, predict,
+pseudo-label, two-step, demo, benchmark, visualize, plot.
 
 No subcommand runs the demo. This module builds the parser and imports no torch, so ``--help``
 answers at once; kdtrain/commands.py loads the heavy modules after parsing. Each default shown
@@ -14,8 +15,9 @@ import sys
 
 from kdtrain import commands
 from kdtrain.architectures import ARCHITECTURES
-from kdtrain.config import (CACHE_DIR_ENV, CHOICES, DEFAULT_ITERATIONS, DEMO_OUTPUT_DIRS, DemoConfig,
-                            PseudoLabelConfig, TrainConfig, TwoStepConfig)
+from kdtrain.config import (CACHE_DIR_ENV, CHOICES, DEFAULT_ITERATIONS, DEMO_OUTPUT_DIRS, BenchmarkConfig,
+                            DemoConfig, PlotConfig, PseudoLabelConfig, TrainConfig, TwoStepConfig,
+                            VisualizeConfig)
 from kdtrain.dependencies import missing_dependency
 from kdtrain.distill.recipes import DEFAULT_WEIGHTS, RECIPES
 from kdtrain.errors import UsageError
@@ -133,9 +135,14 @@ def _add_train_arguments(p):
     add(g, "--teacher-arch", "teacher built from torchvision instead of --teacher", T, choices=ARCHITECTURES)
     add(g, "--teacher-weights", "torchvision weights for --teacher-arch, e.g. DEFAULT (downloads)", T)
     add(g, "--recipe", f"distillation recipe(s), comma-combinable: {', '.join(RECIPES)}", T)
-    add(g, "--distill-weights", "weights of the distillation losses; unset: "
-        + ", ".join(f"{k}={v:g}" for k, v in DEFAULT_WEIGHTS.items()), T, metavar="TERM=W,...")
+    add(g, "--distill-weights", "weights of the distillation losses; W may be auto (calibrated from gradient "
+        "magnitudes), and a bare auto sets every term so; unset: "
+        + ", ".join(f"{k}={v:g}" for k, v in DEFAULT_WEIGHTS.items()), T, metavar="TERM=W|auto,...")
     add(g, "--distill-warmup", "iterations over which the distillation weights ramp up from 0", T, type=int)
+    add(g, "--distill-auto-ratio", "automatic weights: each term's gradient on the student parameters it shares "
+                                   "with the detection loss, as a fraction of the detection loss's", T, type=float)
+    add(g, "--distill-auto-iters", "automatic weights: first iterations that measure the gradients (the automatic "
+                                   "terms are off until then; the weights are fixed after)", T, type=int)
     add(g, "--imitation-mask", "imitation on the whole feature map, or inside the boxes only", T,
         choices=CHOICES["imitation_mask"])
     add(g, "--student-scale", "low-resolution student (Chen 2017): its input is the teacher's size times this "
@@ -307,6 +314,81 @@ def _add_demo_parser(sub):
     p.set_defaults(run=commands.run_demo)
 
 
+def _add_benchmark_parser(sub):
+    p = sub.add_parser("benchmark", help="efficacy table: recipes x seeds at one budget, gains over no distillation",
+                       usage="%(prog)s [--recipes RECIPE[:WEIGHTS] ...] [--seeds N,...] [options]",
+                       description="Trains the same student with each recipe and seed at an equal budget from one "
+                                   "shared teacher and tabulates mean ± std of mAP, AP50, APs, the paired per-seed "
+                                   "gain over the undistilled student, wall time and distillation cost per step "
+                                   "(OUTPUT_DIR/benchmark_results.json, .md, .png). Started again with the same "
+                                   "settings, it skips the runs that finished. Default data and teacher: the demo's.")
+    B = BenchmarkConfig
+    add(p, "--recipes", "rows, each RECIPE or RECIPE:WEIGHTS (WEIGHTS as --distill-weights of train, e.g. fgd:auto "
+                        "or chen2017:chen_rcn=auto); none is the baseline of the gains", B, nargs="+", metavar="RECIPE[:WEIGHTS]")
+    add(p, "--seeds", "comma-separated seeds; every recipe runs each", B, type=_int_list, metavar="N[,N...]")
+    add(p, "--iterations", "training iterations of every student", B, type=int)
+    add(p, "--output-dir", "run folders, results json, markdown table and plot", B, metavar="DIR")
+    g = p.add_argument_group("own data", "all five, or none for the demo's generated data and cached teacher")
+    add(g, "--train-images", "training image folder", B, metavar="DIR")
+    add(g, "--train-ann", "COCO instances json of the training images", B, metavar="JSON")
+    add(g, "--val-images", "validation image folder", B, metavar="DIR")
+    add(g, "--val-ann", "COCO instances json of the validation images", B, metavar="JSON")
+    add(g, "--teacher", "teacher shared by every run (a kdtrain checkpoint)", B, metavar="CKPT")
+    g = p.add_argument_group("students (the demo's: " + DemoConfig.student_arch + ")")
+    add(g, "--image-size", "students' input size (min and max side); with the built-in data also the generated "
+                           "images' side", B, type=int)
+    add(g, "--student-anchors", "anchor size per FPN level", B, type=_int_list, metavar="N,N,N,N")
+    add(g, "--batch-size", "images per iteration", B, type=int)
+    add(g, "--lr", "peak learning rate", B, type=float)
+    add(g, "--distill-warmup", "as in train", B, type=int)
+    add(g, "--imitation-mask", "as in train", B, choices=CHOICES["imitation_mask"])
+    add(g, "--distill-auto-ratio", "as in train (rows with auto weights)", B, type=float)
+    add(g, "--distill-auto-iters", "as in train (rows with auto weights)", B, type=int)
+    add(g, "--keep-models", "keep each run's model_final.pth (else deleted once evaluated and timed)", B,
+        action="store_true")
+    g = p.add_argument_group("built-in data (as the demo's; its cached teacher is reused when these match)")
+    add(g, "--cache-dir", f"generated dataset and cached teacher ({CACHE_DIR_ENV} in the environment sets it)", B,
+        metavar="DIR")
+    add(g, "--generated-train-images", "number of generated training images", B, type=int)
+    add(g, "--generated-val-images", "number of generated validation images", B, type=int)
+    add(g, "--teacher-iterations", "iterations of the demo teacher (trained once when not cached)", B, type=int)
+    add(g, "--workers", "data loading worker processes", B, type=int)
+    _add_runtime_flags(g, B, device=False)
+    p.set_defaults(run=commands.run_benchmark)
+
+
+def _add_visualize_parser(sub):
+    p = sub.add_parser("visualize", help="pictures of what is distilled: attention, FGD masks, imitation error",
+                       usage="%(prog)s --student CKPT --teacher CKPT --images DIR --ann JSON [options]",
+                       description="For the first images of --ann and each student/teacher level pair of one "
+                                   "stride, a PNG (as FGD's Fig. 5): the image with its boxes, both networks' "
+                                   "spatial and channel attention, FGD's foreground and background masks and the "
+                                   "per-pixel imitation error of the channel-standardised maps (PKD's "
+                                   "normalisation: its mean is kdops.pkd_loss; n/a when the channel counts differ).")
+    V = VisualizeConfig
+    add(p, "--student", "student kdtrain checkpoint", required=True, metavar="CKPT")
+    add(p, "--teacher", "teacher kdtrain checkpoint", required=True, metavar="CKPT")
+    add(p, "--images", "image folder", required=True, metavar="DIR")
+    add(p, "--ann", "COCO instances json: which images, and the boxes drawn and masked", required=True,
+        metavar="JSON")
+    add(p, "--output-dir", "where the PNGs go, one per image and level pair", V, metavar="DIR")
+    add(p, "--num-images", "the first N images of --ann", V, type=int)
+    add(p, "--temperature", "attention softmax temperature; unset: FGD's for the student's detector family "
+                            "(0.5, FCOS 0.8)", V, type=float)
+    _add_runtime_flags(p, V)
+    p.set_defaults(run=commands.run_visualize)
+
+
+def _add_plot_parser(sub):
+    p = sub.add_parser("plot", help="loss curves of a training run from its metrics.jsonl",
+                       usage="%(prog)s RUN_DIR [--output PNG]",
+                       description="Draws each detection loss and the total (left) and each weighted distillation "
+                                   "term distill_* (right) of RUN_DIR/metrics.jsonl against the iteration.")
+    add(p, "run_dir", "a train run's --output-dir (two-step: its step1/ or step2/)", metavar="RUN_DIR")
+    add(p, "--output", "PNG to write; unset: RUN_DIR/losses.png", PlotConfig, metavar="PNG")
+    p.set_defaults(run=commands.run_plot)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m kdtrain",
@@ -317,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on a usage error (bad flag value, missing file), show the traceback too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add_parser in (_add_train_parser, _add_eval_parser, _add_predict_parser, _add_pseudo_label_parser,
-                       _add_two_step_parser, _add_demo_parser):
+                       _add_two_step_parser, _add_demo_parser, _add_benchmark_parser, _add_visualize_parser,
+                       _add_plot_parser):
         add_parser(sub)
     return parser
 

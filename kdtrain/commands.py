@@ -6,12 +6,13 @@ these functions: a wrong path fails in a second, and ``--help`` (kdtrain/cli.py)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 
-from kdtrain.config import DemoConfig, PseudoLabelConfig, TwoStepConfig, check_train_config, make_config, \
-    read_config_file
+from kdtrain.config import BenchmarkConfig, DemoConfig, PseudoLabelConfig, TwoStepConfig, check_benchmark_config, \
+    check_train_config, make_config, read_config_file
 from kdtrain.errors import require_dir, require_file
 
 TWO_STEP_KEYS = ("steps", "unlabeled_images", "pseudo_ann", "class_maps", "pseudo_score_threshold",
@@ -147,14 +148,41 @@ def run_pseudo_label(args) -> int:
 def run_demo(args) -> int:
     from kdtrain.demo import run_demo as run
 
-    d = DemoConfig(output_dir=args.output_dir, variant=args.variant, labeled_fraction=args.labeled_fraction,
-                   step1_share=args.step1_share, pseudo_score_threshold=args.pseudo_score_threshold,
-                   cache_dir=args.cache_dir, recipe=args.recipe,
-                   distill_weights=args.distill_weights, distill_warmup=args.distill_warmup,
-                   imitation_mask=args.imitation_mask, teacher_iterations=args.teacher_iterations,
-                   student_iterations=args.student_iterations, seeds=args.seeds,
-                   image_size=args.image_size, train_images=args.train_images, val_images=args.val_images,
-                   batch_size=args.batch_size, threads=args.threads, workers=args.workers,
-                   retrain_teacher=args.retrain_teacher, progress=args.progress)
-    run(d)
+    # Every DemoConfig field the demo parser has a flag for (kdtrain/cli.py); the others keep their default.
+    run(DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig) if hasattr(args, f.name)}))
+    return 0
+
+
+def run_benchmark(args) -> int:
+    b = BenchmarkConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BenchmarkConfig)})
+    check_benchmark_config(b)
+    from kdtrain.benchmark import run_benchmark as run
+
+    run(b)
+    return 0
+
+
+def _fields_of(config, args) -> dict:
+    """The flags of ``args`` that are fields of the dataclass ``config``."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config) if hasattr(args, f.name)}
+
+
+def run_visualize(args) -> int:
+    from kdtrain.config import VisualizeConfig
+
+    cfg = VisualizeConfig(**_fields_of(VisualizeConfig, args)).check()
+    from kdtrain.runtime import set_threads
+    from kdtrain.visualize import visualize
+
+    set_threads(cfg.threads)
+    visualize(cfg, _device(cfg.device))
+    return 0
+
+
+def run_plot(args) -> int:
+    from kdtrain.config import PlotConfig
+    from kdtrain.plot_run import plot_run
+
+    path, _lines = plot_run(PlotConfig(**_fields_of(PlotConfig, args)))
+    print(f"loss curves written to {path}")
     return 0

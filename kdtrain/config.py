@@ -12,7 +12,7 @@ import os
 from typing import Optional
 
 from kdtrain.architectures import ARCHITECTURES
-from kdtrain.distill.recipes import parse_recipe, parse_weights
+from kdtrain.distill.recipes import AUTO_ITERS, AUTO_RATIO, parse_recipe, parse_weight_spec, parse_weights
 from kdtrain.errors import UsageError, require_dir, require_file
 
 # Options with a fixed set of values (the CLI's choices; config-file values are checked against them too).
@@ -39,6 +39,8 @@ RANGES = {
     "workers": (lambda v: v >= 0, "an integer >= 0"),
     "lr_warmup": (lambda v: v >= 0, "an integer >= 0"),
     "distill_warmup": (lambda v: v >= 0, "an integer >= 0"),
+    "distill_auto_ratio": (lambda v: v > 0, "a number > 0"),
+    "distill_auto_iters": _POSITIVE_INT,
     "aspect_ratio_group_factor": (lambda v: v >= -1, "an integer >= -1 (-1: off)"),
     "labeled_fraction": _FRACTION, "student_scale": _FRACTION,
     "hflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
@@ -84,6 +86,8 @@ class TrainConfig:
     recipe: str = "none"
     distill_weights: Optional[str] = None
     distill_warmup: int = 0
+    distill_auto_ratio: float = AUTO_RATIO  # --distill-weights auto: term gradient / detection gradient
+    distill_auto_iters: int = AUTO_ITERS    # --distill-weights auto: calibration iterations
     imitation_mask: str = "none"
     student_scale: float = 1.0      # low-resolution student (Chen 2017): its input is the teacher's x this
     # optimisation
@@ -279,7 +283,7 @@ class DemoConfig:
     distill_warmup: int = 40
     imitation_mask: str = "none"
     seeds: tuple = (0,)
-    # label-scarce variant (kdtrain/demo_label_scarce.py)
+    # label-scarce variant (kdtrain/demo/label_scarce.py)
     variant: str = "standard"  # one of CHOICES["variant"]
     labeled_fraction: float = 0.1
     step1_share: float = 0.75  # of the student budget spent on pseudo-labels (two-step)
@@ -292,3 +296,129 @@ class DemoConfig:
     def __post_init__(self):
         if self.output_dir is None:
             self.output_dir = DEMO_OUTPUT_DIRS.get(self.variant, DEMO_OUTPUT_DIRS["standard"])
+
+
+@dataclasses.dataclass
+class VisualizeConfig:
+    student: str                         # kdtrain checkpoints
+    teacher: str
+    images: str                          # image folder and the COCO json whose boxes are drawn and masked
+    ann: str
+    output_dir: str = "kdtrain_visualize"
+    num_images: int = 2                  # the first images of --ann
+    temperature: Optional[float] = None  # None: FGD's preset of the student's detector family
+    device: str = "auto"
+    threads: Optional[int] = None
+    progress: bool = True
+
+    def check(self) -> "VisualizeConfig":
+        """UsageError naming the flag unless every value and path is usable."""
+        if self.num_images < 1:
+            raise UsageError(f"--num-images: must be an integer > 0, got {self.num_images}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise UsageError(f"--temperature: must be a number > 0, got {self.temperature}")
+        require_file(self.student, "--student")
+        require_file(self.teacher, "--teacher")
+        require_dir(self.images, "--images")
+        require_file(self.ann, "--ann")
+        return self
+
+
+@dataclasses.dataclass
+class PlotConfig:
+    run_dir: str                         # a train run's --output-dir (holds metrics.jsonl)
+    output: Optional[str] = None         # None: RUN_DIR/losses.png
+
+
+# The efficacy table's rows: RECIPE or RECIPE:WEIGHTS (WEIGHTS as --distill-weights, e.g. fgd:auto).
+BENCHMARK_RECIPES = ("none", "imitation", "fgd", "fgd:auto", "chen2017", "chen2017:auto", "cwd", "pkd")
+
+
+@dataclasses.dataclass
+class BenchmarkConfig:
+    """Recipes x seeds at one budget; the data, teacher and student settings default to the demo's."""
+    recipes: tuple = BENCHMARK_RECIPES
+    seeds: tuple = (0, 1, 2)
+    output_dir: str = "kdtrain_benchmark"
+    iterations: int = DemoConfig.student_iterations  # of every student
+    # Own COCO-format data (all four, and --teacher); unset: the demo's generated data and its cached teacher.
+    train_images: Optional[str] = None
+    train_ann: Optional[str] = None
+    val_images: Optional[str] = None
+    val_ann: Optional[str] = None
+    teacher: Optional[str] = None
+    image_size: int = DemoConfig.image_size        # students' min/max size (and the generated images' side)
+    student_anchors: tuple = DemoConfig.student_anchors
+    batch_size: int = DemoConfig.batch_size
+    lr: float = DemoConfig.lr
+    distill_warmup: int = DemoConfig.distill_warmup
+    imitation_mask: str = DemoConfig.imitation_mask
+    distill_auto_ratio: float = AUTO_RATIO
+    distill_auto_iters: int = AUTO_ITERS
+    keep_models: bool = False  # else each run's model_final.pth is deleted once measured (70 MB each at demo size)
+    # the built-in data and its teacher (as the demo's)
+    cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
+    generated_train_images: int = DemoConfig.train_images
+    generated_val_images: int = DemoConfig.val_images
+    teacher_iterations: int = DemoConfig.teacher_iterations
+    threads: Optional[int] = None
+    workers: int = DemoConfig.workers
+    progress: bool = True
+
+    def demo_config(self) -> DemoConfig:
+        """The demo settings whose data, teacher and student runs the benchmark shares."""
+        return DemoConfig(output_dir=self.output_dir, cache_dir=self.cache_dir, image_size=self.image_size,
+                          train_images=self.generated_train_images, val_images=self.generated_val_images,
+                          teacher_iterations=self.teacher_iterations, student_anchors=tuple(self.student_anchors),
+                          student_iterations=self.iterations, batch_size=self.batch_size, lr=self.lr,
+                          distill_warmup=self.distill_warmup, imitation_mask=self.imitation_mask,
+                          seeds=tuple(self.seeds), threads=self.threads, workers=self.workers,
+                          progress=self.progress)
+
+
+_OWN_DATA = ("train_images", "train_ann", "val_images", "val_ann", "teacher")
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """'fgd:auto' -> ('fgd', 'auto'); 'fgd' -> ('fgd', None) (the recipe's default weights)."""
+    recipe, _, weights = spec.partition(":")
+    return recipe.strip(), (weights.strip() or None)
+
+
+def check_benchmark_config(b: BenchmarkConfig) -> None:
+    """UsageError naming the flag for a bad recipe list, seed list or data choice, before anything runs."""
+    if not b.recipes:
+        raise UsageError("--recipes: give at least one recipe")
+    if len(set(b.recipes)) != len(b.recipes):
+        raise UsageError(f"--recipes: {', '.join(b.recipes)} names a row twice")
+    for spec in b.recipes:
+        recipe, weights = split_spec(spec)
+        try:
+            terms = parse_recipe(recipe)
+            parse_weight_spec(weights)
+        except UsageError as e:
+            raise UsageError(f"--recipes: {spec!r}: {e}") from None
+        if not terms and weights:
+            raise UsageError(f"--recipes: {spec!r}: recipe {recipe!r} has no distillation weights to set")
+    if not b.seeds or len(set(b.seeds)) != len(b.seeds):
+        raise UsageError(f"--seeds: expected distinct seeds, got {b.seeds!r}")
+    for name in ("iterations", "batch_size", "lr", "distill_warmup", "distill_auto_ratio", "distill_auto_iters",
+                 "workers", "threads"):
+        check_range(name, getattr(b, name))
+    if b.iterations <= b.distill_auto_iters:
+        raise UsageError(f"--iterations must be above --distill-auto-iters ({b.distill_auto_iters}), "
+                         f"got {b.iterations!r}")
+    if b.imitation_mask not in CHOICES["imitation_mask"]:
+        raise UsageError(f"--imitation-mask: {b.imitation_mask!r} is not one of: "
+                         f"{', '.join(CHOICES['imitation_mask'])}")
+    given = [name for name in _OWN_DATA if getattr(b, name)]
+    if given and len(given) < len(_OWN_DATA):
+        missing = ", ".join(_flag(n) for n in _OWN_DATA if n not in given)
+        raise UsageError(f"own data needs all of --train-images, --train-ann, --val-images, --val-ann and --teacher "
+                         f"(the built-in data uses the demo's teacher); missing: {missing}")
+    for name in ("train_images", "val_images"):
+        if getattr(b, name):
+            require_dir(getattr(b, name), _flag(name))
+    for name in ("train_ann", "val_ann", "teacher"):
+        if getattr(b, name):
+            require_file(getattr(b, name), _flag(name))

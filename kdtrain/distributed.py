@@ -59,14 +59,6 @@ def gather_to_main(obj, info: DistInfo):
     return out
 
 
-def broadcast_from_main(obj, info: DistInfo):
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

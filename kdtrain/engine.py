@@ -18,7 +18,7 @@ from kdtrain.data.batching import TrainBatchStream
 from kdtrain.data.coco import CocoDetection, DatasetError
 from kdtrain.data.image_check import check_images
 from kdtrain.data.subset import keep_labeled_fraction
-from kdtrain.distill.distiller import Distiller
+from kdtrain.distill.distiller import Distiller, check_degenerate_boxes
 from kdtrain.distributed import DistInfo, barrier, cleanup, init_distributed
 from kdtrain.errors import UsageError
 from kdtrain.evaluate import evaluate
@@ -28,6 +28,7 @@ from kdtrain.models import ModelSpec, build_detector, count_parameters, load_det
 from kdtrain.resume import FINAL, load_training_state, restart_metrics, resume_path
 from kdtrain.runtime import amp_dtype, autocast, seed_everything, set_threads
 from kdtrain.schedule import build_scheduler
+from kdtrain.step_window import StepWindow
 
 
 def build_teacher(cfg: TrainConfig, num_classes: int):
@@ -114,7 +115,8 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
         init_model, _, _ = load_detector(cfg.init)
         student.load_state_dict(init_model.state_dict())
     distiller = Distiller(student, teacher, cfg.recipe, cfg.distill_weights, cfg.distill_warmup,
-                          cfg.imitation_mask, log=log, student_scale=cfg.student_scale).to(device)
+                          cfg.imitation_mask, log=log, student_scale=cfg.student_scale,
+                          auto_ratio=cfg.distill_auto_ratio, auto_iters=cfg.distill_auto_iters).to(device)
     params = [p for p in distiller.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -127,6 +129,9 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
                               info.rank, info.world_size)
     total = cfg.iterations if cfg.iterations is not None else math.ceil(cfg.epochs * len(stream.batches_of_epoch(0)))
     scheduler = build_scheduler(optimizer, total, cfg.lr_warmup, cfg.lr_schedule, cfg.lr_steps, cfg.lr_gamma)
+    if distiller.auto is not None and cfg.distill_auto_iters >= total:
+        raise UsageError(f"--distill-auto-iters {cfg.distill_auto_iters}: the automatic weights would still be "
+                         f"calibrating when the run ends; give fewer than its {total} iterations")
     dtype = amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
@@ -137,6 +142,11 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
         state = load_training_state(resume, total)
         distiller.student.load_state_dict(state["model_state"])
         distiller.terms.load_state_dict(state["distill_state"])
+        if distiller.auto is not None:
+            distiller.auto.load_state_dict(state.get("auto_weights"))
+            if distiller.auto.calibrated:
+                log("[kdtrain] automatic distillation weights from the checkpoint: "
+                    + ", ".join(f"{k}={w:.4g}" for k, w in distiller.auto.weights.items()))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -163,6 +173,7 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
         ckpt_io.atomic_save({
             "model_spec": spec.to_dict(), "model_state": distiller.student.state_dict(),
             "distill_state": distiller.terms.state_dict(), "optimizer": optimizer.state_dict(),
+            "auto_weights": distiller.auto.state_dict() if distiller.auto is not None else None,
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "iteration": iteration,
             "rng": ckpt_io.rng_state(), "config": dataclasses.asdict(cfg),
             "categories": train_set.categories, "label_to_cat_id": train_set.label_to_cat_id,
@@ -172,21 +183,20 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
     bar = tqdm(total=total, initial=start, desc=f"train[{cfg.recipe}]", disable=not (cfg.progress and info.is_main),
                dynamic_ncols=True)
     batches = stream.iterate(start)
-    window, window_start, step_seconds = {}, time.perf_counter(), 0.0
+    window, window_start, step_seconds = StepWindow(), time.perf_counter(), 0.0
     term_seconds_sum: dict = {}
     iteration = start
     while iteration < total:
         epoch, images, targets = next(batches)
         step_start = time.perf_counter()
+        check_degenerate_boxes(targets)  # on the host's copy: no wait for the device
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
         distiller.iteration = iteration
         with autocast(device, dtype):
             losses = model(images, targets)
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at iteration {iteration}: "
-                                     + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items()))
+        window.add(iteration, {**losses, "loss": loss, **{f"raw_{k}": v for k, v in distiller.raw.items()}})
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.clip_grad > 0:
@@ -199,18 +209,19 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
         step_seconds += time.perf_counter() - step_start
         for k, v in distiller.term_seconds.items():
             term_seconds_sum[k] = term_seconds_sum.get(k, 0.0) + v
-        for k, v in {**{k: float(v.detach()) for k, v in losses.items()}, "loss": float(loss.detach()),
-                     **{f"raw_{k}": v for k, v in distiller.last_raw.items()}}.items():
-            window.setdefault(k, []).append(v)
         bar.update(1)
+        if distiller.auto is not None and distiller.auto.pending_report:
+            writer.write(distiller.auto.report)
+            distiller.auto.pending_report = False
         if iteration % cfg.log_every == 0 or iteration == total:
+            window.check_finite()
             record = {"kind": "train", "iteration": iteration, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                      **{k: sum(v) / len(v) for k, v in window.items()},
-                      "seconds_per_iter": (time.perf_counter() - window_start) / len(window["loss"])}
+                      **window.means(), "seconds_per_iter": (time.perf_counter() - window_start) / len(window)}
             bar.set_postfix(loss=f"{record['loss']:.3f}")
             writer.write(record)
-            window, window_start = {}, time.perf_counter()
+            window, window_start = StepWindow(), time.perf_counter()
         if iteration % cfg.checkpoint_every == 0 and iteration < total:
+            window.check_finite()  # never checkpoint a diverged model
             save(iteration)
     bar.close()
     if cfg.keep_checkpoints:
@@ -224,7 +235,9 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
     steps_run = max(1, iteration - start)
     summary = {"iterations": iteration, "final_checkpoint": final_path, "params": count_parameters(distiller.student),
                "train_seconds_per_iter": step_seconds / steps_run,
-               "distill_term_seconds_per_iter": {k: v / steps_run for k, v in term_seconds_sum.items()}}
+               "distill_term_seconds_per_iter": {k: v / steps_run for k, v in term_seconds_sum.items()},
+               "distill_weights": distiller.effective_weights(),
+               "auto_weights": distiller.auto.report if distiller.auto is not None else None}
     if val_set is not None:
         metrics = evaluate(distiller.student, val_set, info, cfg.eval_batch_size, cfg.workers, cfg.progress)
         if info.is_main:

@@ -9,14 +9,17 @@ from __future__ import annotations
 import inspect
 
 from torchvision.models import detection
+from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from kdtrain.architectures import TORCHVISION_DETECTORS
+from kdtrain.architectures import FIXED_SIZE_DETECTORS, TORCHVISION_DETECTORS
 from kdtrain.errors import UsageError
 
 KDTRAIN_ARGS = ("anchor_sizes",)  # kdtrain's own (kdtrain/models.py turns it into an anchor generator)
 # Passed by kdtrain itself, from their own flags.
 _SET_BY_KDTRAIN = {"self", "backbone", "num_classes", "weights", "weights_backbone"}
+# SSD builds its transform from its fixed size (set by --min-size): these would clash or be ignored.
+_FIXED_SIZE_OWN = {"size", "min_size", "max_size", "fixed_size", "size_divisible"}
 
 
 def _keywords(fn) -> set[str]:
@@ -26,7 +29,7 @@ def _keywords(fn) -> set[str]:
 
 def _detector_class(arch: str):
     for prefix, cls in (("fasterrcnn", detection.FasterRCNN), ("retinanet", detection.RetinaNet),
-                        ("fcos", detection.FCOS)):
+                        ("fcos", detection.FCOS), ("ssd", SSD)):
         if arch.startswith(prefix):
             return cls
     raise UsageError(f"unknown architecture {arch!r}")
@@ -36,6 +39,8 @@ def accepted_model_args(arch: str) -> set[str]:
     names = _keywords(_detector_class(arch).__init__) | _keywords(GeneralizedRCNNTransform.__init__)
     if arch in TORCHVISION_DETECTORS:  # its builder's own options (progress, trainable_backbone_layers)
         names |= _keywords(getattr(detection, arch))
+    if arch in FIXED_SIZE_DETECTORS:
+        names -= _FIXED_SIZE_OWN
     return (names | set(KDTRAIN_ARGS)) - _SET_BY_KDTRAIN
 
 

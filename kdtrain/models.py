@@ -16,9 +16,11 @@ from torchvision.models import mobilenetv3 as tv_mobilenetv3
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.ssd import SSD
 
 from kdtrain import checkpoint as ckpt_io
-from kdtrain.architectures import ARCHITECTURES, MOBILENET_FASTERRCNN, RESNET_FASTERRCNN, TORCHVISION_DETECTORS
+from kdtrain.architectures import (ARCHITECTURES, FIXED_SIZE_DETECTORS, MOBILENET_FASTERRCNN, RESNET_FASTERRCNN,
+                                   TORCHVISION_DETECTORS)
 from kdtrain.errors import UsageError
 
 _TORCHVISION_BUILDERS = {name: getattr(detection, name) for name in TORCHVISION_DETECTORS}
@@ -55,6 +57,10 @@ def _verify_weights(enum_or_builder, name):
 def build_detector(spec: ModelSpec) -> nn.Module:
     """Build the detector; from-scratch models get plain trainable BatchNorm."""
     kwargs = dict(spec.kwargs)
+    if spec.arch in FIXED_SIZE_DETECTORS:
+        model = _build_fixed_size(spec, kwargs)
+        _replace_classifier(model, spec.num_classes)
+        return model
     if spec.min_size is not None:
         kwargs["min_size"] = spec.min_size
     if spec.max_size is not None:
@@ -101,6 +107,39 @@ def build_detector(spec: ModelSpec) -> nn.Module:
     raise UsageError(f"unknown architecture {spec.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
 
 
+def _build_fixed_size(spec: ModelSpec, kwargs: dict) -> nn.Module:
+    """SSDlite: torchvision fixes its square input in the builder, so --min-size sets it afterwards."""
+    side = spec.min_size if spec.min_size is not None else FIXED_SIZE_DETECTORS[spec.arch]
+    if spec.max_size is not None and spec.max_size != side:
+        raise UsageError(f"{spec.arch} resizes every image to one square: give --min-size only (its side, "
+                         f"default {FIXED_SIZE_DETECTORS[spec.arch]}), or --max-size equal to it; "
+                         f"got --min-size {spec.min_size}, --max-size {spec.max_size}")
+    if "anchor_sizes" in kwargs:
+        raise UsageError(f"anchor_sizes is not supported for {spec.arch} (its default boxes scale with the image)")
+    builder = _TORCHVISION_BUILDERS[spec.arch]
+    if spec.weights is not None:
+        model = builder(weights=spec.weights, weights_backbone=spec.weights_backbone, **kwargs)
+    else:
+        model = builder(weights=None, weights_backbone=spec.weights_backbone, num_classes=spec.num_classes, **kwargs)
+    model.transform.min_size, model.transform.max_size = (side,), side
+    model.transform.fixed_size = (side, side)
+    return model
+
+
+def input_side(model: nn.Module) -> int:
+    """The side its transform resizes to: the fixed square's, else the shorter side's (eval size)."""
+    t = model.transform
+    return t.fixed_size[0] if t.fixed_size is not None else t.min_size[-1]
+
+
+def needs_own_transform(student: nn.Module, teacher: nn.Module) -> bool:
+    """True when the teacher cannot read the student's transformed batch: a fixed-size input
+    (SSDlite squashes to a square, no padding) or another pixel normalisation."""
+    s, t = student.transform, teacher.transform
+    return (s.fixed_size is not None or t.fixed_size is not None
+            or list(s.image_mean) != list(t.image_mean) or list(s.image_std) != list(t.image_std))
+
+
 def _anchor_generator(sizes, scales=(1.0,)) -> AnchorGenerator:
     return AnchorGenerator(sizes=tuple(tuple(s * k for k in scales) for s in sizes),
                            aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
@@ -130,8 +169,9 @@ def _replace_classifier(model: nn.Module, num_classes: int) -> None:
         if predictor.cls_score.out_features != num_classes:
             model.roi_heads.box_predictor = FastRCNNPredictor(predictor.cls_score.in_features, num_classes)
         return
-    head = getattr(model, "head", None)
-    current = getattr(getattr(head, "classification_head", None), "num_classes", None)
+    head = getattr(getattr(model, "head", None), "classification_head", None)
+    # SSD's scoring head calls its class count num_columns.
+    current = getattr(head, "num_classes", getattr(head, "num_columns", None))
     if current is not None and current != num_classes:
         raise UsageError(
             f"pretrained {type(model).__name__} has {current} classes but {num_classes} were asked; "
@@ -140,13 +180,15 @@ def _replace_classifier(model: nn.Module, num_classes: int) -> None:
 
 
 def detector_family(model: nn.Module) -> str:
-    """'two_stage' | 'retinanet' | 'fcos' (FGD's preset names)."""
+    """'two_stage' | 'retinanet' | 'fcos' (FGD's preset names) | 'ssd'."""
     if isinstance(model, detection.FasterRCNN):
         return "two_stage"
     if isinstance(model, detection.RetinaNet):
         return "retinanet"
     if isinstance(model, detection.FCOS):
         return "fcos"
+    if isinstance(model, SSD):
+        return "ssd"
     raise TypeError(f"unsupported detector {type(model).__name__}")
 
 

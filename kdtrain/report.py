@@ -100,3 +100,46 @@ def write_plot(rows: dict, runs: list[dict], path: str, title: str, baseline: st
     fig.tight_layout(rect=(0, 0.01 + 0.03 * len(notes), 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_seed_plot(rows: dict, runs: list[dict], path: str, baseline: str, title: str, caption: str) -> None:
+    """The benchmark's spread. Left: each recipe's mAP, one dot per seed, mean +- std. Right: each seed's mAP
+    gain over ``baseline`` (same seed). ``rows`` are keyed by recipe (run name), ``runs`` the per-seed records."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    others = [n for n in names if n != baseline]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(10, 1.3 * len(names) + 4), 5.2))
+    for i, name in enumerate(names):
+        values = [r["mAP"] for r in runs if r["name"] == name and r["seed"] in rows[name]["seeds"]]
+        color = "0.5" if name == baseline else f"C{i}"
+        left.scatter([i] * len(values), values, s=22, color=color, zorder=3)
+        if len(values) > 1:
+            left.errorbar(i + 0.18, rows[name]["mAP"]["mean"], yerr=rows[name]["mAP"]["std"], fmt="_", ms=14,
+                          color="black", capsize=3)
+    if baseline in rows:
+        left.axhline(rows[baseline]["mAP"]["mean"], color="0.5", linestyle="--", linewidth=0.8,
+                     label=f"{baseline} (mean)")
+        left.legend(fontsize=8, loc="best")
+    left.set_xticks(range(len(names)))
+    left.set_xticklabels(names, rotation=30, ha="right")
+    left.set_ylabel("mAP (dots: seeds; bar: mean ± std)")
+    left.set_title("mAP per recipe")
+    for i, name in enumerate(others):
+        gains = seed_gains(runs, name, baseline, "mAP") if baseline in rows else []
+        right.scatter([i] * len(gains), gains, s=22, color=f"C{names.index(name)}", zorder=3)
+        if gains:
+            right.plot([i - 0.25, i + 0.25], [sum(gains) / len(gains)] * 2, color="black", linewidth=1.2)
+    right.axhline(0.0, color="black", linewidth=0.8)
+    right.set_xticks(range(len(others)))
+    right.set_xticklabels(others, rotation=30, ha="right")
+    right.set_ylabel(f"mAP minus {baseline}'s, same seed (line: mean)")
+    right.set_title(f"paired gain over {baseline}")
+    fig.suptitle(title, fontsize=12)
+    fig.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=8, wrap=True)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -35,8 +35,8 @@ def attention_off_kinks(student, teacher, temperature, margin=1e-4) -> bool:
     """True when no |A^s - A^t| entry is within `margin` of the |.| kink (rows of length 1 are exactly 0
     on both sides and are fine)."""
     ok = True
-    for a, b in zip(attention_reference.attention_masks(student.double(), temperature),
-                    attention_reference.attention_masks(teacher.double(), temperature)):
+    for a, b in zip(attention_reference.attention_masks(student.double(), temperature=temperature),
+                    attention_reference.attention_masks(teacher.double(), temperature=temperature)):
         d = (a - b).reshape(a.shape[0], -1)
         if d.shape[1] > 1:
             ok &= bool((d.abs() > margin).all())

@@ -26,7 +26,7 @@ def _weighted(spatial, channel, seed):
 def _expected(feat, temperature, seed):
     """Reference masks and gradient computed in float64 from the same (rounded) input values."""
     f64 = feat.detach().double().requires_grad_()
-    spatial, channel = reference.attention_masks(f64, temperature)
+    spatial, channel = reference.attention_masks(f64, temperature=temperature)
     _weighted(spatial, channel, seed).backward()
     return spatial.detach(), channel.detach(), f64.grad
 
@@ -42,7 +42,7 @@ def test_matches_reference(backend, device, dtype, layout):
             feat = non_contiguous(feat)
         feat.requires_grad_()
         temperature = 0.5 if i % 2 == 0 else 0.8
-        spatial, channel = kdops.attention_masks(feat, temperature, backend=backend)
+        spatial, channel = kdops.attention_masks(feat, temperature=temperature, backend=backend)
         exp_s, exp_c, exp_g = _expected(feat, temperature, seed)
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         assert spatial.dtype == channel.dtype == acc
@@ -66,7 +66,7 @@ def test_one_mask_used(backend, device):
 
 def test_reference_closed_form_backward_matches_autograd():
     feat = randn((2, 6, 5, 7), torch.float64, "cpu", 11, requires_grad=True)
-    spatial, channel = reference.attention_masks(feat, 0.7)
+    spatial, channel = reference.attention_masks(feat, temperature=0.7)
     g_s, g_c = randn(spatial.shape, torch.float64, "cpu", 12), randn(channel.shape, torch.float64, "cpu", 13)
     expected = torch.autograd.grad((spatial * g_s).sum() + (channel * g_c).sum(), feat)[0]
     closed = reference.attention_masks_backward(g_s, g_c, feat, spatial.detach(), channel.detach(), 0.7)
@@ -78,7 +78,7 @@ def test_gradcheck_float64(backend):
     if kdops.available_backends()[backend] != "available":
         pytest.skip(kdops.available_backends()[backend])
     feat = randn((2, 3, 4, 5), torch.float64, "cpu", 5, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda f: kdops.attention_masks(f, 0.6, backend=backend), (feat,))
+    assert torch.autograd.gradcheck(lambda f: kdops.attention_masks(f, temperature=0.6, backend=backend), (feat,))
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
@@ -90,7 +90,7 @@ def test_opcheck(backend, device):
 
 def test_compile_fullgraph():
     def loss_fn(feat):
-        spatial, channel = kdops.attention_masks(feat, 0.5)
+        spatial, channel = kdops.attention_masks(feat, temperature=0.5)
         return (spatial * spatial).mean() + channel.max()
 
     feat = randn((2, 4, 6, 5), torch.float32, "cpu", 9, requires_grad=True)

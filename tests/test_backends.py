@@ -1,5 +1,6 @@
 """Backend selection, availability report, and the pure-Python fallback when the extension is missing."""
 
+import contextlib
 import os
 import re
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 import kdops
-from kdops import _backend
+from kdops import _backend, _registry
 
 
 def test_available_backends_reports_every_backend():
@@ -112,3 +113,14 @@ def test_a_raw_call_on_meta_tensors_only_still_answers(namespace):
     x = torch.empty(5, 4, device="meta")
     loss, norm = getattr(torch.ops, namespace).bounded_regression(x, x, x, None, 0.0)
     assert loss.device.type == norm.device.type == "meta" and loss.shape == ()
+
+
+def test_triton_launches_on_the_tensors_device():
+    """Triton launches on the current device: the Triton ops make the tensors' GPU current first."""
+    assert isinstance(_registry.device_of((torch.zeros(1), 2.0)), contextlib.nullcontext)  # CPU: nothing to do
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    s, t = torch.randn(2, 3, 4, 5, device="cuda:1"), torch.randn(2, 3, 4, 5, device="cuda:1")
+    with torch.cuda.device(0):
+        loss = kdops.feature_imitation(s, t, backend="triton")
+    torch.testing.assert_close(loss.cpu(), kdops.feature_imitation(s.cpu(), t.cpu(), backend="reference"))

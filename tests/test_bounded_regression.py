@@ -37,7 +37,8 @@ def _expected(student, teacher, target, margin, weight, grad_out):
     d = student.shape[-1]
     w = None if weight is None else weight.double().reshape(-1)
     return float64_loss_and_grad(lambda s: reference.bounded_regression(
-        s.reshape(-1, d), teacher.double().reshape(-1, d), target.double().reshape(-1, d), w, margin)[0],
+        s.reshape(-1, d), teacher.double().reshape(-1, d), target=target.double().reshape(-1, d), weight=w,
+        margin=margin)[0],
         student, grad_out)
 
 
@@ -54,7 +55,7 @@ def test_matches_reference(backend, device, dtype, layout):
         student.requires_grad_()
         grad_out = 0.5 + i % 3
         w = None if weight is None else weight.float()
-        out = kdops.bounded_regression(student, teacher, target, margin, w, backend=backend)
+        out = kdops.bounded_regression(student, teacher, target=target, weight=w, margin=margin, backend=backend)
         exp, exp_grad = _expected(student, teacher, target, margin, w, grad_out)
         assert out.shape == () and out.dtype == torch.float32
         assert_close(out, exp, torch.float32, scale=10)
@@ -67,7 +68,7 @@ def test_matches_reference(backend, device, dtype, layout):
 def test_reference_closed_form_backward_matches_autograd(margin, with_weight):
     student, teacher, target, weight = _inputs((30, 4), torch.float64, "cpu", 3, with_weight, margin)
     student.requires_grad_()
-    out, norm = reference.bounded_regression(student, teacher, target, weight, margin)
+    out, norm = reference.bounded_regression(student, teacher, target=target, weight=weight, margin=margin)
     expected = torch.autograd.grad(out * 1.7, student)[0]
     closed = reference.bounded_regression_backward(torch.tensor(1.7, dtype=torch.float64), student.detach(), teacher,
                                                    target, weight, norm, margin)
@@ -82,7 +83,8 @@ def test_gradcheck_float64(backend, margin, with_weight):
     student, teacher, target, weight = _inputs((9, 4), torch.float64, "cpu", 5, with_weight, margin)
     student.requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda s: kdops.bounded_regression(s, teacher, target, margin, weight, backend=backend), (student,))
+        lambda s: kdops.bounded_regression(s, teacher, target=target, weight=weight, margin=margin,
+                                           backend=backend), (student,))
 
 
 
@@ -93,12 +95,12 @@ def test_bound_is_decided_per_row():
     t = torch.tensor([[0.5, 0, 0, 0], [1.0, 0, 0, 0], [0.6, 0, 0, 0]])
     for backend in backends_on_cpu():
         s.grad = None
-        out = kdops.bounded_regression(s, t, y, margin=0.2, backend=backend)
+        out = kdops.bounded_regression(s, t, target=y, margin=0.2, backend=backend)
         torch.testing.assert_close(out, torch.tensor((1.0 + 0.25) / 3))
         out.backward()
         torch.testing.assert_close(s.grad[:, 0], torch.tensor([2 * 1.0 / 3, 0.0, 2 * 0.5 / 3]))
         # without the margin, row 2 is better than the teacher and free too
-        torch.testing.assert_close(kdops.bounded_regression(s, t, y, backend=backend), torch.tensor(1.0 / 3))
+        torch.testing.assert_close(kdops.bounded_regression(s, t, target=y, backend=backend), torch.tensor(1.0 / 3))
 
 
 @pytest.mark.parametrize("nan_side", ["teacher", "student"])
@@ -111,7 +113,7 @@ def test_a_nan_row_poisons_the_loss_instead_of_being_dropped(nan_side):
     for backend in backends_on_cpu():
         for weight in (None, torch.tensor([1.0, 0.0, 1.0])):
             student = s.clone().requires_grad_()
-            out = kdops.bounded_regression(student, t, y, weight=weight, backend=backend)
+            out = kdops.bounded_regression(student, t, target=y, weight=weight, backend=backend)
             assert out.isnan(), backend
             out.backward()
             assert student.grad[1].isnan().all(), backend
@@ -125,15 +127,15 @@ def test_weight_mean_is_over_rows_with_positive_weight():
     w = torch.tensor([1.0, 0, 2.0, 0, 0, 1.0])
     expected = (w * ((s - y) ** 2).sum(1)).sum() / 3
     for backend in backends_on_cpu():
-        torch.testing.assert_close(kdops.bounded_regression(s, t, y, weight=w, backend=backend), expected)
-        assert kdops.bounded_regression(s, t, y, weight=torch.zeros(6), backend=backend).item() == 0.0
+        torch.testing.assert_close(kdops.bounded_regression(s, t, target=y, weight=w, backend=backend), expected)
+        assert kdops.bounded_regression(s, t, target=y, weight=torch.zeros(6), backend=backend).item() == 0.0
 
 
 def test_teacher_gets_no_gradient():
     s, y = torch.randn(5, 4, requires_grad=True), torch.randn(5, 4)
     t = torch.randn(5, 4, requires_grad=True)
     for backend in backends_on_cpu():
-        out = kdops.bounded_regression(s, t, y, backend=backend)
+        out = kdops.bounded_regression(s, t, target=y, backend=backend)
         out.backward()
         assert t.grad is None or not t.grad.any(), backend
 
@@ -149,7 +151,7 @@ def test_opcheck(backend, device, with_weight):
 
 def test_compile_fullgraph():
     def loss_fn(student, teacher, target, weight):
-        return kdops.bounded_regression(student, teacher, target, 0.1, weight)
+        return kdops.bounded_regression(student, teacher, target=target, weight=weight, margin=0.1)
 
     student, teacher, target, weight = _inputs((8, 3, 4), torch.float32, "cpu", 9, True)
     weight = weight.float()
@@ -173,4 +175,4 @@ X = torch.randn(6, 4)
 ])
 def test_bad_input(args, kwargs, error, match):
     with pytest.raises(error, match=match):
-        kdops.bounded_regression(*args, **kwargs)
+        kdops.bounded_regression(*args[:2], target=args[2], **kwargs)

@@ -25,7 +25,7 @@ def _inputs(seed):
 def _relation_grad(s, t, backend="cpu"):
     s.grad = None
     zeros = torch.zeros(SHAPE[:2])
-    kdops.relation_mse(s, t, zeros, zeros, backend=backend).backward()
+    kdops.relation_mse(s, t, delta_s=zeros, delta_t=zeros, backend=backend).backward()
     grad, s.grad = s.grad, None
     return grad
 
@@ -96,9 +96,9 @@ g = torch.Generator().manual_seed(0)
 s = torch.randn(2, 32, 160, 256, generator=g, requires_grad=True)
 t = torch.randn(2, 32, 160, 256, generator=g)
 grads = {}
-for name, loss in (("cwd", lambda: kdops.cwd_loss(s, t, 2.0, backend="cpu")),
+for name, loss in (("cwd", lambda: kdops.cwd_loss(s, t, tau=2.0, backend="cpu")),
                    ("imitation", lambda: kdops.feature_imitation(s, t, backend="cpu")),
-                   ("cwd_again", lambda: kdops.cwd_loss(s, t, 2.0, backend="cpu"))):
+                   ("cwd_again", lambda: kdops.cwd_loss(s, t, tau=2.0, backend="cpu"))):
     loss().backward()
     grads[name] = s.grad.clone()
     s.grad = None

@@ -35,17 +35,21 @@ def _cases():
     a_s, a_t = _feature((300_000,), 8), _feature((300_000,), 9)
     anchor_labels = torch.randint(-1, 2, (300_000,), generator=torch.Generator().manual_seed(10))
     r_s, r_t, r_y = _feature((rows, 4), 11), _feature((rows, 4), 12), _feature((rows, 4), 13)
+    g_sp, g_ch = _feature((N, H, W), 14), _feature((N, C), 15)
     return {
-        "cwd_loss": (lambda x: kdops.cwd_loss(x, t, 2.0, backend="cpu"), s),
+        "attention_masks": (lambda x: sum((m * g).sum() for m, g in zip(kdops.attention_masks(x, backend="cpu"),
+                                                                          (g_sp, g_ch))), s),
+        "cwd_loss": (lambda x: kdops.cwd_loss(x, t, tau=2.0, backend="cpu"), s),
         "pkd_loss": (lambda x: kdops.pkd_loss(x, t, backend="cpu"), s),
-        "feature_imitation": (lambda x: kdops.feature_imitation(x, t, fg, backend="cpu"), s),
-        "fgd_focal_loss": (lambda x: kdops.fgd_focal_loss(x, t, fg, bg, backend="cpu"), s),
+        "feature_imitation": (lambda x: kdops.feature_imitation(x, t, mask=fg, backend="cpu"), s),
+        "fgd_focal_loss": (lambda x: kdops.fgd_focal_loss(x, t, fg=fg, bg=bg, backend="cpu"), s),
         "gc_context": (lambda x: kdops.gc_context(x, w_gc, backend="cpu").square().sum(), s),
-        "relation_mse": (lambda x: kdops.relation_mse(x, t, d_s, d_t, backend="cpu"), s),
-        "soft_cross_entropy": (lambda x: kdops.soft_cross_entropy(x, z_t, None, 2.0, labels, 0.5, backend="cpu"), z_s),
+        "relation_mse": (lambda x: kdops.relation_mse(x, t, delta_s=d_s, delta_t=d_t, backend="cpu"), s),
+        "soft_cross_entropy": (lambda x: kdops.soft_cross_entropy(
+            x, z_t, target=labels, temperature=2.0, mu=0.5, backend="cpu"), z_s),
         "soft_binary_cross_entropy": (lambda x: kdops.soft_binary_cross_entropy(
             x, a_t, target=anchor_labels, mu=0.5, backend="cpu"), a_s),
-        "bounded_regression": (lambda x: kdops.bounded_regression(x, r_t, r_y, 0.1, backend="cpu"), r_s),
+        "bounded_regression": (lambda x: kdops.bounded_regression(x, r_t, target=r_y, margin=0.1, backend="cpu"), r_s),
     }
 
 

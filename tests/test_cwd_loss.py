@@ -16,7 +16,7 @@ TAUS = (1.0, 4.0)
 
 
 def _expected(student, teacher, tau, grad_out):
-    return float64_loss_and_grad(lambda s: reference.cwd_loss(s, teacher.double(), tau), student, grad_out)
+    return float64_loss_and_grad(lambda s: reference.cwd_loss(s, teacher.double(), tau=tau), student, grad_out)
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
@@ -33,7 +33,7 @@ def test_matches_reference(backend, device, dtype, layout):
                 student, teacher = non_contiguous(student), non_contiguous(teacher)
             student.requires_grad_()
             grad_out = 0.5 + i % 3
-            out = kdops.cwd_loss(student, teacher, tau, backend=backend)
+            out = kdops.cwd_loss(student, teacher, tau=tau, backend=backend)
             exp, exp_grad = _expected(student, teacher, tau, grad_out)
             assert out.shape == () and out.dtype == torch.float32
             assert_close(out, exp, torch.float32, scale=10)
@@ -46,7 +46,7 @@ def test_matches_reference(backend, device, dtype, layout):
 def test_reference_closed_form_backward_matches_autograd(tau):
     student = randn((2, 3, 4, 5), torch.float64, "cpu", 3, requires_grad=True)
     teacher = randn((2, 3, 4, 5), torch.float64, "cpu", 4)
-    expected = torch.autograd.grad(reference.cwd_loss(student, teacher, tau) * 1.7, student)[0]
+    expected = torch.autograd.grad(reference.cwd_loss(student, teacher, tau=tau) * 1.7, student)[0]
     closed = reference.cwd_loss_backward(torch.tensor(1.7, dtype=torch.float64), student.detach(), teacher, tau)
     torch.testing.assert_close(closed, expected)
 
@@ -57,7 +57,7 @@ def test_reference_matches_the_kl_definition():
     log_ps = torch.log_softmax(s.reshape(6, 20) / tau, dim=1)
     pt = torch.softmax(t.reshape(6, 20) / tau, dim=1)
     kl = torch.nn.functional.kl_div(log_ps, pt, reduction="sum")
-    torch.testing.assert_close(reference.cwd_loss(s, t, tau), kl * tau**2 / 6)
+    torch.testing.assert_close(reference.cwd_loss(s, t, tau=tau), kl * tau**2 / 6)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
@@ -67,7 +67,7 @@ def test_gradcheck_float64(backend, tau):
         pytest.skip(kdops.available_backends()[backend])
     student = randn((2, 3, 4, 5), torch.float64, "cpu", 5, requires_grad=True)
     teacher = randn((2, 3, 4, 5), torch.float64, "cpu", 6)
-    assert torch.autograd.gradcheck(lambda s: kdops.cwd_loss(s, teacher, tau, backend=backend), (student,))
+    assert torch.autograd.gradcheck(lambda s: kdops.cwd_loss(s, teacher, tau=tau, backend=backend), (student,))
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
@@ -79,7 +79,7 @@ def test_opcheck(backend, device):
 
 def test_compile_fullgraph():
     def loss_fn(student, teacher):
-        return kdops.cwd_loss(student, teacher, 2.0) + kdops.pkd_loss(student, teacher)
+        return kdops.cwd_loss(student, teacher, tau=2.0) + kdops.pkd_loss(student, teacher)
 
     student = randn((2, 4, 6, 5), torch.float32, "cpu", 9, requires_grad=True)
     teacher = randn((2, 4, 6, 5), torch.float32, "cpu", 10)
@@ -121,7 +121,7 @@ def test_extreme_tau_is_exact(tau):
     for backend in backends_on_cpu():
         for dtype in (torch.float64,) if backend == "reference" else (torch.float32, torch.float64):
             s = student.detach().to(dtype).requires_grad_()
-            out = kdops.cwd_loss(s, teacher.to(dtype), tau, backend=backend)
+            out = kdops.cwd_loss(s, teacher.to(dtype), tau=tau, backend=backend)
             out.backward()
             rtol = 1e-5 if dtype == torch.float32 else 1e-12
             torch.testing.assert_close(out.double(), torch.tensor(loss, dtype=torch.float64), rtol=rtol, atol=0,

@@ -28,7 +28,7 @@ def test_box_masks_of_no_image_are_empty():
 def test_fgd_focal_loss(backend):
     s, t = torch.randn(0, 3, 5, 7, requires_grad=True), torch.randn(0, 3, 5, 7)
     fg, bg = kdops.box_masks([], (5, 7))
-    loss, terms = kdops.fgd_focal_loss(s, t, fg, bg, return_terms=True, backend=backend)
+    loss, terms = kdops.fgd_focal_loss(s, t, fg=fg, bg=bg, return_terms=True, backend=backend)
     assert terms.shape == (3,) and not terms.any()
     _zero_loss_with_zero_grads(loss, s)
 
@@ -38,7 +38,7 @@ def test_fgd_feature_pass(backend):
     s, t = torch.randn(0, 3, 5, 7, requires_grad=True), torch.randn(0, 3, 5, 7)
     fg, bg = kdops.box_masks([], (5, 7))
     w_s, w_t = torch.randn(1, 3, 1, 1, requires_grad=True), torch.randn(1, 3, 1, 1)
-    out = kdops.fgd_feature_pass(s, t, fg, bg, w_s, None, w_t, None, backend=backend)
+    out = kdops.fgd_feature_pass(s, t, fg=fg, bg=bg, student_gc_weight=w_s, teacher_gc_weight=w_t, backend=backend)
     assert out.ctx_s.shape == (0, 3) and out.diff_sum.shape == (0, 3)
     assert out.loss.item() == 0.0 and out.diff_sq.item() == 0.0
     _zero_loss_with_zero_grads(out.loss + out.ctx_s.sum() + out.diff_sq + out.diff_sum.sum(), s, w_s)

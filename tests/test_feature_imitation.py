@@ -35,7 +35,7 @@ def _expected(student, teacher, mask, loss, normalize, grad_out):
     s = student.detach().double().requires_grad_()
     t = teacher.detach().double().requires_grad_()
     m = None if mask is None else mask.double()
-    out = reference.feature_imitation(s, t, m, loss, normalize)
+    out = reference.feature_imitation(s, t, mask=m, loss=loss, normalize=normalize)
     (out * grad_out).backward()
     return out.detach(), s.grad, t.grad
 
@@ -54,7 +54,7 @@ def test_matches_reference(backend, device, dtype, layout):
         student.requires_grad_()
         teacher.requires_grad_(i % 2 == 0)  # a teacher that requires grad gets the negated gradient
         grad_out = 0.5 + i % 3
-        out = kdops.feature_imitation(student, teacher, mask, loss, normalize, backend=backend)
+        out = kdops.feature_imitation(student, teacher, mask=mask, loss=loss, normalize=normalize, backend=backend)
         exp, exp_gs, exp_gt = _expected(student, teacher, mask, loss, normalize, grad_out)
         assert out.shape == () and out.dtype == torch.float32
         assert_close(out, exp, torch.float32, scale=1e3)
@@ -69,7 +69,7 @@ def test_reference_closed_form_backward_matches_autograd():
     for loss, normalize, with_mask in MODES:
         student, teacher, mask = _inputs((2, 5, 3, 4), torch.float64, "cpu", 21, with_mask)
         student.requires_grad_()
-        out = reference.feature_imitation(student, teacher, mask, loss, normalize)
+        out = reference.feature_imitation(student, teacher, mask=mask, loss=loss, normalize=normalize)
         expected = torch.autograd.grad(out * 1.7, student)[0]
         norm = reference.normalizer(student, mask, normalize)
         closed = reference.feature_imitation_backward(torch.tensor(1.7, dtype=torch.float64), student.detach(),
@@ -86,7 +86,8 @@ def test_gradcheck_float64(backend, loss, normalize, with_mask):
     student.requires_grad_()
     teacher.requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda s, t: kdops.feature_imitation(s, t, mask, loss, normalize, backend=backend), (student, teacher))
+        lambda s, t: kdops.feature_imitation(s, t, mask=mask, loss=loss, normalize=normalize, backend=backend),
+        (student, teacher))
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
@@ -101,7 +102,8 @@ def test_opcheck(backend, device, with_mask):
 def test_compile_fullgraph():
     def loss_fn(student, teacher, mask):
         spatial, _ = kdops.attention_masks(teacher)
-        return kdops.feature_imitation(student, teacher, mask * spatial.to(mask.dtype), "mse", "mask")
+        return kdops.feature_imitation(student, teacher, mask=mask * spatial.to(mask.dtype), loss="mse",
+                                       normalize="mask")
 
     student, teacher, mask = _inputs((2, 4, 6, 5), torch.float32, "cpu", 9, True)
     student.requires_grad_()
@@ -123,7 +125,7 @@ def test_empty_batch_is_zero():
 def test_all_zero_mask_with_mask_normalisation_is_zero():
     for backend in _fused_backends():
         s = torch.randn(2, 3, 4, 5, requires_grad=True)
-        out = kdops.feature_imitation(s, torch.randn(2, 3, 4, 5), torch.zeros(2, 4, 5), normalize="mask",
+        out = kdops.feature_imitation(s, torch.randn(2, 3, 4, 5), mask=torch.zeros(2, 4, 5), normalize="mask",
                                       backend=backend)
         out.backward()
         assert out.item() == 0.0 and not s.grad.any()
@@ -133,8 +135,8 @@ def test_bool_mask_equals_float_mask():
     s, t = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
     m = torch.rand(2, 4, 5) > 0.5
     for backend in _fused_backends():
-        a = kdops.feature_imitation(s, t, m, normalize="mask", backend=backend)
-        b = kdops.feature_imitation(s, t, m.float(), normalize="mask", backend=backend)
+        a = kdops.feature_imitation(s, t, mask=m, normalize="mask", backend=backend)
+        b = kdops.feature_imitation(s, t, mask=m.float(), normalize="mask", backend=backend)
         torch.testing.assert_close(a, b)
 
 

@@ -7,6 +7,7 @@ from torch.library import opcheck
 
 import kdops
 import kdops.nn.fgd
+import kdops.ops.fgd_feature_pass
 from fgd_inputs import focal_inputs, random_boxes
 from kdops.reference import fgd_feature_pass as reference
 from support import (
@@ -29,6 +30,13 @@ def _convs(c, acc, seed, device="cpu"):
     return ws.requires_grad_(), bs.requires_grad_(), wt.requires_grad_(), bt
 
 
+def _args(fg, bg, convs, temperature=0.5, weights=(1e-3, 5e-4, 5e-4)):
+    """fgd_feature_pass' keyword arguments after (student, teacher)."""
+    (ws, bs, wt, bt), (alpha, beta, gamma) = convs, weights
+    return dict(fg=fg, bg=bg, student_gc_weight=ws, student_gc_bias=bs, teacher_gc_weight=wt, teacher_gc_bias=bt,
+                temperature=temperature, alpha=alpha, beta=beta, gamma=gamma)
+
+
 def _objective(out, seed):
     """A grad_output other than 1 on every one of the six outputs."""
     total = 0
@@ -40,8 +48,8 @@ def _objective(out, seed):
 def _expected(student, teacher, fg, bg, convs, temperature, seed):
     leaves = [x.detach().cpu().double().requires_grad_() for x in (student, *convs)]
     fg, bg = fg.cpu().double(), bg.cpu().double()
-    out = reference.fgd_feature_pass(leaves[0], teacher.detach().cpu().double(), fg, bg, *leaves[1:], temperature,
-                                     *WEIGHTS)
+    out = reference.fgd_feature_pass(leaves[0], teacher.detach().cpu().double(),
+                                     **_args(fg, bg, leaves[1:], temperature, WEIGHTS))
     _objective(out, seed).backward()
     return [o.detach() for o in out], [leaves[i].grad for i in (0, 1, 3)]
 
@@ -58,7 +66,7 @@ def test_matches_reference(backend, device, dtype, layout):
             student, teacher, fg, bg = (non_contiguous(x) for x in (student, teacher, fg, bg))
         student.requires_grad_()
         convs = _convs(shape[1], torch.float32, seed + 5, device)
-        out = kdops.fgd_feature_pass(student, teacher, fg, bg, *convs, temperature, *WEIGHTS, backend=backend)
+        out = kdops.fgd_feature_pass(student, teacher, **_args(fg, bg, convs, temperature, WEIGHTS), backend=backend)
         expected, (exp_gs, exp_gws, exp_gwt) = _expected(student, teacher, fg, bg, convs, temperature, seed)
         assert [tuple(o.shape) for o in out] == [(), (3,), shape[:2], shape[:2], (), shape[:2]]
         assert all(o.dtype == torch.float32 for o in out)
@@ -77,7 +85,8 @@ def test_gradcheck_float64():
     student, teacher, fg, bg = focal_inputs((2, 3, 4, 5), torch.float64, "cpu", 5, 0.6)
     ws, bs, wt, bt = _convs(3, torch.float64, 6)
     assert torch.autograd.gradcheck(
-        lambda s, a, b: tuple(kdops.fgd_feature_pass(s, teacher, fg, bg, a, bs, b, bt, 0.6, *WEIGHTS, backend="cpu")),
+        lambda s, a, b: tuple(kdops.fgd_feature_pass(s, teacher, **_args(fg, bg, (a, bs, b, bt), 0.6, WEIGHTS),
+                                                     backend="cpu")),
         (student.requires_grad_(), ws, wt))
 
 
@@ -95,7 +104,7 @@ def test_compile_fullgraph():
     ws, bs, wt, bt = _convs(4, torch.float32, 10)
 
     def loss_fn(s, t, fg, bg):
-        out = kdops.fgd_feature_pass(s, t, fg, bg, ws, bs, wt, bt, 0.5, *WEIGHTS)
+        out = kdops.fgd_feature_pass(s, t, **_args(fg, bg, (ws, bs, wt, bt), 0.5, WEIGHTS))
         return out.loss + out.diff_sq + (out.ctx_s * out.ctx_t).sum() + out.diff_sum.sum()
 
     assert_compiles_like_eager(loss_fn, student.requires_grad_(), teacher, fg, bg)
@@ -105,8 +114,8 @@ def test_empty_batch_gives_zeros():
     empty = torch.zeros(0, 4, 3, 5, requires_grad=True)
     masks = torch.zeros(0, 3, 5)
     for backend in ("reference", "cpu"):
-        out = kdops.fgd_feature_pass(empty, empty.detach(), masks, masks, torch.ones(4), None, torch.ones(4), None,
-                                     backend=backend)
+        convs = (torch.ones(4), None, torch.ones(4), None)
+        out = kdops.fgd_feature_pass(empty, empty.detach(), **_args(masks, masks, convs), backend=backend)
         assert out.loss.item() == 0 and out.diff_sq.item() == 0 and out.ctx_s.shape == (0, 4)
 
 
@@ -119,7 +128,7 @@ def test_same_bits_on_one_and_several_threads():
         torch.set_num_threads(threads)
         try:
             s = student.clone().requires_grad_()
-            out = kdops.fgd_feature_pass(s, teacher, fg, bg, *convs, backend="cpu")
+            out = kdops.fgd_feature_pass(s, teacher, **_args(fg, bg, convs), backend="cpu")
             grads = torch.autograd.grad(_objective(out, 13), (s, convs[0], convs[2]))
             results.append((out, grads))
         finally:
@@ -129,13 +138,14 @@ def test_same_bits_on_one_and_several_threads():
 
 
 def test_fgd_loss_takes_one_pass_on_cpu(monkeypatch):
-    """FGDLoss on CPU tensors reads the features once each way (no relation_mse / gc_context calls), and
-    agrees with its per-op path (the reference backend)."""
+    """FGDLoss on CPU tensors reads the features once each way (no per-op fgd_focal_loss / gc_context calls),
+    and agrees with the reference backend."""
     calls = []
-    real = kdops.nn.fgd.fgd_feature_pass
-    monkeypatch.setattr(kdops.nn.fgd, "fgd_feature_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
-    for unused in ("relation_mse", "gc_context"):
-        monkeypatch.setattr(kdops.nn.fgd, unused, lambda *a, name=unused, **k: pytest.fail(f"{name} was called"))
+    real = kdops.nn.fgd.feature_pass
+    monkeypatch.setattr(kdops.nn.fgd, "feature_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for module, unused in ((kdops.nn.fgd, "gc_context"), (kdops.ops.fgd_feature_pass, "gc_context"),
+                           (kdops.ops.fgd_feature_pass, "fgd_focal_loss")):
+        monkeypatch.setattr(module, unused, lambda *a, name=unused, **k: pytest.fail(f"{name} was called"))
     fgd = kdops.nn.FGDLoss(6, 8).double()
     with torch.no_grad():
         for p in fgd.parameters():  # non-zero last convs, so the relation loss uses every term

@@ -12,7 +12,7 @@ from support import (
 
 SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (3, 257, 1, 1), (2, 7, 37, 41), (1, 257, 13, 21)]
 SMALL_SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (1, 33, 5, 7)]  # for the Triton interpreter
-WEIGHTS = (1.5, 0.7, 2.0)  # alpha, beta, gamma: all terms matter in the gradient
+WEIGHTS = dict(alpha=1.5, beta=0.7, gamma=2.0)  # all terms matter in the gradient
 
 
 def _objective(loss, terms, seed):
@@ -23,8 +23,8 @@ def _objective(loss, terms, seed):
 
 def _expected(student, teacher, fg, bg, temperature, seed):
     s = student.detach().double().requires_grad_()
-    loss, terms = reference.fgd_focal_loss(s, teacher.detach().double(), fg.double(), bg.double(), temperature,
-                                           *WEIGHTS)
+    loss, terms = reference.fgd_focal_loss(s, teacher.detach().double(), fg=fg.double(), bg=bg.double(),
+                                           temperature=temperature, **WEIGHTS)
     _objective(loss, terms, seed).backward()
     return loss.detach(), terms.detach(), s.grad
 
@@ -41,8 +41,8 @@ def test_matches_reference(backend, device, dtype, layout):
         if layout == "non_contiguous":
             student, teacher, fg, bg = (non_contiguous(x) for x in (student, teacher, fg, bg))
         student.requires_grad_()
-        loss, terms = kdops.fgd_focal_loss(student, teacher, fg, bg, temperature, *WEIGHTS, return_terms=True,
-                                           backend=backend)
+        loss, terms = kdops.fgd_focal_loss(student, teacher, fg=fg, bg=bg, temperature=temperature, **WEIGHTS,
+                                           return_terms=True, backend=backend)
         exp_loss, exp_terms, exp_grad = _expected(student, teacher, fg, bg, temperature, seed)
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         assert loss.shape == () and terms.shape == (3,) and loss.dtype == terms.dtype == acc
@@ -56,12 +56,12 @@ def test_matches_reference(backend, device, dtype, layout):
 def test_reference_closed_form_backward_matches_autograd():
     student, teacher, fg, bg = _inputs((2, 6, 5, 7), torch.float64, "cpu", 11, 0.7)
     student.requires_grad_()
-    loss, terms = reference.fgd_focal_loss(student, teacher, fg.double(), bg.double(), 0.7, *WEIGHTS)
+    loss, terms = reference.fgd_focal_loss(student, teacher, fg=fg.double(), bg=bg.double(), temperature=0.7, **WEIGHTS)
     g_loss, g_terms = torch.tensor(1.3, dtype=torch.float64), randn((3,), torch.float64, "cpu", 12)
     expected = torch.autograd.grad(g_loss * loss + (g_terms * terms).sum(), student)[0]
     saved = reference.attention_grads(student.detach(), teacher, 0.7)
     closed = reference.fgd_focal_loss_backward(g_loss, g_terms, student.detach(), teacher, fg.double(), bg.double(),
-                                               *saved, *WEIGHTS)
+                                               *saved, **WEIGHTS)
     torch.testing.assert_close(closed, expected)
 
 
@@ -72,7 +72,8 @@ def test_gradcheck_float64(backend):
     student, teacher, fg, bg = _inputs((2, 3, 4, 5), torch.float64, "cpu", 5, 0.6)
     student.requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda s: kdops.fgd_focal_loss(s, teacher, fg, bg, 0.6, *WEIGHTS, return_terms=True, backend=backend),
+        lambda s: kdops.fgd_focal_loss(s, teacher, fg=fg, bg=bg, temperature=0.6, **WEIGHTS, return_terms=True,
+                                 backend=backend),
         (student,))
 
 
@@ -80,12 +81,12 @@ def test_gradcheck_float64(backend):
 def test_opcheck(backend, device):
     op = torch.ops.kdops_triton.fgd_focal_loss if backend == "triton" else torch.ops.kdops.fgd_focal_loss
     student, teacher, fg, bg = _inputs((2, 3, 4, 5), torch.float32, device, 7, 0.5)
-    opcheck(op.default, (student.requires_grad_(), teacher, fg, bg, 0.5, *WEIGHTS))
+    opcheck(op.default, (student.requires_grad_(), teacher, fg, bg, 0.5, *WEIGHTS.values()))
 
 
 def test_compile_fullgraph():
     def loss_fn(s, t, fg, bg):
-        loss, terms = kdops.fgd_focal_loss(s, t, fg, bg, 0.5, *WEIGHTS, return_terms=True)
+        loss, terms = kdops.fgd_focal_loss(s, t, fg=fg, bg=bg, temperature=0.5, **WEIGHTS, return_terms=True)
         return loss + terms[2]
 
     student, teacher, fg, bg = _inputs((2, 4, 6, 5), torch.float32, "cpu", 9, 0.5)
@@ -98,7 +99,7 @@ def test_empty_batch_gives_zero():
         if kdops.available_backends()[backend] != "available":
             continue
         empty = torch.zeros(0, 4, 3, 5)
-        loss = kdops.fgd_focal_loss(empty, empty, torch.zeros(0, 3, 5), torch.zeros(0, 3, 5), backend=backend)
+        loss = kdops.fgd_focal_loss(empty, empty, fg=torch.zeros(0, 3, 5), bg=torch.zeros(0, 3, 5), backend=backend)
         assert loss.item() == 0
 
 
@@ -106,7 +107,7 @@ def test_does_not_write_into_the_inputs():
     student, teacher, fg, bg = _inputs((2, 3, 4, 5), torch.float32, "cpu", 1, 0.5)
     student.requires_grad_()
     before = [x.detach().clone() for x in (student, teacher, fg, bg)]
-    kdops.fgd_focal_loss(student, teacher, fg, bg).backward()
+    kdops.fgd_focal_loss(student, teacher, fg=fg, bg=bg).backward()
     assert all(torch.equal(x.detach(), b) for x, b in zip((student, teacher, fg, bg), before))
 
 

@@ -14,7 +14,7 @@ def test_adapts_student_channels_and_trains_the_adaptation():
     teacher = torch.randn(2, 16, 5, 7)
     mask = torch.rand(2, 5, 7)
     out = hint(student, teacher, mask)
-    expected = 0.5 * reference(hint.adapt(student), teacher, mask, "mse", "mean")
+    expected = 0.5 * reference(hint.adapt(student), teacher, mask=mask, loss="mse", normalize="mean")
     torch.testing.assert_close(out, expected)
     out.backward()
     assert student.grad is not None and hint.adapt.weight.grad is not None

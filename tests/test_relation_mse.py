@@ -14,7 +14,7 @@ SMALL_SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (1, 33, 5, 7)]  # for the Triton i
 
 def _expected(student, teacher, delta_s, delta_t, grad_out):
     leaves = [x.detach().double().requires_grad_() for x in (student, teacher, delta_s, delta_t)]
-    out = reference.relation_mse(*leaves)
+    out = reference.relation_mse(leaves[0], leaves[1], delta_s=leaves[2], delta_t=leaves[3])
     (out * grad_out).backward()
     return out.detach(), [x.grad for x in leaves]
 
@@ -34,7 +34,7 @@ def test_matches_reference(backend, device, dtype, layout):
         delta_s = randn(shape[:2], torch.float32, device, seed + 2, requires_grad=True)
         delta_t = randn(shape[:2], torch.float32, device, seed + 3, requires_grad=True)
         grad_out = 0.5 + i % 3
-        out = kdops.relation_mse(student, teacher, delta_s, delta_t, backend=backend)
+        out = kdops.relation_mse(student, teacher, delta_s=delta_s, delta_t=delta_t, backend=backend)
         exp, exp_grads = _expected(student, teacher, delta_s, delta_t, grad_out)
         assert out.shape == () and out.dtype == torch.float32
         assert_close(out, exp, torch.float32, scale=1e3)
@@ -52,7 +52,7 @@ def test_reference_closed_form_backward_matches_autograd():
     teacher = randn((2, 6, 5, 7), torch.float64, "cpu", 12)
     delta_s, delta_t = randn((2, 6), torch.float64, "cpu", 13), randn((2, 6), torch.float64, "cpu", 14)
     grad = torch.tensor(1.7, dtype=torch.float64)
-    expected = torch.autograd.grad(grad * reference.relation_mse(student, teacher, delta_s, delta_t), student)[0]
+    expected = torch.autograd.grad(grad * reference.relation_mse(student, teacher, delta_s=delta_s, delta_t=delta_t), student)[0]
     closed = reference.relation_mse_backward(grad, student.detach(), teacher, delta_s, delta_t)
     torch.testing.assert_close(closed, expected)
 
@@ -63,7 +63,7 @@ def test_gradcheck_float64(backend):
         pytest.skip(kdops.available_backends()[backend])
     args = [randn((2, 3, 4, 5), torch.float64, "cpu", 5 + i, requires_grad=True) for i in range(2)]
     args += [randn((2, 3), torch.float64, "cpu", 7 + i, requires_grad=True) for i in range(2)]
-    assert torch.autograd.gradcheck(lambda *a: kdops.relation_mse(*a, backend=backend), args)
+    assert torch.autograd.gradcheck(lambda s, t, ds, dt: kdops.relation_mse(s, t, delta_s=ds, delta_t=dt, backend=backend), args)
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
@@ -76,7 +76,7 @@ def test_opcheck(backend, device):
 
 def test_compile_fullgraph():
     def fn(s, t, ds, dt):
-        return kdops.relation_mse(s, t, ds, dt)
+        return kdops.relation_mse(s, t, delta_s=ds, delta_t=dt)
 
     s, t = randn((2, 4, 6, 5), torch.float32, "cpu", 1, True), randn((2, 4, 6, 5), torch.float32, "cpu", 2)
     ds, dt = randn((2, 4), torch.float32, "cpu", 3, True), randn((2, 4), torch.float32, "cpu", 4, True)
@@ -93,7 +93,7 @@ def test_empty_batch_gives_zero():
         if kdops.available_backends()[backend] != "available":
             continue
         empty = torch.zeros(0, 4, 3, 5)
-        assert kdops.relation_mse(empty, empty, torch.zeros(0, 4), torch.zeros(0, 4), backend=backend).item() == 0
+        assert kdops.relation_mse(empty, empty, delta_s=torch.zeros(0, 4), delta_t=torch.zeros(0, 4), backend=backend).item() == 0
 
 
 @pytest.mark.parametrize("change,error,match", [

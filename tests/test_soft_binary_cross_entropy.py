@@ -32,7 +32,7 @@ def _inputs(shape, dtype, device, seed, with_target):
 
 def _expected(student, teacher, target, temperature, grad_out):
     return float64_loss_and_grad(lambda s: reference.soft_binary_cross_entropy(
-        s, teacher.double(), target, WEIGHTS["pos_weight"], WEIGHTS["neg_weight"], temperature, MU, -1)[0],
+        s, teacher.double(), target=target, **WEIGHTS, temperature=temperature, mu=MU)[0],
         student, grad_out)
 
 
@@ -62,7 +62,8 @@ def test_matches_reference(backend, device, dtype, layout):
 def test_reference_closed_form_backward_matches_autograd(with_target, temperature):
     student, teacher, target = _inputs((5, 7), torch.float64, "cpu", 3, with_target)
     student.requires_grad_()
-    out, norm = reference.soft_binary_cross_entropy(student, teacher, target, 1.0, 1.5, temperature, MU, -1)
+    out, norm = reference.soft_binary_cross_entropy(student, teacher, target=target, pos_weight=1.0, neg_weight=1.5,
+                                                    temperature=temperature, mu=MU)
     expected = torch.autograd.grad(out * 1.7, student)[0]
     closed = reference.soft_binary_cross_entropy_backward(torch.tensor(1.7, dtype=torch.float64), student.detach(),
                                                           teacher, target, norm, 1.0, 1.5, temperature, MU, -1)
@@ -72,10 +73,10 @@ def test_reference_closed_form_backward_matches_autograd(with_target, temperatur
 def test_reference_equals_torch_bce_with_logits():
     student, teacher, target = _inputs((50,), torch.float64, "cpu", 4, True)
     kept = target >= 0
-    out, _ = reference.soft_binary_cross_entropy(student, teacher, target, 1.0, 1.0, 1.0, 1.0, -1)
+    out, _ = reference.soft_binary_cross_entropy(student, teacher, target=target, neg_weight=1.0, mu=1.0)
     torch.testing.assert_close(out, torch.nn.functional.binary_cross_entropy_with_logits(
         student[kept], target[kept].double()))
-    soft, _ = reference.soft_binary_cross_entropy(student, teacher, None, 1.0, 1.0, 1.0, 0.0, -1)
+    soft, _ = reference.soft_binary_cross_entropy(student, teacher, neg_weight=1.0)
     torch.testing.assert_close(soft, torch.nn.functional.binary_cross_entropy_with_logits(
         student, torch.sigmoid(teacher)))
 
@@ -113,7 +114,7 @@ def test_huge_logits_are_finite_and_correct():
     s = torch.tensor([1e4, -1e4, 80.0, -80.0, 0.0], requires_grad=True)
     t = torch.tensor([-1e4, 1e4, -90.0, 90.0, 3.0])
     y = torch.tensor([1, 0, 0, 1, 1])
-    expected = reference.soft_binary_cross_entropy(s.detach().double(), t.double(), y, 1.0, 1.5, 1.0, 0.5, -1)[0]
+    expected = reference.soft_binary_cross_entropy(s.detach().double(), t.double(), target=y, mu=0.5)[0]
     for backend in backends_on_cpu():
         s.grad = None
         out = kdops.soft_binary_cross_entropy(s, t, target=y, mu=0.5, backend=backend)

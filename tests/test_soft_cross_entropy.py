@@ -37,8 +37,8 @@ def _inputs(shape, dtype, device, seed, with_target, with_weight):
 
 def _expected(student, teacher, weight, target, temperature, grad_out):
     w = None if weight is None else weight.double()
-    return float64_loss_and_grad(lambda s: reference.soft_cross_entropy(s, teacher.double(), w, target, temperature,
-                                                                        MU, -1)[0], student, grad_out)
+    return float64_loss_and_grad(lambda s: reference.soft_cross_entropy(
+        s, teacher.double(), class_weight=w, target=target, temperature=temperature, mu=MU)[0], student, grad_out)
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
@@ -54,7 +54,8 @@ def test_matches_reference(backend, device, dtype, layout):
         student.requires_grad_()
         grad_out = 0.5 + i % 3
         w = None if weight is None else weight.to(torch.float32)
-        out = kdops.soft_cross_entropy(student, teacher, w, temperature, target, MU, backend=backend)
+        out = kdops.soft_cross_entropy(student, teacher, class_weight=w, target=target, temperature=temperature,
+                                       mu=MU, backend=backend)
         exp, exp_grad = _expected(student, teacher, w, target, temperature, grad_out)
         assert out.shape == () and out.dtype == torch.float32
         assert_close(out, exp, torch.float32, scale=10)
@@ -67,7 +68,8 @@ def test_matches_reference(backend, device, dtype, layout):
 def test_reference_closed_form_backward_matches_autograd(with_target, temperature, with_weight):
     student, teacher, weight, target = _inputs((11, 7), torch.float64, "cpu", 3, with_target, with_weight)
     student.requires_grad_()
-    out, norm = reference.soft_cross_entropy(student, teacher, weight, target, temperature, MU, -1)
+    out, norm = reference.soft_cross_entropy(student, teacher, class_weight=weight, target=target,
+                                             temperature=temperature, mu=MU)
     expected = torch.autograd.grad(out * 1.7, student)[0]
     closed = reference.soft_cross_entropy_backward(torch.tensor(1.7, dtype=torch.float64), student.detach(), teacher,
                                                    weight, target, norm, temperature, MU, -1)
@@ -77,9 +79,9 @@ def test_reference_closed_form_backward_matches_autograd(with_target, temperatur
 def test_reference_equals_torch_cross_entropy():
     """mu = 1 is the plain CE with ignore_index; mu = 0, w = 1, one-hot teacher is CE too."""
     student, teacher, _, target = _inputs((20, 9), torch.float64, "cpu", 4, True, False)
-    out, _ = reference.soft_cross_entropy(student, teacher, None, target, 1.0, 1.0, -1)
+    out, _ = reference.soft_cross_entropy(student, teacher, target=target, mu=1.0)
     torch.testing.assert_close(out, torch.nn.functional.cross_entropy(student, target, ignore_index=-1))
-    soft, _ = reference.soft_cross_entropy(student, teacher, None, None, 2.0, 0.0, -1)
+    soft, _ = reference.soft_cross_entropy(student, teacher, temperature=2.0)
     torch.testing.assert_close(soft, torch.nn.functional.cross_entropy(
         student / 2, torch.softmax(teacher / 2, dim=1)))
 
@@ -93,7 +95,8 @@ def test_gradcheck_float64(backend, with_target, temperature, with_weight, shape
     student, teacher, weight, target = _inputs(shape, torch.float64, "cpu", 5, with_target, with_weight)
     student.requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda s: kdops.soft_cross_entropy(s, teacher, weight, temperature, target, MU, backend=backend), (student,))
+        lambda s: kdops.soft_cross_entropy(s, teacher, class_weight=weight, target=target, temperature=temperature,
+                                           mu=MU, backend=backend), (student,))
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
@@ -107,7 +110,7 @@ def test_opcheck(backend, device, with_target, with_weight):
 
 def test_compile_fullgraph():
     def loss_fn(student, teacher, weight, target):
-        return kdops.soft_cross_entropy(student, teacher, weight, 1.0, target, 0.5)
+        return kdops.soft_cross_entropy(student, teacher, class_weight=weight, target=target, mu=0.5)
 
     student, teacher, weight, target = _inputs((8, 6), torch.float32, "cpu", 9, True, True)
     weight = weight.float()
@@ -155,7 +158,7 @@ def test_nan_logits_poison_only_kept_rows():
 def test_large_logits_stay_finite():
     s = torch.tensor([[1e4, -1e4, 0.0], [300.0, 299.0, -5.0]])
     t = torch.tensor([[-1e4, 1e4, 0.0], [0.0, 80.0, 90.0]])
-    expected = reference.soft_cross_entropy(s.double(), t.double(), None, torch.tensor([1, 0]), 1.0, 0.5, -1)[0]
+    expected = reference.soft_cross_entropy(s.double(), t.double(), target=torch.tensor([1, 0]), mu=0.5)[0]
     for backend in backends_on_cpu():
         out = kdops.soft_cross_entropy(s, t, target=torch.tensor([1, 0]), mu=0.5, backend=backend)
         torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-3)

@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import traceback
 
 os.environ.pop("TRITON_INTERPRET", None)  # real JITFunctions: set before triton is imported
@@ -114,11 +115,11 @@ def _cases():
             for loss, normalize in (("mse", "batch"), ("l1", "mask")):
                 s, t = _features(dtype, shape)
                 mask = torch.rand(shape[0], shape[2], shape[3]).to(dtype)
-                _backward(kdops.feature_imitation(s, t, mask, loss=loss, normalize=normalize, backend="triton"))
+                _backward(kdops.feature_imitation(s, t, mask=mask, loss=loss, normalize=normalize, backend="triton"))
 
         def focal(dtype, shape=shape, fg=fg, bg=bg):
             s, t = _features(dtype, shape)
-            _backward(kdops.fgd_focal_loss(s, t, fg, bg, 0.5, 1e-3, 5e-4, 5e-4, backend="triton"))
+            _backward(kdops.fgd_focal_loss(s, t, fg=fg, bg=bg, backend="triton"))
 
         def context(dtype, shape=shape):
             s, _ = _features(dtype, shape)
@@ -128,13 +129,15 @@ def _cases():
         def relation(dtype, shape=shape):
             s, t = _features(dtype, shape)
             ds, dt = _randn(shape[0], shape[1], dtype=dtype, grad=True), _randn(shape[0], shape[1], dtype=dtype)
-            _backward(kdops.relation_mse(s, t, ds, dt, backend="triton"))
+            _backward(kdops.relation_mse(s, t, delta_s=ds, delta_t=dt, backend="triton"))
 
         def feature_pass(dtype, shape=shape, fg=fg, bg=bg):
             s, t = _features(dtype, shape)
-            gc = [_randn(1, shape[1], 1, 1, dtype=dtype, grad=True), _randn(1, dtype=dtype),
-                  _randn(1, shape[1], 1, 1, dtype=dtype, grad=True), _randn(1, dtype=dtype)]
-            out = kdops.fgd_feature_pass(s, t, fg, bg, *gc, 0.5, 1e-3, 5e-4, 5e-4, backend="triton")
+            gc = dict(student_gc_weight=_randn(1, shape[1], 1, 1, dtype=dtype, grad=True),
+                      student_gc_bias=_randn(1, dtype=dtype),
+                      teacher_gc_weight=_randn(1, shape[1], 1, 1, dtype=dtype, grad=True),
+                      teacher_gc_bias=_randn(1, dtype=dtype))
+            out = kdops.fgd_feature_pass(s, t, fg=fg, bg=bg, **gc, backend="triton")
             _backward(*(o for o in out if torch.is_tensor(o)))
 
         def cwd(dtype, shape=shape):
@@ -164,7 +167,7 @@ def _cases():
             y = _randn(rows, 4, dtype=dtype)
             for weight in (None, torch.rand(rows)):
                 s, t = _randn(rows, 4, dtype=dtype, grad=True), _randn(rows, 4, dtype=dtype)
-                _backward(kdops.bounded_regression(s, t, y, margin=0.1, weight=weight, backend="triton"))
+                _backward(kdops.bounded_regression(s, t, target=y, margin=0.1, weight=weight, backend="triton"))
 
         yield from ((f"{fn.__name__}({rows}, {classes})", fn) for fn in (soft_ce, soft_bce, bounded))
 
@@ -174,20 +177,24 @@ def _ptxas():
     return path if os.path.exists(path) else None
 
 
-def _resources(ptx: str, capability: int, ptxas: str, workdir: str) -> dict:
-    """Registers, spill bytes and shared memory per kernel, from `ptxas -v`."""
-    src = os.path.join(workdir, "kernel.ptx")
-    with open(src, "w") as f:
-        f.write(ptx)
+def _resources(ptx: str, capability: int, ptxas: str) -> dict:
+    """Registers, spill bytes and shared memory per kernel, from `ptxas -v` (in a private folder, so
+    concurrent runs never read each other's kernel)."""
     arch = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"
-    out = subprocess.run([ptxas, "-v", f"-arch={arch}", src, "-o", os.devnull], capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        src = os.path.join(workdir, "kernel.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        out = subprocess.run([ptxas, "-v", f"-arch={arch}", src, "-o", os.devnull], capture_output=True, text=True)
     text = out.stdout + out.stderr
+    if out.returncode != 0:
+        raise RuntimeError(f"ptxas -arch={arch} failed: {text.strip()[-500:]}")
     number = lambda pattern: int(m.group(1)) if (m := re.search(pattern, text)) else 0  # noqa: E731
     return {"registers": number(r"Used (\d+) registers"), "spill_stores": number(r"(\d+) bytes spill stores"),
             "spill_loads": number(r"(\d+) bytes spill loads"), "shared": number(r"(\d+) bytes smem")}
 
 
-def compile_all(capabilities, dtypes, workdir):
+def compile_all(capabilities, dtypes):
     _backend.triton_interpreting = lambda: True  # let backend="triton" take CPU tensors
     report, errors = [], []
     ptxas = _ptxas()
@@ -208,7 +215,7 @@ def compile_all(capabilities, dtypes, workdir):
             row = {"sm": capability, "kernel": kernel_name, "first_case": context,
                    "num_warps": kernel.metadata.num_warps, "num_stages": kernel.metadata.num_stages}
             if ptxas is not None:
-                row.update(_resources(kernel.asm["ptx"], capability, ptxas, workdir))
+                row.update(_resources(kernel.asm["ptx"], capability, ptxas))
             report.append(row)
     return report, errors
 
@@ -220,7 +227,7 @@ def main(argv=None):
     parser.add_argument("--out", default="build/triton_aot.json", help="JSON report")
     args = parser.parse_args(argv)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    report, errors = compile_all(args.arch, args.dtypes, os.path.dirname(os.path.abspath(args.out)))
+    report, errors = compile_all(args.arch, args.dtypes)
     with open(args.out, "w") as f:
         json.dump({"kernels": report, "errors": errors}, f, indent=1)
     per_kernel = collections.defaultdict(lambda: [0, 0, 0])

@@ -32,8 +32,11 @@ inline c10::optional<at::Tensor> optional_of(const at::Tensor& t) {
 inline at::Tensor saved_or_undefined(const c10::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
 
 // The teacher is a constant of every distillation loss: asking for its gradient is a caller's mistake.
-inline void check_no_grad(AutogradContext* ctx, size_t index, const char* op, const char* arg) {
-  TORCH_CHECK(!ctx->needs_input_grad(index), "kdops.", op, ": ", arg, " gets no gradient; pass ", arg, ".detach()");
+// One wording with kdops/_checks.py no_grad_message; `why` (may be empty) says why, e.g. " (...)".
+constexpr const char* kFgdTeacherWhy = " (its attention masks are constants of the FGD loss, as in the official code)";
+inline void check_no_grad(AutogradContext* ctx, size_t index, const char* op, const char* arg, const char* why = "") {
+  TORCH_CHECK(!ctx->needs_input_grad(index), "kdops.", op, ": ", arg, " must not require grad, as ", arg,
+              " gets no gradient", why, "; pass ", arg, ".detach()");
 }
 
 template <size_t... I>

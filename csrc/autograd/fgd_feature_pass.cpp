@@ -9,10 +9,9 @@ using T = at::Tensor;
 using Forward = std::tuple<T, T, T, T, T, T, T, T, T, T, T, T>(const T&, const T&, const T&, const T&, const T&,
                                                                const T&, const T&, const T&, double, double, double,
                                                                double);
-using Backward = std::tuple<T, T, T>(at::TensorList, const T&, const T&, const T&, const T&, const T&, const T&,
-                                     const T&, const T&, at::TensorList, double, double, double);
-
-constexpr size_t kDifferentiable = 6;  // loss, terms, ctx_s, ctx_t, diff_sq, diff_sum; the rest are saved
+using Backward = std::tuple<T, T, T>(const T&, const T&, const T&, const T&, const T&, const T&, const T&, const T&,
+                                     const T&, const T&, const T&, const T&, const T&, const T&, const T&, const T&,
+                                     const T&, const T&, const T&, const T&, double, double, double);
 
 struct FgdFeaturePass : torch::autograd::Function<FgdFeaturePass> {
   static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher, const T& fg, const T& bg,
@@ -24,8 +23,8 @@ struct FgdFeaturePass : torch::autograd::Function<FgdFeaturePass> {
                                gamma);
     const auto& [loss, terms, ctx_s, ctx_t, diff_sq, diff_sum, t_spatial, t_channel, pixel_att, channel_att, probs_s,
                  probs_t] = out;
-    ctx->save_for_backward({student, teacher, fg, bg, weight_s, weight_t, ctx_s, ctx_t, t_spatial, pixel_att, probs_s,
-                            probs_t, t_channel, channel_att});
+    ctx->save_for_backward({student, teacher, fg, bg, weight_s, weight_t, ctx_s, ctx_t, t_spatial, t_channel,
+                            pixel_att, channel_att, probs_s, probs_t});
     ctx->saved_data["alpha"] = alpha;
     ctx->saved_data["beta"] = beta;
     ctx->saved_data["gamma"] = gamma;
@@ -36,7 +35,7 @@ struct FgdFeaturePass : torch::autograd::Function<FgdFeaturePass> {
   // Unused outputs arrive as zeros (materialised: they are all small). The box masks are constants and the
   // biases only shift every logit of an image, so their gradients are exactly zero.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    check_no_grad(ctx, 1, "fgd_feature_pass", "teacher");
+    check_no_grad(ctx, 1, "fgd_feature_pass", "teacher", kFgdTeacherWhy);
     const auto s = ctx->get_saved_variables();
     variable_list out(12);
     const bool need_student = ctx->needs_input_grad(0), need_ws = ctx->needs_input_grad(4),
@@ -45,13 +44,13 @@ struct FgdFeaturePass : torch::autograd::Function<FgdFeaturePass> {
     if (ctx->needs_input_grad(7)) out[7] = at::zeros({1}, s[5].options());
     if (!(need_student || need_ws || need_wt)) return out;
     const auto dtype = s[6].scalar_type();
-    std::vector<T> output_grads;
-    for (size_t i = 0; i < kDifferentiable; ++i) output_grads.push_back(grads[i].to(dtype));
+    // The gradients of loss, terms, ctx_s, ctx_t, diff_sq, diff_sum; the other six outputs are saved statistics.
+    const auto g = [&](size_t i) { return grads[i].to(dtype); };
     auto [grad_student, grad_ws, grad_wt] =
         op_handle<Backward>("kdops::fgd_feature_pass_backward")
-            .call(output_grads, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
-                  {s[8], s[9], s[10], s[11], s[12], s[13]}, ctx->saved_data["alpha"].toDouble(),
-                  ctx->saved_data["beta"].toDouble(), ctx->saved_data["gamma"].toDouble());
+            .call(g(0), g(1), g(2), g(3), g(4), g(5), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9],
+                  s[10], s[11], s[12], s[13], ctx->saved_data["alpha"].toDouble(), ctx->saved_data["beta"].toDouble(),
+                  ctx->saved_data["gamma"].toDouble());
     if (need_student) out[0] = grad_student;
     if (need_ws) out[4] = grad_ws;
     if (need_wt) out[6] = grad_wt;

@@ -27,9 +27,7 @@ struct FgdFocalLoss : torch::autograd::Function<FgdFocalLoss> {
   // The loss and its terms are differentiable (an unused one's gradient arrives as zeros); the box masks
   // are constants.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(!ctx->needs_input_grad(1),
-                "kdops.fgd_focal_loss: teacher must not require grad: the teacher's attention masks are constants "
-                "of the FGD loss (as in the official FGD code). Pass teacher.detach().");
+    check_no_grad(ctx, 1, "fgd_focal_loss", "teacher", kFgdTeacherWhy);
     variable_list out(8);
     if (!ctx->needs_input_grad(0)) return out;
     const auto s = ctx->get_saved_variables();

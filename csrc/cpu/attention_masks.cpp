@@ -8,7 +8,9 @@
 #include <cmath>
 #include <vector>
 
+#include "fgd_attention.h"
 #include "gradient_buffer.h"
+#include "parallel.h"
 #include "kdops/math/attention_masks.h"
 #include "../ops/attention_masks.h"
 
@@ -16,20 +18,6 @@ namespace kdops {
 namespace {
 
 constexpr int64_t kPixelBlock = 2048;
-
-// out[i] = size * softmax(x[i] * scale / temp) over a row of length len.
-template <typename acc>
-void scaled_softmax_row(const acc* x, acc* out, int64_t len, acc scale, acc inv_temp) {
-  acc mx = -std::numeric_limits<acc>::infinity();
-  for (int64_t i = 0; i < len; ++i) mx = std::max(mx, x[i] * scale * inv_temp);
-  acc total = 0;
-  for (int64_t i = 0; i < len; ++i) {
-    out[i] = std::exp(x[i] * scale * inv_temp - mx);
-    total += out[i];
-  }
-  const acc factor = static_cast<acc>(len) / total;
-  for (int64_t i = 0; i < len; ++i) out[i] *= factor;
-}
 
 template <typename scalar_t>
 void forward_impl(const at::Tensor& feat, double temperature, at::Tensor& spatial, at::Tensor& channel) {
@@ -39,7 +27,7 @@ void forward_impl(const at::Tensor& feat, double temperature, at::Tensor& spatia
   const scalar_t* f = feat.const_data_ptr<scalar_t>();
   std::vector<acc> m_sum(N * HW), k_part(N * blocks * C);
 
-  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(N * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / blocks, p0 = (task % blocks) * kPixelBlock;
       const int64_t len = std::min(kPixelBlock, HW - p0);
@@ -62,14 +50,16 @@ void forward_impl(const at::Tensor& feat, double temperature, at::Tensor& spatia
   const acc inv_temp = acc(1) / static_cast<acc>(temperature);
   acc* sp = spatial.data_ptr<acc>();
   acc* ch = channel.data_ptr<acc>();
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> k_sum(C);
     std::vector<acc> k(C);
     for (int64_t n = begin; n < end; ++n) {
-      std::fill(k.begin(), k.end(), acc(0));
-      for (int64_t b = 0; b < blocks; ++b)
-        for (int64_t c = 0; c < C; ++c) k[c] += k_part[(n * blocks + b) * C + c];
-      scaled_softmax_row<acc>(m_sum.data() + n * HW, sp + n * HW, HW, acc(1) / C, inv_temp);
-      scaled_softmax_row<acc>(k.data(), ch + n * C, C, acc(1) / HW, inv_temp);
+      std::fill(k_sum.begin(), k_sum.end(), 0.0);
+      for (int64_t b = 0; b < blocks; ++b)  // in double: a plane has up to 2^20 blocks
+        for (int64_t c = 0; c < C; ++c) k_sum[c] += k_part[(n * blocks + b) * C + c];
+      std::copy(k_sum.begin(), k_sum.end(), k.begin());
+      cpu::scaled_softmax_row<acc>(m_sum.data() + n * HW, sp + n * HW, HW, inv_temp / C);
+      cpu::scaled_softmax_row<acc>(k.data(), ch + n * C, C, inv_temp / HW);
     }
   });
 }
@@ -89,9 +79,7 @@ std::tuple<at::Tensor, at::Tensor> attention_masks_cpu(const at::Tensor& feat_in
 // g_scaled[i] = scaled_softmax_grad(...) * post_scale over one row.
 template <typename acc>
 void softmax_grad_row(const acc* a, const acc* g, acc* out, int64_t len, acc inv_temp, acc post_scale) {
-  acc weighted = 0;
-  for (int64_t i = 0; i < len; ++i) weighted += a[i] * g[i];
-  weighted /= static_cast<acc>(len);
+  const acc weighted = cpu::weighted_mean<acc>(a, [&](int64_t i) { return g[i]; }, len);
   for (int64_t i = 0; i < len; ++i)
     out[i] = attention::scaled_softmax_grad<acc>(a[i], g[i], weighted, inv_temp) * post_scale;
 }
@@ -104,7 +92,7 @@ void backward_impl(const at::Tensor& g_sp, const at::Tensor& g_ch, const at::Ten
   const acc inv_temp = acc(1) / static_cast<acc>(temperature);
   // Per-pixel and per-channel coefficients, already divided by C and HW (the means in m and k).
   std::vector<acc> gm(N * HW), gk(N * C);
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(N, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       softmax_grad_row<acc>(sp.const_data_ptr<acc>() + n * HW, g_sp.const_data_ptr<acc>() + n * HW,
                             gm.data() + n * HW, HW, inv_temp, acc(1) / C);
@@ -115,7 +103,7 @@ void backward_impl(const at::Tensor& g_sp, const at::Tensor& g_ch, const at::Ten
   const scalar_t* f = feat.const_data_ptr<scalar_t>();
   scalar_t* out = grad.data_ptr<scalar_t>();
   const int64_t grain = std::max<int64_t>(1, 32768 / HW);
-  at::parallel_for(0, N * C, grain, [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(N * C, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / C;
       const acc* gmn = gm.data() + n * HW;

@@ -4,6 +4,7 @@
 
 #include "gradient_buffer.h"
 #include "chunked_sum.h"
+#include "parallel.h"
 #include "kdops/math/bounded_regression.h"
 #include "../ops/bounded_regression.h"
 
@@ -109,7 +110,7 @@ void backward_impl(double coef_d, const at::Tensor& s, const at::Tensor& t, cons
   const scalar_t* yp = y.const_data_ptr<scalar_t>();
   scalar_t* gp = grad.data_ptr<scalar_t>();
   const acc coef = static_cast<acc>(coef_d), margin = static_cast<acc>(margin_d);
-  at::parallel_for(0, rows, cpu::items_per_chunk(D), [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(rows, cpu::items_per_chunk(D), [&](int64_t begin, int64_t end) {
     const bool weighted = weight != nullptr;
     if (D == 4 && weighted) chunk_grad<4, true, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, coef, margin, gp);
     if (D == 4 && !weighted) chunk_grad<4, false, scalar_t, acc>(sp, tp, yp, weight, begin, end, D, coef, margin, gp);
@@ -123,8 +124,8 @@ at::Tensor bounded_regression_backward_cpu(const at::Tensor& grad_out, const at:
                                            const c10::optional<at::Tensor>& weight, const at::Tensor& norm,
                                            double margin) {
   check_bounded_regression_args(student, teacher, target, weight);
-  TORCH_CHECK(grad_out.numel() == 1 && norm.numel() == 1,
-              "kdops.bounded_regression_backward: grad and norm must be scalars");
+  check_backward_scalar(grad_out, student, "kdops.bounded_regression_backward", "grad");
+  check_backward_scalar(norm, student, "kdops.bounded_regression_backward", "norm");
   at::Tensor grad = cpu::empty_gradient_like(student);
   if (student.numel() == 0) return grad;
   // CPU tensors: reading the two scalars is a plain memory load, not a device sync.

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "parallel.h"
 #include "kdops/math/box_masks.h"
 #include "../ops/box_masks.h"
 
@@ -42,7 +43,7 @@ void box_masks_impl(const at::Tensor& boxes, const at::Tensor& image_index, int6
 
   acc* f = fg.data_ptr<acc>();
   std::vector<int64_t> zeros_in_row(batch * H);
-  at::parallel_for(0, batch * H, std::max<int64_t>(1, 4096 / W), [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(batch * H, std::max<int64_t>(1, 4096 / W), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / H, h = row % H;
       acc* out = f + row * W;
@@ -56,7 +57,7 @@ void box_masks_impl(const at::Tensor& boxes, const at::Tensor& image_index, int6
   });
 
   acc* g = bg.data_ptr<acc>();
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       int64_t zeros = 0;
       for (int64_t h = 0; h < H; ++h) zeros += zeros_in_row[n * H + h];

@@ -1,12 +1,14 @@
 // CPU kernels of masked feature imitation (docs/math.md §5): one pass over S, T (and M) forward,
-// one pass backward writing dS. Work is split by (n, c) rows; per-row partial sums are
-// added in row order, so the result does not depend on the thread count.
+// one pass backward writing dS. Work is split by (n, c) rows; each row is summed in blocks
+// (blocked_sum.h) and the row sums are added in row order in double (thread-count independent).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <vector>
 
+#include "blocked_sum.h"
 #include "gradient_buffer.h"
+#include "parallel.h"
 #include "kdops/math/feature_imitation.h"
 #include "../ops/feature_imitation.h"
 
@@ -25,40 +27,45 @@ void forward_impl(const at::Tensor& s, const at::Tensor& t, const at::Tensor* ma
   const scalar_t* sp = s.const_data_ptr<scalar_t>();
   const scalar_t* tp = t.const_data_ptr<scalar_t>();
   const scalar_t* mp = mask ? mask->const_data_ptr<scalar_t>() : nullptr;
-  std::vector<acc> partial(N * C);
-  at::parallel_for(0, N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
+  std::vector<double> partial(N * C);
+  cpu::parallel_chunks(N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const scalar_t* a = sp + row * HW;
       const scalar_t* b = tp + row * HW;
-      acc total = 0;
-      if (mp == nullptr) {
+      const scalar_t* m = mp == nullptr ? nullptr : mp + (row / C) * HW;
+      partial[row] = cpu::blocked_sum(HW, [&](int64_t j0, int64_t j1) {
+        acc total = 0;
+        if (m == nullptr) {
 #pragma omp simd reduction(+ : total)
-        for (int64_t j = 0; j < HW; ++j) total += rho<acc>(static_cast<acc>(a[j]) - static_cast<acc>(b[j]), loss);
-      } else {
-        const scalar_t* m = mp + (row / C) * HW;
+          for (int64_t j = j0; j < j1; ++j) total += rho<acc>(static_cast<acc>(a[j]) - static_cast<acc>(b[j]), loss);
+        } else {
 #pragma omp simd reduction(+ : total)
-        for (int64_t j = 0; j < HW; ++j)
-          total += static_cast<acc>(m[j]) * rho<acc>(static_cast<acc>(a[j]) - static_cast<acc>(b[j]), loss);
-      }
-      partial[row] = total;
+          for (int64_t j = j0; j < j1; ++j)
+            total += static_cast<acc>(m[j]) * rho<acc>(static_cast<acc>(a[j]) - static_cast<acc>(b[j]), loss);
+        }
+        return total;
+      });
     }
   });
-  acc total = 0;
-  for (acc p : partial) total += p;
+  double total = 0;
+  for (double p : partial) total += p;
 
-  acc z;
+  double z;
   if (normalize == kBatch) {
-    z = static_cast<acc>(N);
+    z = static_cast<double>(N);
   } else if (normalize == kMean) {
-    z = static_cast<acc>(N * C * HW);
+    z = static_cast<double>(N * C * HW);
   } else if (mp == nullptr) {
-    z = static_cast<acc>(C) * static_cast<acc>(N * HW);
+    z = static_cast<double>(C) * static_cast<double>(N * HW);
   } else {
-    acc mask_sum = 0;
-    for (int64_t i = 0; i < N * HW; ++i) mask_sum += static_cast<acc>(mp[i]);
-    z = static_cast<acc>(C) * mask_sum;
+    z = static_cast<double>(C) * cpu::blocked_sum(N * HW, [&](int64_t j0, int64_t j1) {
+          acc sum = 0;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = j0; j < j1; ++j) sum += static_cast<acc>(mp[j]);
+          return sum;
+        });
   }
-  out.fill_(safe_div<acc>(total, z));
+  out.fill_(safe_div<double>(total, z));
   norm.fill_(z);
 }
 
@@ -86,7 +93,7 @@ void backward_impl(double coef_d, const at::Tensor& s, const at::Tensor& t, cons
   const scalar_t* tp = t.const_data_ptr<scalar_t>();
   const scalar_t* mp = mask ? mask->const_data_ptr<scalar_t>() : nullptr;
   scalar_t* gp = grad.data_ptr<scalar_t>();
-  at::parallel_for(0, N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const scalar_t* a = sp + row * HW;
       const scalar_t* b = tp + row * HW;
@@ -110,8 +117,8 @@ at::Tensor feature_imitation_backward_cpu(const at::Tensor& grad_out, const at::
                                           const at::Tensor& teacher, const c10::optional<at::Tensor>& mask,
                                           const at::Tensor& norm, int64_t loss) {
   check_feature_imitation_args(student, teacher, mask, loss, 0);
-  TORCH_CHECK(grad_out.numel() == 1 && norm.numel() == 1,
-              "kdops.feature_imitation_backward: grad and norm must be scalars");
+  check_backward_scalar(grad_out, student, "kdops.feature_imitation_backward", "grad");
+  check_backward_scalar(norm, student, "kdops.feature_imitation_backward", "norm");
   at::Tensor grad = cpu::empty_gradient_like(student);
   if (student.numel() == 0) return grad;
   // CPU tensors: reading the two scalars is a plain memory load, not a device sync.

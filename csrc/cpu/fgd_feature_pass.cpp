@@ -24,7 +24,9 @@
 #include "fgd_attention.h"
 #include "gradient_buffer.h"
 #include "isa.h"
+#include "parallel.h"
 #include "row_math.h"
+#include "kdops/layout.h"
 #include "kdops/math/fgd_feature_pass.h"
 #include "kdops/math/transcendental.h"
 #include "../ops/fgd_feature_pass.h"
@@ -32,10 +34,8 @@
 namespace kdops {
 namespace {
 
-// Per-task, per-channel partial sums of the forward, in this order.
-enum Partial { kAbsS, kAbsT, kDiff, kFg, kBg, kCtxS, kCtxT, kPartials };
-// The three online softmaxes: teacher pixel attention, student and teacher GcBlock logits.
-enum Softmax { kAtt, kGcS, kGcT, kSoftmaxes };
+// Per-task scratch: kPartials per-channel partial sums and kSoftmaxes online softmaxes (kdops/layout.h).
+using namespace feature_pass;
 
 // Pixels per task: both features' slices (2 * C * block elements) take about 1 MiB, half of L2.
 int64_t pixel_block(int64_t C, int64_t elem_size) {
@@ -160,7 +160,7 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const at
                           ms.data(), out.t_spatial.data_ptr<acc>(), out.probs_s.data_ptr<acc>(),
                           out.probs_t.data_ptr<acc>(), partial.data(), block_max.data(), block_sum.data(),
                           block_sq.data()};
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc> scratch(4 * block);
     for (int64_t task = begin; task < end; ++task) forward_block<scalar_t>(a, task, scratch.data());
   });
@@ -171,11 +171,13 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const at
   acc* ctx_t = out.ctx_t.data_ptr<acc>();
   acc* diff_sum = out.diff_sum.data_ptr<acc>();
   acc* kt_all = out.t_channel.data_ptr<acc>();  // |T| channel sums until attention_image makes them A_C^t
-  std::vector<acc> fg_part(N), bg_part(N), att_part(N);
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc> rescale(kSoftmaxes * blocks), fg_c(C), bg_c(C), ks(C);
+  std::vector<double> fg_part(N), bg_part(N), att_part(N);
+  cpu::parallel_chunks(N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc> rescale(kSoftmaxes * blocks), ks(C);
+    std::vector<double> sums(kPartials * C);  // block results added in double: a plane has up to 2^22 blocks
     for (int64_t n = begin; n < end; ++n) {
-      acc gmax[kSoftmaxes], z[kSoftmaxes];
+      acc gmax[kSoftmaxes];
+      double z[kSoftmaxes];
       for (int k = 0; k < kSoftmaxes; ++k) {
         gmax[k] = -std::numeric_limits<acc>::infinity();
         z[k] = 0;
@@ -183,57 +185,54 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const at
         for (int64_t b = 0; b < blocks; ++b) {
           const int64_t i = (n * blocks + b) * kSoftmaxes + k;
           rescale[k * blocks + b] = std::exp(block_max[i] - gmax[k]);
-          z[k] += block_sum[i] * rescale[k * blocks + b];
+          z[k] += static_cast<double>(block_sum[i] * rescale[k * blocks + b]);
         }
       }
-      acc *kt = kt_all + n * C, *cs = ctx_s + n * C, *ct = ctx_t + n * C, *dsum = diff_sum + n * C;
-      std::fill(ks.begin(), ks.end(), acc(0));
-      std::fill(kt, kt + C, acc(0));
-      std::fill(fg_c.begin(), fg_c.end(), acc(0));
-      std::fill(bg_c.begin(), bg_c.end(), acc(0));
-      std::fill(cs, cs + C, acc(0));
-      std::fill(ct, ct + C, acc(0));
-      std::fill(dsum, dsum + C, acc(0));
+      std::fill(sums.begin(), sums.end(), 0.0);
       for (int64_t b = 0; b < blocks; ++b) {
         const acc* part = partial.data() + (n * blocks + b) * kPartials * C;
         const acc r_att = rescale[kAtt * blocks + b], r_s = rescale[kGcS * blocks + b],
                   r_t = rescale[kGcT * blocks + b];
         for (int64_t c = 0; c < C; ++c) {
-          ks[c] += part[kAbsS * C + c];
-          kt[c] += part[kAbsT * C + c];
-          dsum[c] += part[kDiff * C + c];
-          fg_c[c] += part[kFg * C + c] * r_att;
-          bg_c[c] += part[kBg * C + c] * r_att;
-          cs[c] += part[kCtxS * C + c] * r_s;
-          ct[c] += part[kCtxT * C + c] * r_t;
+          sums[kAbsS * C + c] += part[kAbsS * C + c];
+          sums[kAbsT * C + c] += part[kAbsT * C + c];
+          sums[kDiff * C + c] += part[kDiff * C + c];
+          sums[kFg * C + c] += part[kFg * C + c] * r_att;
+          sums[kBg * C + c] += part[kBg * C + c] * r_att;
+          sums[kCtxS * C + c] += part[kCtxS * C + c] * r_s;
+          sums[kCtxT * C + c] += part[kCtxT * C + c] * r_t;
         }
       }
+      acc *kt = kt_all + n * C, *cs = ctx_s + n * C, *ct = ctx_t + n * C, *dsum = diff_sum + n * C;
       for (int64_t c = 0; c < C; ++c) {
-        cs[c] /= z[kGcS];
-        ct[c] /= z[kGcT];
+        ks[c] = static_cast<acc>(sums[kAbsS * C + c]);
+        kt[c] = static_cast<acc>(sums[kAbsT * C + c]);
+        dsum[c] = static_cast<acc>(sums[kDiff * C + c]);
+        cs[c] = static_cast<acc>(sums[kCtxS * C + c] / z[kGcS]);
+        ct[c] = static_cast<acc>(sums[kCtxT * C + c] / z[kGcT]);
       }
       att_part[n] = cpu::attention_image<acc>(ks.data(), kt, ms.data() + n * HW, a.mt + n * HW,
                                               out.channel_att.data_ptr<acc>() + n * C,
                                               out.pixel_att.data_ptr<acc>() + n * HW, C, HW, inv_n, inv_temp);
       // sum_j M_j A_S^t_j (S - T)^2 = H*W / z * (the rescaled block sums), per channel, weighted by A_C^t.
-      const acc pixel_norm = static_cast<acc>(HW) / z[kAtt];
-      acc lf = 0, lb = 0;
+      const double pixel_norm = static_cast<double>(HW) / z[kAtt];
+      double lf = 0, lb = 0;
       for (int64_t c = 0; c < C; ++c) {
-        lf += kt[c] * fg_c[c];
-        lb += kt[c] * bg_c[c];
+        lf += kt[c] * sums[kFg * C + c];
+        lb += kt[c] * sums[kBg * C + c];
       }
       fg_part[n] = lf * pixel_norm;
       bg_part[n] = lb * pixel_norm;
       for (const auto& [k, logits] : {std::pair{kGcS, a.ls}, std::pair{kGcT, a.lt}}) {
         acc* p = logits + n * HW;
-        const acc mx = gmax[k], inv_z = acc(1) / z[k];
+        const acc mx = gmax[k], inv_z = static_cast<acc>(1.0 / z[k]);
 #pragma omp simd
         for (int64_t j = 0; j < HW; ++j) p[j] = math::exp_<acc>(p[j] - mx) * inv_z;
       }
     }
   });
 
-  acc l_fg = 0, l_bg = 0, l_att = 0, sq = 0;
+  double l_fg = 0, l_bg = 0, l_att = 0, sq = 0;
   for (int64_t n = 0; n < N; ++n) {
     l_fg += fg_part[n];
     l_bg += bg_part[n];
@@ -241,9 +240,9 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const at
   }
   for (acc v : block_sq) sq += v;
   acc* tm = out.terms.data_ptr<acc>();
-  tm[0] = l_fg * inv_n;
-  tm[1] = l_bg * inv_n;
-  tm[2] = l_att * inv_n;
+  tm[0] = static_cast<acc>(l_fg / N);
+  tm[1] = static_cast<acc>(l_bg / N);
+  tm[2] = static_cast<acc>(l_att / N);
   out.loss.fill_(static_cast<acc>(alpha) * tm[0] + static_cast<acc>(beta) * tm[1] + static_cast<acc>(gamma) * tm[2]);
   out.diff_sq.fill_(sq);
 }
@@ -333,23 +332,23 @@ KDOPS_CPU_CLONES void backward_block(const BackwardArgs<scalar_t>& a, int64_t ta
 }
 
 template <typename scalar_t>
-void backward_impl(at::TensorList grads, const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& fg,
-                   const at::Tensor& bg, const at::Tensor& weight_s, const at::Tensor& ctx_s, const at::Tensor& ctx_t,
-                   at::TensorList saved, double alpha, double beta, double gamma, at::Tensor& grad,
-                   at::Tensor& grad_ws, at::Tensor& grad_wt) {
+void backward_impl(const FeaturePassGrads& grads, const at::Tensor& student, const at::Tensor& teacher,
+                   const at::Tensor& fg, const at::Tensor& bg, const at::Tensor& weight_s, const at::Tensor& ctx_s,
+                   const at::Tensor& ctx_t, const FeaturePassSaved& saved, double alpha, double beta, double gamma,
+                   at::Tensor& grad, at::Tensor& grad_ws, at::Tensor& grad_wt) {
   using acc = acc_t<scalar_t>;
   const int64_t N = student.size(0), C = student.size(1), HW = student.size(2) * student.size(3);
   const int64_t block = pixel_block(C, sizeof(scalar_t)), blocks = (HW + block - 1) / block, tasks = N * blocks;
   // CPU tensors: reading the incoming gradients is a plain memory load, not a device sync.
-  const acc gl = grads[0].const_data_ptr<acc>()[0];
-  const acc* gterms = grads[1].const_data_ptr<acc>();
+  const acc gl = grads.loss.const_data_ptr<acc>()[0];
+  const acc* gterms = grads.terms.const_data_ptr<acc>();
   const acc c_fg = static_cast<acc>(alpha) * gl + gterms[0], c_bg = static_cast<acc>(beta) * gl + gterms[1];
   const acc c_att = static_cast<acc>(gamma) * gl + gterms[2];
   const acc two_over_n = acc(2) / static_cast<acc>(N);
   const acc *fgp = fg.const_data_ptr<acc>(), *bgp = bg.const_data_ptr<acc>();
-  const acc *t_sp = saved[0].const_data_ptr<acc>(), *pa = saved[1].const_data_ptr<acc>();
-  const acc *ca = saved[5].const_data_ptr<acc>();
-  const acc *g_s = grads[2].const_data_ptr<acc>(), *g_t = grads[3].const_data_ptr<acc>();
+  const acc *t_sp = saved.teacher_spatial.const_data_ptr<acc>(), *pa = saved.pixel_att_grad.const_data_ptr<acc>();
+  const acc *ca = saved.channel_att_grad.const_data_ptr<acc>();
+  const acc *g_s = grads.ctx_s.const_data_ptr<acc>(), *g_t = grads.ctx_t.const_data_ptr<acc>();
   const acc *cs = ctx_s.const_data_ptr<acc>(), *ct = ctx_t.const_data_ptr<acc>();
   std::vector<acc> pixel_weight(N * HW), pixel_att(N * HW), channel_att(N * C), ubar_s(N, acc(0)), ubar_t(N, acc(0));
   for (int64_t i = 0; i < N * HW; ++i) {
@@ -363,33 +362,40 @@ void backward_impl(at::TensorList grads, const at::Tensor& student, const at::Te
   }
   std::vector<acc> dw_part(tasks * 2 * C);
   BackwardArgs<scalar_t> a{student.const_data_ptr<scalar_t>(), teacher.const_data_ptr<scalar_t>(),
-                           pixel_weight.data(), pixel_att.data(), saved[2].const_data_ptr<acc>(),
-                           saved[3].const_data_ptr<acc>(), saved[4].const_data_ptr<acc>(), channel_att.data(),
-                           grads[5].const_data_ptr<acc>(), g_s, g_t, weight_s.const_data_ptr<acc>(), ubar_s.data(),
-                           ubar_t.data(), acc(2) * grads[4].const_data_ptr<acc>()[0], C, HW, block, blocks,
+                           pixel_weight.data(), pixel_att.data(), saved.probs_s.const_data_ptr<acc>(),
+                           saved.probs_t.const_data_ptr<acc>(), saved.teacher_channel.const_data_ptr<acc>(),
+                           channel_att.data(), grads.diff_sum.const_data_ptr<acc>(), g_s, g_t,
+                           weight_s.const_data_ptr<acc>(), ubar_s.data(), ubar_t.data(),
+                           acc(2) * grads.diff_sq.const_data_ptr<acc>()[0], C, HW, block, blocks,
                            grad.data_ptr<scalar_t>(), dw_part.data()};
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc> scratch(2 * block);
     for (int64_t task = begin; task < end; ++task) backward_block<scalar_t>(a, task, scratch.data());
   });
-  acc *dws = grad_ws.data_ptr<acc>(), *dwt = grad_wt.data_ptr<acc>();
+  std::vector<double> dw_sum(2 * C);  // in double: a plane has up to 2^22 blocks
   for (int64_t task = 0; task < tasks; ++task)
-    for (int64_t c = 0; c < C; ++c) {
-      dws[c] += dw_part[task * 2 * C + c];
-      dwt[c] += dw_part[task * 2 * C + C + c];
-    }
+    for (int64_t c = 0; c < 2 * C; ++c) dw_sum[c] += dw_part[task * 2 * C + c];
+  acc *dws = grad_ws.data_ptr<acc>(), *dwt = grad_wt.data_ptr<acc>();
+  for (int64_t c = 0; c < C; ++c) {
+    dws[c] = static_cast<acc>(dw_sum[c]);
+    dwt[c] = static_cast<acc>(dw_sum[C + c]);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fgd_feature_pass_backward_cpu(
-    at::TensorList grads_in, const at::Tensor& student_in, const at::Tensor& teacher_in, const at::Tensor& fg,
-    const at::Tensor& bg, const at::Tensor& weight_s, const at::Tensor& weight_t, const at::Tensor& ctx_s,
-    const at::Tensor& ctx_t, at::TensorList saved_in, double alpha, double beta, double gamma) {
-  check_fgd_feature_pass_backward_args(grads_in, student_in, teacher_in, fg, bg, weight_s, weight_t, ctx_s, ctx_t,
-                                       saved_in);
+    const at::Tensor& grad_loss, const at::Tensor& grad_terms, const at::Tensor& grad_ctx_s,
+    const at::Tensor& grad_ctx_t, const at::Tensor& grad_diff_sq, const at::Tensor& grad_diff_sum,
+    const at::Tensor& student_in, const at::Tensor& teacher_in, const at::Tensor& fg, const at::Tensor& bg,
+    const at::Tensor& weight_s, const at::Tensor& weight_t, const at::Tensor& ctx_s, const at::Tensor& ctx_t,
+    const at::Tensor& teacher_spatial, const at::Tensor& teacher_channel, const at::Tensor& pixel_att_grad,
+    const at::Tensor& channel_att_grad, const at::Tensor& probs_s, const at::Tensor& probs_t, double alpha,
+    double beta, double gamma) {
+  const FeaturePassGrads grads{grad_loss.contiguous(),    grad_terms.contiguous(),   grad_ctx_s.contiguous(),
+                               grad_ctx_t.contiguous(),   grad_diff_sq.contiguous(), grad_diff_sum.contiguous()};
+  const FeaturePassSaved saved{teacher_spatial.contiguous(),  teacher_channel.contiguous(), pixel_att_grad.contiguous(),
+                               channel_att_grad.contiguous(), probs_s.contiguous(),         probs_t.contiguous()};
+  check_fgd_feature_pass_backward_args(grads, student_in, teacher_in, fg, bg, weight_s, weight_t, ctx_s, ctx_t, saved);
   const at::Tensor student = student_in.contiguous(), teacher = teacher_in.contiguous();
-  std::vector<at::Tensor> grads, saved;
-  for (const auto& g : grads_in) grads.push_back(g.contiguous());
-  for (const auto& s : saved_in) saved.push_back(s.contiguous());
   at::Tensor grad = cpu::empty_gradient_like(student);
   at::Tensor grad_ws = at::zeros_like(weight_s), grad_wt = at::zeros_like(weight_t);
   if (student.numel() == 0) return {grad, grad_ws, grad_wt};

@@ -3,16 +3,19 @@
 // |T| per pixel and per-block partial pixel sums per channel -> both sides' attention masks;
 // (2) per (n, c) row the teacher-weighted squared differences under M_fg and M_bg. Everything else
 // lives in (N, H*W) and (N, C) vectors. Backward is one elementwise pass writing dS.
-// Partial sums are added in a fixed order, so results do not depend on the thread count.
+// Partial sums are added in a fixed order (long ones in blocks and double, blocked_sum.h), so results
+// do not depend on the thread count.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <vector>
 
+#include "blocked_sum.h"
 #include "fgd_attention.h"
 #include "gradient_buffer.h"
 #include "isa.h"
+#include "parallel.h"
 #include "kdops/math/fgd_focal_loss.h"
 #include "../ops/fgd_focal_loss.h"
 
@@ -55,22 +58,25 @@ KDOPS_CPU_CLONES void abs_sums_block(const scalar_t* s, const scalar_t* t, int64
 template <typename scalar_t, typename acc = acc_t<scalar_t>>
 KDOPS_CPU_CLONES void masked_squares_rows(const scalar_t* s, const scalar_t* t, const acc* fg_w, const acc* bg_w,
                                           const acc* t_ch, int64_t begin, int64_t end, int64_t C, int64_t HW,
-                                          acc* fg_part, acc* bg_part) {
+                                          double* fg_part, double* bg_part) {
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / C;
     const scalar_t* sr = s + row * HW;
     const scalar_t* tr = t + row * HW;
     const acc* fw = fg_w + n * HW;
     const acc* bw = bg_w + n * HW;
-    acc sf = 0, sb = 0;
+    const auto sums = cpu::blocked_sum(HW, [&](int64_t j0, int64_t j1) {
+      acc sf = 0, sb = 0;
 #pragma omp simd reduction(+ : sf, sb)
-    for (int64_t j = 0; j < HW; ++j) {
-      const acc d = static_cast<acc>(sr[j]) - static_cast<acc>(tr[j]);
-      sf += fw[j] * d * d;
-      sb += bw[j] * d * d;
-    }
-    fg_part[row] = sf * t_ch[row];
-    bg_part[row] = sb * t_ch[row];
+      for (int64_t j = j0; j < j1; ++j) {
+        const acc d = static_cast<acc>(sr[j]) - static_cast<acc>(tr[j]);
+        sf += fw[j] * d * d;
+        sb += bw[j] * d * d;
+      }
+      return std::array<acc, 2>{sf, sb};
+    });
+    fg_part[row] = sums[0] * t_ch[row];
+    bg_part[row] = sums[1] * t_ch[row];
   }
 }
 
@@ -106,25 +112,28 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const at
   std::vector<acc> s_sp(N * HW), s_ch(N * C), ks_part(N * blocks * C), kt_part(N * blocks * C);
 
   // Pass 1: per-pixel channel sums (into the spatial buffers) and per-block per-channel sums of |S|, |T|.
-  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(N * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task)
       abs_sums_block<scalar_t>(s, t, task, blocks, C, HW, s_sp.data(), t_sp, ks_part.data(), kt_part.data());
   });
 
   // Masks and the attention loss with its gradient coefficients, one image per task.
   const acc inv_temp = acc(1) / static_cast<acc>(temperature), inv_n = acc(1) / static_cast<acc>(N);
-  std::vector<acc> att_part(N);
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+  std::vector<double> att_part(N);
+  cpu::parallel_chunks(N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> ks_sum(C), kt_sum(C);
     for (int64_t n = begin; n < end; ++n) {
       acc* ks = s_ch.data() + n * C;
       acc* kt = t_ch + n * C;
-      std::fill(ks, ks + C, acc(0));
-      std::fill(kt, kt + C, acc(0));
-      for (int64_t b = 0; b < blocks; ++b)
+      std::fill(ks_sum.begin(), ks_sum.end(), 0.0);
+      std::fill(kt_sum.begin(), kt_sum.end(), 0.0);
+      for (int64_t b = 0; b < blocks; ++b)  // in double: a plane has up to 2^20 blocks
         for (int64_t c = 0; c < C; ++c) {
-          ks[c] += ks_part[(n * blocks + b) * C + c];
-          kt[c] += kt_part[(n * blocks + b) * C + c];
+          ks_sum[c] += ks_part[(n * blocks + b) * C + c];
+          kt_sum[c] += kt_part[(n * blocks + b) * C + c];
         }
+      std::copy(ks_sum.begin(), ks_sum.end(), ks);
+      std::copy(kt_sum.begin(), kt_sum.end(), kt);
       att_part[n] = cpu::attention_image<acc>(ks, kt, s_sp.data() + n * HW, t_sp + n * HW,
                                               channel_att.data_ptr<acc>() + n * C, pixel_att.data_ptr<acc>() + n * HW,
                                               C, HW, inv_n, inv_temp);
@@ -132,28 +141,29 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const at
   });
 
   // Pass 2: sum_j M[j] * A_S^t[j] * (S - T)^2 per (n, c) row, times A_C^t[n, c].
-  std::vector<acc> fg_w(N * HW), bg_w(N * HW), fg_part(N * C), bg_part(N * C);
+  std::vector<acc> fg_w(N * HW), bg_w(N * HW);
+  std::vector<double> fg_part(N * C), bg_part(N * C);
   const acc* fgp = fg.const_data_ptr<acc>();
   const acc* bgp = bg.const_data_ptr<acc>();
   for (int64_t i = 0; i < N * HW; ++i) {
     fg_w[i] = fgp[i] * t_sp[i];
     bg_w[i] = bgp[i] * t_sp[i];
   }
-  at::parallel_for(0, N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
     masked_squares_rows<scalar_t>(s, t, fg_w.data(), bg_w.data(), t_ch, begin, end, C, HW, fg_part.data(),
                                   bg_part.data());
   });
 
-  acc l_fg = 0, l_bg = 0, l_att = 0;
+  double l_fg = 0, l_bg = 0, l_att = 0;
   for (int64_t row = 0; row < N * C; ++row) {
     l_fg += fg_part[row];
     l_bg += bg_part[row];
   }
   for (int64_t n = 0; n < N; ++n) l_att += att_part[n];
   acc* tm = terms.data_ptr<acc>();
-  tm[0] = l_fg * inv_n;
-  tm[1] = l_bg * inv_n;
-  tm[2] = l_att * inv_n;
+  tm[0] = static_cast<acc>(l_fg / N);
+  tm[1] = static_cast<acc>(l_bg / N);
+  tm[2] = static_cast<acc>(l_att / N);
   loss.fill_(static_cast<acc>(alpha) * tm[0] + static_cast<acc>(beta) * tm[1] + static_cast<acc>(gamma) * tm[2]);
 }
 
@@ -203,7 +213,7 @@ void backward_impl(const at::Tensor& grad_loss, const at::Tensor& grad_terms, co
   const scalar_t* s = student.const_data_ptr<scalar_t>();
   const scalar_t* t = teacher.const_data_ptr<scalar_t>();
   scalar_t* out = grad.data_ptr<scalar_t>();
-  at::parallel_for(0, N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
     grad_rows<scalar_t>(s, t, pixel_weight.data(), pixel_att_scaled.data(), t_ch, ca, c_att, begin, end, C, HW, out);
   });
 }

@@ -8,7 +8,8 @@
 // keeps only its rounding error (float64: 4e-5 relative in dw at logit std 150, float32: garbage). As
 // sum_j dl_j = 0 exactly, the largest-p pixel r of each image (found first, one pass over p) is left out of
 // the block sums (dl_r = 0 there), and a last O(C) step per image adds it as dl_r = -sum_{j != r} dl_j:
-// dw += dl_r F[:, r], dF[:, r] = p_r g + w dl_r.
+// dw += dl_r F[:, r], dF[:, r] = p_r g + w dl_r. That sum carries every dl_j's rounding (error ~ sqrt(H*W)
+// ulps of dl), so it is used only where the softmax saturates (p_r > 1/2); below, dl_r = p_r (u_r - ubar).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -18,6 +19,7 @@
 
 #include "gradient_buffer.h"
 #include "isa.h"
+#include "parallel.h"
 #include "row_math.h"
 #include "kdops/math/gc_context.h"
 #include "kdops/math/transcendental.h"
@@ -74,7 +76,7 @@ void forward_impl(const at::Tensor& feat, const at::Tensor& weight, const at::Te
   acc* logits = probs.data_ptr<acc>();  // holds the logits until the softmax is known
   std::vector<acc> ctx_part(N * blocks * C), block_max(N * blocks), block_sum(N * blocks);
 
-  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(N * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc> e(block);
     for (int64_t task = begin; task < end; ++task)
       forward_block<scalar_t>(f, w, b, task, blocks, block, C, HW, logits, e.data(), ctx_part.data(),
@@ -82,21 +84,24 @@ void forward_impl(const at::Tensor& feat, const at::Tensor& weight, const at::Te
   });
 
   acc* ctx = context.data_ptr<acc>();
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(N, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc> rescale(blocks);
-    for (int64_t n = begin; n < end; ++n) {
-      acc mx = -std::numeric_limits<acc>::infinity(), z = 0;
+    std::vector<double> cn_sum(C);
+    for (int64_t n = begin; n < end; ++n) {  // block results added in double: a plane has up to 2^19 blocks
+      acc mx = -std::numeric_limits<acc>::infinity();
+      double z_sum = 0;
       for (int64_t k = 0; k < blocks; ++k) mx = std::max(mx, block_max[n * blocks + k]);
       for (int64_t k = 0; k < blocks; ++k) {
         rescale[k] = std::exp(block_max[n * blocks + k] - mx);
-        z += block_sum[n * blocks + k] * rescale[k];
+        z_sum += static_cast<double>(block_sum[n * blocks + k] * rescale[k]);
       }
-      acc* cn = ctx + n * C;
-      std::fill(cn, cn + C, acc(0));
+      std::fill(cn_sum.begin(), cn_sum.end(), 0.0);
       for (int64_t k = 0; k < blocks; ++k)
-        for (int64_t c = 0; c < C; ++c) cn[c] += ctx_part[(n * blocks + k) * C + c] * rescale[k];
-      const acc inv_z = acc(1) / z;
-      for (int64_t c = 0; c < C; ++c) cn[c] *= inv_z;
+        for (int64_t c = 0; c < C; ++c)
+          cn_sum[c] += static_cast<double>(ctx_part[(n * blocks + k) * C + c] * rescale[k]);
+      acc* cn = ctx + n * C;
+      for (int64_t c = 0; c < C; ++c) cn[c] = static_cast<acc>(cn_sum[c] / z_sum);
+      const acc inv_z = static_cast<acc>(1.0 / z_sum);
       acc* p = logits + n * HW;
 #pragma omp simd
       for (int64_t j = 0; j < HW; ++j) p[j] = math::exp_<acc>(p[j] - mx) * inv_z;
@@ -165,18 +170,21 @@ void backward_impl(const at::Tensor& grad_context, const at::Tensor& feat, const
   const acc* ctx = context.const_data_ptr<acc>();
   const acc* probs_p = probs.const_data_ptr<acc>();
   scalar_t* df = need_feat ? grad_feat.data_ptr<scalar_t>() : nullptr;
-  std::vector<acc> ubar(N, acc(0)), dw_part(N * blocks * C), dl_sum(N * blocks), dw_top(N * C);
+  std::vector<acc> ubar(N), dw_part(N * blocks * C), dl_sum(N * blocks), dw_top(N * C);
   std::vector<int64_t> top(N);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c) ubar[n] += g[n * C + c] * ctx[n * C + c];
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+  for (int64_t n = 0; n < N; ++n) {
+    double u = 0;
+    for (int64_t c = 0; c < C; ++c) u += static_cast<double>(g[n * C + c] * ctx[n * C + c]);
+    ubar[n] = static_cast<acc>(u);
+  }
+  cpu::parallel_chunks(N, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const acc* p = probs_p + n * HW;
       top[n] = std::max_element(p, p + HW) - p;
     }
   });
 
-  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(N * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc> dl(block);
     for (int64_t task = begin; task < end; ++task)
       backward_block<scalar_t>(f, w, g, probs_p, ubar[task / blocks], top[task / blocks], task, blocks, block, C,
@@ -185,8 +193,17 @@ void backward_impl(const at::Tensor& grad_context, const at::Tensor& feat, const
 
   for (int64_t n = 0; n < N; ++n) {  // the top pixel: dl_r = -sum_{j != r} dl_j (see the top of the file)
     const int64_t r = top[n];
-    acc dl_r = 0;
-    for (int64_t k = 0; k < blocks; ++k) dl_r -= dl_sum[n * blocks + k];
+    const acc p_r = probs_p[n * HW + r];
+    acc dl_r;
+    if (p_r > acc(0.5)) {
+      double others = 0;  // in double: a plane has up to 2^19 blocks
+      for (int64_t k = 0; k < blocks; ++k) others += dl_sum[n * blocks + k];
+      dl_r = static_cast<acc>(-others);
+    } else {
+      acc u = 0;  // as backward_block computes u_j
+      for (int64_t c = 0; c < C; ++c) u += g[n * C + c] * static_cast<acc>(f[(n * C + c) * HW + r]);
+      dl_r = gc::logit_grad<acc>(p_r, u, ubar[n]);
+    }
     for (int64_t c = 0; c < C; ++c) {
       const int64_t i = (n * C + c) * HW + r;
       dw_top[n * C + c] = dl_r * static_cast<acc>(f[i]);
@@ -194,12 +211,13 @@ void backward_impl(const at::Tensor& grad_context, const at::Tensor& feat, const
     }
   }
 
-  acc* gw = grad_weight.data_ptr<acc>();
-  std::fill(gw, gw + C, acc(0));
+  std::vector<double> gw_sum(C);
   for (int64_t task = 0; task < N * blocks; ++task)
-    for (int64_t c = 0; c < C; ++c) gw[c] += dw_part[task * C + c];
+    for (int64_t c = 0; c < C; ++c) gw_sum[c] += dw_part[task * C + c];
   for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c) gw[c] += dw_top[n * C + c];
+    for (int64_t c = 0; c < C; ++c) gw_sum[c] += dw_top[n * C + c];
+  acc* gw = grad_weight.data_ptr<acc>();
+  for (int64_t c = 0; c < C; ++c) gw[c] = static_cast<acc>(gw_sum[c]);
 }
 
 std::tuple<at::Tensor, at::Tensor> gc_context_backward_cpu(const at::Tensor& grad_context, const at::Tensor& feat_in,

@@ -1,10 +1,16 @@
 // CPU kernels of PKD (docs/math.md §6). Work is split by channel (each channel's N segments of H*W values are
 // read three times: means, centred squares, squared difference); the per-channel D_c are added in
-// channel order, so the result does not depend on the thread count. Backward: one elementwise pass.
+// channel order, so the result does not depend on the thread count. Every sum runs in blocks
+// (blocked_sum.h), so a large N*H*W keeps float32 round-off. Backward: one elementwise pass.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <array>
+#include <vector>
+
+#include "blocked_sum.h"
 #include "gradient_buffer.h"
+#include "parallel.h"
 #include "kdops/math/pkd_loss.h"
 #include "../ops/pkd_loss.h"
 
@@ -20,53 +26,66 @@ void forward_impl(const at::Tensor& s, const at::Tensor& t, at::Tensor& out, at:
   const scalar_t* sp = s.const_data_ptr<scalar_t>();
   const scalar_t* tp = t.const_data_ptr<scalar_t>();
   acc* st_all = stats.data_ptr<acc>();
-  at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+  std::vector<double> squared_diff(C);
+  cpu::parallel_chunks(C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      acc sum_x = 0, sum_y = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        const scalar_t* x = sp + (n * C + c) * HW;
-        const scalar_t* y = tp + (n * C + c) * HW;
+      // Two sums over the channel's N segments of H*W values, each segment summed in blocks.
+      const auto channel_sums = [&](const auto& block) {
+        std::array<double, 2> total{};
+        for (int64_t n = 0; n < N; ++n) {
+          const scalar_t* x = sp + (n * C + c) * HW;
+          const scalar_t* y = tp + (n * C + c) * HW;
+          const auto part = cpu::blocked_sum(HW, [&](int64_t j0, int64_t j1) { return block(x, y, j0, j1); });
+          total[0] += part[0];
+          total[1] += part[1];
+        }
+        return total;
+      };
+      const auto sums = channel_sums([&](const scalar_t* x, const scalar_t* y, int64_t j0, int64_t j1) {
+        acc sum_x = 0, sum_y = 0;
 #pragma omp simd reduction(+ : sum_x, sum_y)
-        for (int64_t j = 0; j < HW; ++j) {
+        for (int64_t j = j0; j < j1; ++j) {
           sum_x += static_cast<acc>(x[j]);
           sum_y += static_cast<acc>(y[j]);
         }
-      }
-      const acc mx = sum_x / static_cast<acc>(M), my = sum_y / static_cast<acc>(M);
-      acc vx = 0, vy = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        const scalar_t* x = sp + (n * C + c) * HW;
-        const scalar_t* y = tp + (n * C + c) * HW;
+        return std::array<acc, 2>{sum_x, sum_y};
+      });
+      const acc mx = static_cast<acc>(sums[0] / static_cast<double>(M)),
+                my = static_cast<acc>(sums[1] / static_cast<double>(M));
+      const auto centred = channel_sums([&](const scalar_t* x, const scalar_t* y, int64_t j0, int64_t j1) {
+        acc vx = 0, vy = 0;
 #pragma omp simd reduction(+ : vx, vy)
-        for (int64_t j = 0; j < HW; ++j) {
+        for (int64_t j = j0; j < j1; ++j) {
           const acc dx = static_cast<acc>(x[j]) - mx, dy = static_cast<acc>(y[j]) - my;
           vx += dx * dx;
           vy += dy * dy;
         }
-      }
-      const acc sx = unbiased_std<acc>(vx, M), sy = unbiased_std<acc>(vy, M);
+        return std::array<acc, 2>{vx, vy};
+      });
+      const acc sx = unbiased_std<acc>(static_cast<acc>(centred[0]), M),
+                sy = unbiased_std<acc>(static_cast<acc>(centred[1]), M);
       const acc inv_ax = acc(1) / (sx + acc(kEps)), inv_ay = acc(1) / (sy + acc(kEps));
-      acc d = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        const scalar_t* x = sp + (n * C + c) * HW;
-        const scalar_t* y = tp + (n * C + c) * HW;
-#pragma omp simd reduction(+ : d)
-        for (int64_t j = 0; j < HW; ++j) {
+      const auto d = channel_sums([&](const scalar_t* x, const scalar_t* y, int64_t j0, int64_t j1) {
+        acc sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = j0; j < j1; ++j) {
           const acc diff = (static_cast<acc>(x[j]) - mx) * inv_ax - (static_cast<acc>(y[j]) - my) * inv_ay;
-          d += diff * diff;
+          sum += diff * diff;
         }
-      }
+        return std::array<acc, 2>{sum, acc(0)};
+      });
       acc* st = st_all + c * kStats;
       st[kMeanS] = mx;
       st[kStdS] = sx;
       st[kMeanT] = my;
       st[kStdT] = sy;
-      st[kSquaredDiff] = d;
+      st[kSquaredDiff] = static_cast<acc>(d[0]);
+      squared_diff[c] = d[0];
     }
   });
-  acc total = 0;
-  for (int64_t c = 0; c < C; ++c) total += st_all[c * kStats + kSquaredDiff];
-  out.fill_(total / (acc(2) * static_cast<acc>(C) * static_cast<acc>(M)));
+  double total = 0;
+  for (double v : squared_diff) total += v;
+  out.fill_(total / (2.0 * static_cast<double>(C) * static_cast<double>(M)));
 }
 
 std::tuple<at::Tensor, at::Tensor> pkd_loss_cpu(const at::Tensor& student, const at::Tensor& teacher) {
@@ -89,7 +108,7 @@ void backward_impl(double grad_d, const at::Tensor& s, const at::Tensor& t, cons
   const acc* st_all = stats.const_data_ptr<acc>();
   scalar_t* gp = grad.data_ptr<scalar_t>();
   const acc coef = static_cast<acc>(grad_d / (static_cast<double>(C) * static_cast<double>(M)));
-  at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(HW, 1)), [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(HW, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const Backward<acc> b = backward_coeffs<acc>(st_all + (row % C) * kStats, M);
       const scalar_t* x = sp + row * HW;

@@ -1,11 +1,14 @@
 // CPU kernels of the FGD relation loss (docs/math.md §4): one pass over S and T per direction, split by
-// (n, c) rows; per-row partial sums are added in row order (thread-count independent).
+// (n, c) rows, each summed in blocks (blocked_sum.h); the row sums are added in row order in double
+// (thread-count independent).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <vector>
 
+#include "blocked_sum.h"
 #include "gradient_buffer.h"
+#include "parallel.h"
 #include "kdops/math/relation_mse.h"
 #include "../ops/relation_mse.h"
 
@@ -24,26 +27,29 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const at
   const acc* ds = delta_s.const_data_ptr<acc>();
   const acc* dt = delta_t.const_data_ptr<acc>();
   acc* rs = row_sum.data_ptr<acc>();
-  std::vector<acc> row_sq(N * C);
-  at::parallel_for(0, N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
+  std::vector<double> row_sq(N * C);
+  cpu::parallel_chunks(N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const scalar_t* sr = s + row * HW;
       const scalar_t* tr = t + row * HW;
       const acc delta = ds[row] - dt[row];
-      acc sum = 0, sq = 0;
+      const auto sums = cpu::blocked_sum(HW, [&](int64_t j0, int64_t j1) {
+        acc sum = 0, sq = 0;
 #pragma omp simd reduction(+ : sum, sq)
-      for (int64_t j = 0; j < HW; ++j) {
-        const acc r = relation::residual<acc, scalar_t>(sr[j], tr[j], delta);
-        sum += r;
-        sq += r * r;
-      }
-      rs[row] = sum;
-      row_sq[row] = sq;
+        for (int64_t j = j0; j < j1; ++j) {
+          const acc r = relation::residual<acc, scalar_t>(sr[j], tr[j], delta);
+          sum += r;
+          sq += r * r;
+        }
+        return std::array<acc, 2>{sum, sq};
+      });
+      rs[row] = static_cast<acc>(sums[0]);
+      row_sq[row] = sums[1];
     }
   });
-  acc total = 0;
-  for (acc v : row_sq) total += v;
-  loss.fill_(total / static_cast<acc>(N));
+  double total = 0;
+  for (double v : row_sq) total += v;
+  loss.fill_(total / static_cast<double>(N));
 }
 
 std::tuple<at::Tensor, at::Tensor> relation_mse_cpu(const at::Tensor& student_in, const at::Tensor& teacher_in,
@@ -70,7 +76,7 @@ void backward_impl(double coef_d, const at::Tensor& student, const at::Tensor& t
   const acc* ds = delta_s.const_data_ptr<acc>();
   const acc* dt = delta_t.const_data_ptr<acc>();
   scalar_t* out = grad.data_ptr<scalar_t>();
-  at::parallel_for(0, N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const scalar_t* sr = s + row * HW;
       const scalar_t* tr = t + row * HW;
@@ -87,8 +93,7 @@ at::Tensor relation_mse_backward_cpu(const at::Tensor& grad_out, const at::Tenso
                                      const at::Tensor& teacher_in, const at::Tensor& delta_s,
                                      const at::Tensor& delta_t) {
   check_relation_mse_args(student_in, teacher_in, delta_s, delta_t, "kdops.relation_mse_backward");
-  TORCH_CHECK(grad_out.numel() == 1, "kdops.relation_mse_backward: grad must have one element, got ",
-              grad_out.sizes());
+  check_backward_scalar(grad_out, student_in, "kdops.relation_mse_backward", "grad");
   const at::Tensor student = student_in.contiguous(), teacher = teacher_in.contiguous();
   at::Tensor grad = cpu::empty_gradient_like(student);
   if (student.numel() == 0) return grad;

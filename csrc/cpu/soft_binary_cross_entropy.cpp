@@ -5,6 +5,7 @@
 #include "gradient_buffer.h"
 #include "chunked_sum.h"
 #include "isa.h"
+#include "parallel.h"
 #include "kdops/math/soft_binary_cross_entropy.h"
 #include "../ops/soft_binary_cross_entropy.h"
 
@@ -127,7 +128,7 @@ void backward_impl(double coef_d, const at::Tensor& s, const at::Tensor& t, cons
   const scalar_t* sp = s.const_data_ptr<scalar_t>();
   const scalar_t* tp = t.const_data_ptr<scalar_t>();
   scalar_t* gp = grad_in.data_ptr<scalar_t>();
-  at::parallel_for(0, s.numel(), kChunk, [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(s.numel(), kChunk, [&](int64_t begin, int64_t end) {
     chunk_grad<scalar_t, acc>(sp, tp, target, begin, end, ignore_index, coef, k.wp, k.wn, k.inv_t, k.mu,
                               k.unit_temperature, gp);
   });
@@ -138,8 +139,8 @@ at::Tensor soft_binary_cross_entropy_backward_cpu(const at::Tensor& grad_out, co
                                                   const at::Tensor& norm, double pos_weight, double neg_weight,
                                                   double temperature, double mu, int64_t ignore_index) {
   check_soft_binary_cross_entropy_args(student, teacher, target, temperature);
-  TORCH_CHECK(grad_out.numel() == 1 && norm.numel() == 1,
-              "kdops.soft_binary_cross_entropy_backward: grad and norm must be scalars");
+  check_backward_scalar(grad_out, student, "kdops.soft_binary_cross_entropy_backward", "grad");
+  check_backward_scalar(norm, student, "kdops.soft_binary_cross_entropy_backward", "norm");
   at::Tensor grad = cpu::empty_gradient_like(student);
   if (student.numel() == 0) return grad;
   // CPU tensors: reading the two scalars is a plain memory load, not a device sync.

@@ -6,6 +6,7 @@
 #include "gradient_buffer.h"
 #include "chunked_sum.h"
 #include "isa.h"
+#include "parallel.h"
 #include "row_math.h"
 #include "row_tail.h"
 #include "kdops/math/soft_cross_entropy.h"
@@ -198,7 +199,7 @@ void backward_impl(double coef_d, const at::Tensor& s, const at::Tensor& t, cons
   const acc coef = static_cast<acc>(coef_d), inv_t = acc(1) / static_cast<acc>(temperature);
   const acc mu = static_cast<acc>(mu_d);
   const bool unit_t = temperature == 1.0;
-  at::parallel_for(0, rows, cpu::items_per_chunk(C), [&](int64_t begin, int64_t end) {
+  cpu::parallel_chunks(rows, cpu::items_per_chunk(C), [&](int64_t begin, int64_t end) {
     backward_rows<scalar_t>(sp, tp, wp, target, st_all, begin, end, C, coef, inv_t, mu, unit_t, ignore_index, gp);
   });
 }

@@ -74,9 +74,9 @@ template <typename acc>
 __global__ void softmax_grad_kernel(const acc* __restrict__ a, const acc* __restrict__ g, acc* __restrict__ out,
                                     int64_t len, acc inv_temp, acc post_scale) {
   const int64_t base = blockIdx.x * len;
-  acc local = 0;
+  KahanSum<acc> local;
   for (int64_t i = threadIdx.x; i < len; i += blockDim.x) local += a[base + i] * g[base + i];
-  const acc weighted = block_sum(local) / static_cast<acc>(len);
+  const acc weighted = block_sum(local.value()) / static_cast<acc>(len);
   for (int64_t i = threadIdx.x; i < len; i += blockDim.x)
     out[base + i] = attention::scaled_softmax_grad<acc>(a[base + i], g[base + i], weighted, inv_temp) * post_scale;
 }

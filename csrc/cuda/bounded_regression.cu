@@ -23,7 +23,8 @@ __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* _
                                const scalar_t* __restrict__ y, const acc* __restrict__ weight,
                                acc* __restrict__ partial, int* __restrict__ ticket, acc* __restrict__ out,
                                acc* __restrict__ norm, int64_t rows, int64_t D, acc margin) {
-  acc total = 0, count = 0;
+  KahanSum<acc> total;
+  acc count = 0;  // whole numbers: exact
   for (int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; row < rows;
        row += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     acc e_s, e_t;
@@ -31,7 +32,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* _
     total += active<acc>(e_s, e_t, margin) ? row_weight<acc>(weight, row) * e_s : inactive_term<acc>(e_s, e_t, margin);
     count += row_counts<acc>(weight, row);
   }
-  const acc mine[2] = {block_sum(total), block_sum(count)};
+  const acc mine[2] = {block_sum(total.value()), block_sum(count)};
   acc sums[2];
   if (last_block_sums<acc, 2>(mine, partial, ticket, sums) && threadIdx.x == 0) {
     out[0] = sums[1] == acc(0) ? acc(0) : sums[0] / sums[1];
@@ -88,8 +89,8 @@ at::Tensor bounded_regression_backward_cuda(const at::Tensor& grad_out, const at
                                             const c10::optional<at::Tensor>& weight, const at::Tensor& norm,
                                             double margin) {
   check_bounded_regression_args(student, teacher, target, weight);
-  TORCH_CHECK(grad_out.numel() == 1 && norm.numel() == 1,
-              "kdops.bounded_regression_backward: grad and norm must be scalars");
+  check_backward_scalar(grad_out, student, "kdops.bounded_regression_backward", "grad");
+  check_backward_scalar(norm, student, "kdops.bounded_regression_backward", "norm");
   const c10::cuda::CUDAGuard guard(student.device());
   at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
   if (student.numel() == 0) return grad;

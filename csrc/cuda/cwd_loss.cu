@@ -22,7 +22,7 @@ template <typename scalar_t, typename acc>
 __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t,
                                acc* __restrict__ stats, acc* __restrict__ partial, int* __restrict__ ticket,
                                acc* __restrict__ out, int64_t rows, int64_t HW, acc tau, acc inv_tau, acc scale) {
-  acc block_kl = 0;  // meaningful in thread 0
+  KahanSum<acc> block_kl;  // meaningful in thread 0
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const scalar_t* x = s + row * HW;
     const scalar_t* y = t + row * HW;
@@ -34,22 +34,23 @@ __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* _
     ms = block_max(ms);
     mt = block_max(mt);
     const acc c0 = (static_cast<acc>(x[0]) - ms) - (static_cast<acc>(y[0]) - mt);
-    acc sum_s = 0, sum_t = 0, a = 0, m1 = 0, m2 = 0, zmax = 0;
+    KahanSum<acc> local_s, local_t, local_a, local_m1, local_m2;
+    acc zmax = 0;
     for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) {
       const acc ds = static_cast<acc>(x[j]) - ms, dt = static_cast<acc>(y[j]) - mt;
       const acc et = exp(dt * inv_tau), z = (ds - dt) - c0;
-      sum_s += exp(ds * inv_tau);
-      sum_t += et;
-      a += et * (dt - ds);
-      m1 += et * z;
-      m2 += et * z * z * expm1_gap_ratio<acc>(z * inv_tau);
+      local_s += exp(ds * inv_tau);
+      local_t += et;
+      local_a += et * (dt - ds);
+      local_m1 += et * z;
+      local_m2 += et * z * z * expm1_gap_ratio<acc>(z * inv_tau);
       zmax = fmax(zmax, fabs(z));
     }
-    sum_s = block_sum(sum_s);
-    sum_t = block_sum(sum_t);
-    a = block_sum(a);
-    m1 = block_sum(m1);
-    m2 = block_sum(m2);
+    const acc sum_s = block_sum(local_s.value());
+    const acc sum_t = block_sum(local_t.value());
+    const acc a = block_sum(local_a.value());
+    const acc m1 = block_sum(local_m1.value());
+    const acc m2 = block_sum(local_m2.value());
     zmax = block_max(zmax);
     if (threadIdx.x == 0) {
       acc* st = stats + row * kStats;
@@ -60,7 +61,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* _
       block_kl += row_loss<acc>(tau, inv_tau, sum_s, sum_t, a, m1, m2, zmax, st + kNear, st + kShift);
     }
   }
-  const acc mine[1] = {block_sum(threadIdx.x == 0 ? block_kl : acc(0))};
+  const acc mine[1] = {block_sum(threadIdx.x == 0 ? block_kl.value() : acc(0))};
   acc total[1];
   if (last_block_sums<acc, 1>(mine, partial, ticket, total) && threadIdx.x == 0) out[0] = total[0] * scale;
 }
@@ -113,10 +114,7 @@ at::Tensor cwd_loss_backward_cuda(const at::Tensor& grad_out, const at::Tensor& 
                                   const at::Tensor& row_stats, double tau) {
   check_cwd_loss_args(student, teacher, tau);
   const int64_t rows = student.size(0) * student.size(1), HW = student.size(2) * student.size(3);
-  TORCH_CHECK(grad_out.numel() == 1, "kdops.cwd_loss_backward: grad must be a scalar");
-  TORCH_CHECK(row_stats.dim() == 2 && row_stats.size(0) == rows && row_stats.size(1) == kStats &&
-                  row_stats.scalar_type() == acc_dtype(student.scalar_type()),
-              "kdops.cwd_loss_backward: row_stats must be the forward's (N*C, ", kStats, ") statistics");
+  check_cwd_loss_backward_args(grad_out, student, row_stats);
   const c10::cuda::CUDAGuard guard(student.device());
   at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
   if (student.numel() == 0) return grad;

@@ -28,16 +28,16 @@ template <typename scalar_t, typename acc>
 __global__ void partial_kernel(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t,
                                const scalar_t* __restrict__ m, acc* __restrict__ partial, int64_t rows, int64_t C,
                                int64_t HW, int loss) {
-  acc total = 0;
+  KahanSum<acc> local;
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     const scalar_t* mn = m == nullptr ? nullptr : m + (row / C) * HW;
     for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < HW;
          j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       const acc r = rho<acc>(static_cast<acc>(s[row * HW + j]) - static_cast<acc>(t[row * HW + j]), loss);
-      total += mn == nullptr ? r : static_cast<acc>(mn[j]) * r;
+      local += mn == nullptr ? r : static_cast<acc>(mn[j]) * r;
     }
   }
-  total = block_sum(total);
+  const acc total = block_sum(local.value());
   if (threadIdx.x == 0) partial[blockIdx.y * gridDim.x + blockIdx.x] = total;
 }
 
@@ -45,9 +45,9 @@ template <typename scalar_t, typename acc>
 __global__ void finalize_kernel(const acc* __restrict__ partial, int64_t partials, const scalar_t* __restrict__ m,
                                 int64_t N, int64_t C, int64_t HW, int normalize, acc* __restrict__ out,
                                 acc* __restrict__ norm) {
-  acc local = 0;
+  KahanSum<acc> local;
   for (int64_t i = threadIdx.x; i < partials; i += blockDim.x) local += partial[i];
-  const acc total = block_sum(local);
+  const acc total = block_sum(local.value());
   acc z;
   if (normalize == kBatch) {
     z = static_cast<acc>(N);
@@ -56,9 +56,9 @@ __global__ void finalize_kernel(const acc* __restrict__ partial, int64_t partial
   } else if (m == nullptr) {
     z = static_cast<acc>(C) * static_cast<acc>(N * HW);
   } else {
-    acc mask_local = 0;
+    KahanSum<acc> mask_local;
     for (int64_t i = threadIdx.x; i < N * HW; i += blockDim.x) mask_local += static_cast<acc>(m[i]);
-    z = static_cast<acc>(C) * block_sum(mask_local);
+    z = static_cast<acc>(C) * block_sum(mask_local.value());
   }
   if (threadIdx.x == 0) {
     out[0] = safe_div<acc>(total, z);
@@ -116,8 +116,8 @@ at::Tensor feature_imitation_backward_cuda(const at::Tensor& grad_out, const at:
                                            const at::Tensor& teacher, const c10::optional<at::Tensor>& mask,
                                            const at::Tensor& norm, int64_t loss) {
   check_feature_imitation_args(student, teacher, mask, loss, 0);
-  TORCH_CHECK(grad_out.numel() == 1 && norm.numel() == 1,
-              "kdops.feature_imitation_backward: grad and norm must be scalars");
+  check_backward_scalar(grad_out, student, "kdops.feature_imitation_backward", "grad");
+  check_backward_scalar(norm, student, "kdops.feature_imitation_backward", "norm");
   const c10::cuda::CUDAGuard guard(student.device());
   at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
   if (student.numel() == 0) return grad;

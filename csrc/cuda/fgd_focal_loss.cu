@@ -58,13 +58,13 @@ __global__ void stats_kernel(const scalar_t* __restrict__ s, const scalar_t* __r
 template <typename acc>
 __device__ acc l1_softmax_grad_row(const acc* a_s, const acc* a_t, acc* out, int64_t len, acc inv_n, acc inv_temp,
                                    acc post_scale) {
-  acc l1 = 0, weighted = 0;
+  KahanSum<acc> local_l1, weighted;
   for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
-    l1 += fabs(a_s[i] - a_t[i]);
+    local_l1 += fabs(a_s[i] - a_t[i]);
     weighted += a_s[i] * focal::l1_grad(a_s[i], a_t[i], inv_n);
   }
-  l1 = block_sum(l1);
-  const acc mean = block_sum(weighted) / static_cast<acc>(len);
+  const acc l1 = block_sum(local_l1.value());
+  const acc mean = block_sum(weighted.value()) / static_cast<acc>(len);
   for (int64_t i = threadIdx.x; i < len; i += blockDim.x)
     out[i] = attention::scaled_softmax_grad<acc>(a_s[i], focal::l1_grad(a_s[i], a_t[i], inv_n), mean, inv_temp) *
              post_scale;
@@ -90,7 +90,7 @@ __global__ void feature_kernel(const scalar_t* __restrict__ s, const scalar_t* _
                                const acc* __restrict__ fg, const acc* __restrict__ bg, const acc* __restrict__ t_sp,
                                const acc* __restrict__ t_ch, acc* __restrict__ fg_part, acc* __restrict__ bg_part,
                                int64_t rows, int64_t C, int64_t HW) {
-  acc sf = 0, sb = 0;
+  KahanSum<acc> local_f, local_b;
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     const int64_t pixels = (row / C) * HW;
     const acc cw = t_ch[row];
@@ -98,12 +98,12 @@ __global__ void feature_kernel(const scalar_t* __restrict__ s, const scalar_t* _
          j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       const acc d = static_cast<acc>(s[row * HW + j]) - static_cast<acc>(t[row * HW + j]);
       const acc a = cw * t_sp[pixels + j] * d * d;
-      sf += fg[pixels + j] * a;
-      sb += bg[pixels + j] * a;
+      local_f += fg[pixels + j] * a;
+      local_b += bg[pixels + j] * a;
     }
   }
-  sf = block_sum(sf);
-  sb = block_sum(sb);
+  const acc sf = block_sum(local_f.value());
+  const acc sb = block_sum(local_b.value());
   if (threadIdx.x == 0) {
     fg_part[blockIdx.y * gridDim.x + blockIdx.x] = sf;
     bg_part[blockIdx.y * gridDim.x + blockIdx.x] = sb;
@@ -114,15 +114,15 @@ template <typename acc>
 __global__ void finalize_kernel(const acc* __restrict__ fg_part, const acc* __restrict__ bg_part, int64_t partials,
                                 const acc* __restrict__ att_part, int64_t N, acc alpha, acc beta, acc gamma,
                                 acc* __restrict__ loss, acc* __restrict__ terms) {
-  acc f = 0, b = 0, a = 0;
+  KahanSum<acc> local_f, local_b, local_a;
   for (int64_t i = threadIdx.x; i < partials; i += blockDim.x) {
-    f += fg_part[i];
-    b += bg_part[i];
+    local_f += fg_part[i];
+    local_b += bg_part[i];
   }
-  for (int64_t i = threadIdx.x; i < N; i += blockDim.x) a += att_part[i];
-  f = block_sum(f);
-  b = block_sum(b);
-  a = block_sum(a);
+  for (int64_t i = threadIdx.x; i < N; i += blockDim.x) local_a += att_part[i];
+  const acc f = block_sum(local_f.value());
+  const acc b = block_sum(local_b.value());
+  const acc a = block_sum(local_a.value());
   if (threadIdx.x == 0) {
     const acc inv_n = acc(1) / static_cast<acc>(N);
     terms[0] = f * inv_n;

@@ -57,17 +57,17 @@ __global__ void merge_kernel(const acc* __restrict__ ctx_part, const acc* __rest
   acc local_max = -INFINITY;
   for (int64_t k = threadIdx.x; k < tiles; k += blockDim.x) local_max = fmax(local_max, tile_max[n * tiles + k]);
   const acc mx = block_max(local_max);
-  acc local_sum = 0;
+  KahanSum<acc> local_sum;
   for (int64_t k = threadIdx.x; k < tiles; k += blockDim.x)
     local_sum += tile_sum[n * tiles + k] * exp(tile_max[n * tiles + k] - mx);
-  const acc z = block_sum(local_sum);
+  const acc z = block_sum(local_sum.value());
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    acc total = 0;
+    KahanSum<acc> total;
     for (int64_t k = 0; k < tiles; ++k) {
       const acc scale = exp(tile_max[n * tiles + k] - mx);
       for (int r = 0; r < kWarps; ++r) total += ctx_part[((n * tiles + k) * kWarps + r) * C + c] * scale;
     }
-    ctx[n * C + c] = total / z;
+    ctx[n * C + c] = total.value() / z;
   }
   if (threadIdx.x == 0) {
     stats[2 * n] = mx;
@@ -146,9 +146,9 @@ template <typename acc>
 __global__ void sum_rows_kernel(const acc* __restrict__ part, acc* __restrict__ out, int64_t rows, int64_t C) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
-  acc total = 0;
+  KahanSum<acc> total;
   for (int64_t r = 0; r < rows; ++r) total += part[r * C + c];
-  out[c] = total;
+  out[c] = total.value();
 }
 
 std::tuple<at::Tensor, at::Tensor> gc_context_backward_cuda(const at::Tensor& grad_context,

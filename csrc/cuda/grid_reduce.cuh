@@ -35,9 +35,9 @@ __device__ bool last_block_sums(const acc (&mine)[K], acc* partial, int* ticket,
   if (!is_last) return false;
   __threadfence();
   for (int k = 0; k < K; ++k) {
-    acc local = 0;
+    KahanSum<acc> local;
     for (unsigned int b = threadIdx.x; b < gridDim.x; b += blockDim.x) local += __ldcg(partial + b * K + k);
-    total[k] = block_sum(local);
+    total[k] = block_sum(local.value());
   }
   return true;
 }

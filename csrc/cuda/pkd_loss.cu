@@ -23,18 +23,18 @@ __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* _
                                acc* __restrict__ stats, acc* __restrict__ partial, int* __restrict__ ticket,
                                acc* __restrict__ out, int64_t N, int64_t C, int64_t HW) {
   const int64_t M = N * HW;
-  acc block_d = 0;  // meaningful in thread 0
+  KahanSum<acc> block_d;  // meaningful in thread 0
   for (int64_t c = blockIdx.x; c < C; c += gridDim.x) {
     // The channel's values are N contiguous segments of HW, at (n * C + c) * HW.
-    acc sx = 0, sy = 0;
+    KahanSum<acc> sx, sy;
     for (int64_t n = 0; n < N; ++n)
     for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) {
       const int64_t i = (n * C + c) * HW + j;
       sx += static_cast<acc>(s[i]);
       sy += static_cast<acc>(t[i]);
     }
-    const acc mx = block_sum(sx) / static_cast<acc>(M), my = block_sum(sy) / static_cast<acc>(M);
-    acc vx = 0, vy = 0;
+    const acc mx = block_sum(sx.value()) / static_cast<acc>(M), my = block_sum(sy.value()) / static_cast<acc>(M);
+    KahanSum<acc> vx, vy;
     for (int64_t n = 0; n < N; ++n)
     for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) {
       const int64_t i = (n * C + c) * HW + j;
@@ -42,16 +42,16 @@ __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* _
       vx += dx * dx;
       vy += dy * dy;
     }
-    const acc std_x = unbiased_std<acc>(block_sum(vx), M), std_y = unbiased_std<acc>(block_sum(vy), M);
+    const acc std_x = unbiased_std<acc>(block_sum(vx.value()), M), std_y = unbiased_std<acc>(block_sum(vy.value()), M);
     const acc inv_ax = acc(1) / (std_x + acc(kEps)), inv_ay = acc(1) / (std_y + acc(kEps));
-    acc d = 0;
+    KahanSum<acc> local_d;
     for (int64_t n = 0; n < N; ++n)
     for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) {
       const int64_t i = (n * C + c) * HW + j;
       const acc diff = (static_cast<acc>(s[i]) - mx) * inv_ax - (static_cast<acc>(t[i]) - my) * inv_ay;
-      d += diff * diff;
+      local_d += diff * diff;
     }
-    d = block_sum(d);
+    const acc d = block_sum(local_d.value());
     if (threadIdx.x == 0) {
       acc* st = stats + c * kStats;
       st[kMeanS] = mx;
@@ -62,7 +62,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* _
       block_d += d;
     }
   }
-  const acc mine[1] = {block_sum(threadIdx.x == 0 ? block_d : acc(0))};
+  const acc mine[1] = {block_sum(threadIdx.x == 0 ? block_d.value() : acc(0))};
   acc total[1];
   if (last_block_sums<acc, 1>(mine, partial, ticket, total) && threadIdx.x == 0)
     out[0] = total[0] / (acc(2) * static_cast<acc>(C) * static_cast<acc>(M));

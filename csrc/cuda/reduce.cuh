@@ -28,17 +28,20 @@ __device__ __forceinline__ T warp_max(T v) {
 template <typename T, bool kMax>
 __device__ T block_reduce(T v) {
   __shared__ T shared[kWarp];
+  __shared__ T result;  // its own slot: no thread reads a partial while another writes the total
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
   v = kMax ? warp_max(v) : warp_sum(v);
-  __syncthreads();  // `shared` may still be read by a previous call
+  __syncthreads();  // a previous call's threads may still be reading `result`
   if (lane == 0) shared[warp] = v;
   __syncthreads();
-  const T identity = kMax ? -INFINITY : T(0);
-  T r = lane < warps ? shared[lane] : identity;
-  r = kMax ? warp_max(r) : warp_sum(r);
-  if (threadIdx.x == 0) shared[0] = r;
+  if (warp == 0) {  // one warp adds the partials
+    const T identity = kMax ? -INFINITY : T(0);
+    T r = lane < warps ? shared[lane] : identity;
+    r = kMax ? warp_max(r) : warp_sum(r);
+    if (lane == 0) result = r;
+  }
   __syncthreads();
-  return shared[0];
+  return result;
 }
 
 template <typename T>
@@ -46,6 +49,25 @@ __device__ __forceinline__ T block_sum(T v) { return block_reduce<T, false>(v); 
 
 template <typename T>
 __device__ __forceinline__ T block_max(T v) { return block_reduce<T, true>(v); }
+
+// A thread's running sum with Kahan compensation: `sum += x` in a loop of any length keeps the error
+// at a few round-offs (over a 2^31-pixel plane the grid-stride and per-row loops add 10^5 to 10^8
+// terms per thread, and a plain float32 sum's error grows with that count). value() is the sum.
+// The compensation needs the adds in source order: setup.py builds without fast-math (FMA
+// contraction may fuse a product into `x - comp`, which only makes it more exact).
+template <typename T>
+struct KahanSum {
+  T sum = 0, comp = 0;  // comp: what rounding added too much so far
+
+  __device__ __forceinline__ KahanSum& operator+=(T x) {
+    const T y = x - comp;
+    const T t = sum + y;
+    comp = isfinite(t) ? (t - sum) - y : T(0);  // inf and NaN come out as in a plain sum
+    sum = t;
+    return *this;
+  }
+  __device__ __forceinline__ T value() const { return sum - comp; }
+};
 
 // Grid size for one-dimensional grid-stride loops over `count` items.
 inline unsigned int blocks_for(int64_t count, int threads, int64_t cap = 65535) {

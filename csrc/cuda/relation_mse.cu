@@ -23,14 +23,14 @@ __global__ void row_kernel(const scalar_t* __restrict__ s, const scalar_t* __res
                            acc* __restrict__ row_sq, int64_t rows, int64_t HW) {
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const acc delta = ds[row] - dt[row];
-    acc sum = 0, sq = 0;
+    KahanSum<acc> local_sum, local_sq;
     for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) {
       const acc r = relation::residual<acc, scalar_t>(s[row * HW + j], t[row * HW + j], delta);
-      sum += r;
-      sq += r * r;
+      local_sum += r;
+      local_sq += r * r;
     }
-    sum = block_sum(sum);
-    sq = block_sum(sq);
+    const acc sum = block_sum(local_sum.value());
+    const acc sq = block_sum(local_sq.value());
     if (threadIdx.x == 0) {
       row_sum[row] = sum;
       row_sq[row] = sq;
@@ -40,9 +40,9 @@ __global__ void row_kernel(const scalar_t* __restrict__ s, const scalar_t* __res
 
 template <typename acc>
 __global__ void finalize_kernel(const acc* __restrict__ row_sq, int64_t rows, acc inv_n, acc* __restrict__ out) {
-  acc local = 0;
+  KahanSum<acc> local;
   for (int64_t i = threadIdx.x; i < rows; i += blockDim.x) local += row_sq[i];
-  const acc total = block_sum(local);
+  const acc total = block_sum(local.value());
   if (threadIdx.x == 0) out[0] = total * inv_n;
 }
 
@@ -90,8 +90,7 @@ at::Tensor relation_mse_backward_cuda(const at::Tensor& grad_out, const at::Tens
                                       const at::Tensor& teacher_in, const at::Tensor& delta_s_in,
                                       const at::Tensor& delta_t_in) {
   check_relation_mse_args(student_in, teacher_in, delta_s_in, delta_t_in, "kdops.relation_mse_backward");
-  TORCH_CHECK(grad_out.numel() == 1, "kdops.relation_mse_backward: grad must have one element, got ",
-              grad_out.sizes());
+  check_backward_scalar(grad_out, student_in, "kdops.relation_mse_backward", "grad");
   const c10::cuda::CUDAGuard guard(student_in.device());
   const at::Tensor s = student_in.contiguous(), t = teacher_in.contiguous();
   at::Tensor grad = at::empty_like(s, at::MemoryFormat::Contiguous);

@@ -13,12 +13,12 @@ __global__ void scaled_softmax_rows_kernel(acc* __restrict__ data, int64_t len, 
   acc local_max = -INFINITY;
   for (int64_t i = threadIdx.x; i < len; i += blockDim.x) local_max = fmax(local_max, row[i] * scale);
   const acc mx = block_max(local_max);
-  acc local_sum = 0;
+  KahanSum<acc> local_sum;
   for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
     row[i] = exp(row[i] * scale - mx);
     local_sum += row[i];
   }
-  const acc factor = static_cast<acc>(len) / block_sum(local_sum);
+  const acc factor = static_cast<acc>(len) / block_sum(local_sum.value());
   for (int64_t i = threadIdx.x; i < len; i += blockDim.x) row[i] *= factor;
 }
 
@@ -28,9 +28,9 @@ __global__ void sum_partials_kernel(const acc* __restrict__ part, acc* __restric
                                     int64_t C) {
   const int64_t n = blockIdx.x;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    acc total = 0;
+    KahanSum<acc> total;
     for (int64_t p = 0; p < partials; ++p) total += part[(n * partials + p) * C + c];
-    out[n * C + c] = total;
+    out[n * C + c] = total.value();
   }
 }
 

@@ -23,13 +23,14 @@ __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* _
                                const int64_t* __restrict__ target, acc* __restrict__ partial, int* __restrict__ ticket,
                                acc* __restrict__ out, acc* __restrict__ norm, int64_t n, Coeffs<acc> k,
                                int64_t ignore_index) {
-  acc total = 0, count = 0;
+  KahanSum<acc> total;
+  acc count = 0;  // whole numbers: exact
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     total += element<acc, false>(static_cast<acc>(s[i]), static_cast<acc>(t[i]), target, i, ignore_index, k);
     count += kept(target, i, ignore_index) ? acc(1) : acc(0);
   }
-  const acc mine[2] = {block_sum(total), block_sum(count)};
+  const acc mine[2] = {block_sum(total.value()), block_sum(count)};
   acc sums[2];
   if (last_block_sums<acc, 2>(mine, partial, ticket, sums) && threadIdx.x == 0) {
     out[0] = sums[1] == acc(0) ? acc(0) : sums[0] / sums[1];
@@ -82,8 +83,8 @@ at::Tensor soft_binary_cross_entropy_backward_cuda(const at::Tensor& grad_out, c
                                                    const at::Tensor& norm, double pos_weight, double neg_weight,
                                                    double temperature, double mu, int64_t ignore_index) {
   check_soft_binary_cross_entropy_args(student, teacher, target, temperature);
-  TORCH_CHECK(grad_out.numel() == 1 && norm.numel() == 1,
-              "kdops.soft_binary_cross_entropy_backward: grad and norm must be scalars");
+  check_backward_scalar(grad_out, student, "kdops.soft_binary_cross_entropy_backward", "grad");
+  check_backward_scalar(norm, student, "kdops.soft_binary_cross_entropy_backward", "norm");
   const c10::cuda::CUDAGuard guard(student.device());
   at::Tensor grad = at::empty_like(student, at::MemoryFormat::Contiguous);
   if (student.numel() == 0) return grad;

@@ -28,7 +28,8 @@ __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* _
                                acc* __restrict__ norm, int64_t rows, int64_t C, acc inv_t, acc mu,
                                int64_t ignore_index, bool separate_sum1) {
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  acc warp_loss = 0, warp_kept = 0;  // meaningful in lane 0
+  KahanSum<acc> warp_loss;  // meaningful in lane 0
+  acc warp_kept = 0;
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp; row < rows;
        row += static_cast<int64_t>(gridDim.x) * kWarps) {
     const scalar_t* zs = s + row * C;
@@ -65,7 +66,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* _
       }
     }
   }
-  const acc mine[2] = {block_sum(lane == 0 ? warp_loss : acc(0)), block_sum(lane == 0 ? warp_kept : acc(0))};
+  const acc mine[2] = {block_sum(lane == 0 ? warp_loss.value() : acc(0)), block_sum(lane == 0 ? warp_kept : acc(0))};
   acc total[2];
   if (last_block_sums<acc, 2>(mine, partial, ticket, total) && threadIdx.x == 0) {
     out[0] = total[1] == acc(0) ? acc(0) : total[0] / total[1];

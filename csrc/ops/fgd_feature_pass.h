@@ -22,29 +22,39 @@ inline void check_fgd_feature_pass_args(const at::Tensor& student, const at::Ten
   TORCH_CHECK(temperature > 0.0, op, ": temperature must be > 0, got ", temperature);
 }
 
-// saved: teacher_spatial, pixel_att_grad, probs_s, probs_t (N, H, W); teacher_channel, channel_att_grad (N, C).
-inline void check_fgd_feature_pass_backward_args(at::TensorList grads, const at::Tensor& student,
+// The gradients of the six differentiable outputs, and the statistics the forward saved for the backward.
+struct FeaturePassGrads {
+  at::Tensor loss, terms, ctx_s, ctx_t, diff_sq, diff_sum;
+};
+struct FeaturePassSaved {
+  at::Tensor teacher_spatial, teacher_channel, pixel_att_grad, channel_att_grad, probs_s, probs_t;
+};
+
+inline void check_fgd_feature_pass_backward_args(const FeaturePassGrads& g, const at::Tensor& student,
                                                  const at::Tensor& teacher, const at::Tensor& fg, const at::Tensor& bg,
                                                  const at::Tensor& weight_s, const at::Tensor& weight_t,
                                                  const at::Tensor& ctx_s, const at::Tensor& ctx_t,
-                                                 at::TensorList saved) {
+                                                 const FeaturePassSaved& saved) {
   const char* op = "kdops.fgd_feature_pass_backward";
   check_fgd_features(student, teacher, op);
   const int64_t N = student.size(0), C = student.size(1), H = student.size(2), W = student.size(3);
   const std::vector<int64_t> pixels{N, H, W}, channels{N, C}, channel{C}, scalar{}, three{3};
-  const std::vector<int64_t> grad_shapes[] = {scalar, three, channels, channels, scalar, channels};
-  const char* grad_names[] = {"grad_loss", "grad_terms", "grad_ctx_s", "grad_ctx_t", "grad_diff_sq", "grad_diff_sum"};
-  TORCH_CHECK(grads.size() == 6 && saved.size() == 6, op, ": expected 6 output gradients and 6 saved tensors");
-  for (size_t i = 0; i < 6; ++i) check_side_tensor(grads[i], student, grad_shapes[i], op, grad_names[i]);
-  check_side_tensor(fg, student, pixels, op, "fg");
-  check_side_tensor(bg, student, pixels, op, "bg");
-  check_side_tensor(weight_s, student, channel, op, "student_gc_weight");
-  check_side_tensor(weight_t, student, channel, op, "teacher_gc_weight");
-  check_side_tensor(ctx_s, student, channels, op, "ctx_s");
-  check_side_tensor(ctx_t, student, channels, op, "ctx_t");
-  const char* saved_names[] = {"teacher_spatial", "pixel_att_grad", "probs_s", "probs_t", "teacher_channel",
-                               "channel_att_grad"};
-  for (size_t i = 0; i < 6; ++i) check_side_tensor(saved[i], student, i < 4 ? pixels : channels, op, saved_names[i]);
+  struct Named {
+    const at::Tensor& t;
+    const std::vector<int64_t>& shape;
+    const char* name;
+  };
+  for (const Named& a : {Named{g.loss, scalar, "grad_loss"}, Named{g.terms, three, "grad_terms"},
+                         Named{g.ctx_s, channels, "grad_ctx_s"}, Named{g.ctx_t, channels, "grad_ctx_t"},
+                         Named{g.diff_sq, scalar, "grad_diff_sq"}, Named{g.diff_sum, channels, "grad_diff_sum"},
+                         Named{fg, pixels, "fg"}, Named{bg, pixels, "bg"}, Named{weight_s, channel, "student_gc_weight"},
+                         Named{weight_t, channel, "teacher_gc_weight"}, Named{ctx_s, channels, "ctx_s"},
+                         Named{ctx_t, channels, "ctx_t"}, Named{saved.teacher_spatial, pixels, "teacher_spatial"},
+                         Named{saved.teacher_channel, channels, "teacher_channel"},
+                         Named{saved.pixel_att_grad, pixels, "pixel_att_grad"},
+                         Named{saved.channel_att_grad, channels, "channel_att_grad"},
+                         Named{saved.probs_s, pixels, "probs_s"}, Named{saved.probs_t, pixels, "probs_t"}})
+    check_side_tensor(a.t, student, a.shape, op, a.name);
 }
 
 }  // namespace kdops

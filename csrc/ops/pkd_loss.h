@@ -16,10 +16,11 @@ inline void check_pkd_loss_args(const at::Tensor& student, const at::Tensor& tea
 inline void check_pkd_loss_backward_args(const at::Tensor& grad_out, const at::Tensor& student,
                                          const at::Tensor& channel_stats) {
   using pkd::kStats;
-  TORCH_CHECK(grad_out.numel() == 1, "kdops.pkd_loss_backward: grad must be a scalar");
+  check_backward_scalar(grad_out, student, "kdops.pkd_loss_backward", "grad");
   TORCH_CHECK(channel_stats.dim() == 2 && channel_stats.size(0) == student.size(1) &&
-                  channel_stats.size(1) == kStats && channel_stats.scalar_type() == acc_dtype(student.scalar_type()),
-              "kdops.pkd_loss_backward: channel_stats must be the forward's (C, ", kStats, ") statistics");
+                  channel_stats.size(1) == kStats && channel_stats.scalar_type() == acc_dtype(student.scalar_type()) &&
+                  channel_stats.device() == student.device(),
+              "kdops.pkd_loss_backward: channel_stats must be the forward's (C, ", kStats, ") statistics, on the student's device");
 }
 
 }  // namespace kdops

@@ -37,11 +37,12 @@ inline void check_soft_cross_entropy_args(const at::Tensor& student, const at::T
 inline void check_soft_cross_entropy_backward_args(const at::Tensor& grad_out, const at::Tensor& student,
                                                    const at::Tensor& norm, const at::Tensor& row_stats) {
   using soft_ce::kStats;
-  TORCH_CHECK(grad_out.numel() == 1 && norm.numel() == 1,
-              "kdops.soft_cross_entropy_backward: grad and norm must be scalars");
+  check_backward_scalar(grad_out, student, "kdops.soft_cross_entropy_backward", "grad");
+  check_backward_scalar(norm, student, "kdops.soft_cross_entropy_backward", "norm");
   TORCH_CHECK(row_stats.dim() == 2 && row_stats.size(0) == student.size(0) && row_stats.size(1) == kStats &&
-                  row_stats.scalar_type() == acc_dtype(student.scalar_type()),
-              "kdops.soft_cross_entropy_backward: row_stats must be the forward's (rows, ", kStats, ") statistics");
+                  row_stats.scalar_type() == acc_dtype(student.scalar_type()) &&
+                  row_stats.device() == student.device(),
+              "kdops.soft_cross_entropy_backward: row_stats must be the forward's (rows, ", kStats, ") statistics, on the student's device");
 }
 
 }  // namespace kdops

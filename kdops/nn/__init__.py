@@ -1,9 +1,10 @@
 """nn.Module wrappers of the kdops losses (they own the learnable pieces: adaptation layers, GcBlocks)."""
 
 from kdops.nn.channel import CWDLoss, PKDLoss
+from kdops.nn.distiller import FeatureDistiller
 from kdops.nn.fgd import FGDLoss, GcBlock
 from kdops.nn.heads import BoundedRegressionLoss, DistillBinaryCrossEntropy, DistillCrossEntropy
 from kdops.nn.hint import HintLoss
 
-__all__ = ["BoundedRegressionLoss", "CWDLoss", "DistillBinaryCrossEntropy", "DistillCrossEntropy", "FGDLoss",
-           "GcBlock", "HintLoss", "PKDLoss"]
+__all__ = ["BoundedRegressionLoss", "CWDLoss", "DistillBinaryCrossEntropy", "DistillCrossEntropy", "FeatureDistiller",
+           "FGDLoss", "GcBlock", "HintLoss", "PKDLoss"]

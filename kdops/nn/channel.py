@@ -24,7 +24,7 @@ class CWDLoss(nn.Module):
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         teacher = teacher.detach().to(student.dtype)
-        return self.loss_weight * cwd_loss(student, teacher, self.tau, backend=self.backend)
+        return self.loss_weight * cwd_loss(student, teacher, tau=self.tau, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, loss_weight={self.loss_weight}"

@@ -6,16 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdops import _backend
+from kdops._layout import acc_dtype
 from kdops.ops.box_masks import box_masks
-from kdops.ops.fgd_feature_pass import fgd_feature_pass
-from kdops.ops.fgd_focal_loss import fgd_focal_loss
+from kdops.ops.fgd_feature_pass import feature_pass
 from kdops.ops.gc_context import gc_context
-from kdops.ops.relation_mse import relation_mse
-
-# Backends on which FGDLoss reads the features once each way (kdops.fgd_feature_pass); on the others
-# ("reference", "cuda") it composes fgd_focal_loss, two gc_context calls and relation_mse.
-ONE_PASS_BACKENDS = ("cpu", "triton")
 
 # Official per-family hyper-parameters (temperature, alpha, beta, gamma, lambda_), docs/math.md §4.
 PRESETS = {
@@ -130,35 +124,26 @@ class FGDLoss(nn.Module):
                 raise ValueError(f"FGDLoss: boxes[{i}] is on {b.device} but the features are on {student.device}; "
                                  "move the boxes to the features' device")
         if len(boxes) == 0:  # N = 0: empty masks on the features' device (an empty list names no device)
-            empty = student.new_zeros((0, 4), dtype=torch.float64 if student.dtype == torch.float64 else torch.float32)
+            empty = student.new_zeros((0, 4), dtype=acc_dtype(student.dtype))
             fg, bg = box_masks(empty, student.shape[-2:], empty.new_zeros((0,), dtype=torch.long), 0,
                                backend=self.backend)
         else:
             fg, bg = box_masks(boxes, student.shape[-2:], backend=self.backend)
-        which = _backend.resolve("fgd_focal_loss", student.device, self.backend)
-        if which in ONE_PASS_BACKENDS:
-            focal, terms, relation = self._one_pass(student, teacher, fg, bg, which)
-        else:
-            focal, terms = fgd_focal_loss(student, teacher, fg, bg, self.temperature, self.alpha, self.beta,
-                                          self.gamma, return_terms=True, backend=self.backend)
-            relation = relation_mse(student, teacher, self.student_gc(student), self.teacher_gc(teacher),
-                                    backend=self.backend)
-        total = focal + self.lambda_ * relation
-        t = terms.detach()
-        self.last_terms = {"fg": self.alpha * t[0], "bg": self.beta * t[1], "attention": self.gamma * t[2],
-                           "global": self.lambda_ * relation.detach()}
-        return total
-
-    def _one_pass(self, student: Tensor, teacher: Tensor, fg: Tensor, bg: Tensor, backend: str):
-        """kdops.fgd_feature_pass reads S and T once each way; the relation loss is then
-        (N, C)-sized work: sum (S + d - T)^2 = diff_sq + 2 sum(d * diff_sum) + H*W sum(d^2)."""
+        # kdops.fgd_feature_pass reads S and T once each way (backends without its kernel compose the per-op
+        # kernels); the relation loss is then (N, C)-sized work: sum (S + d - T)^2 = diff_sq + 2 sum(d * diff_sum)
+        # + H*W sum(d^2), with d = delta_s - delta_t.
         s_mask, t_mask = self.student_gc.conv_mask, self.teacher_gc.conv_mask
-        out = fgd_feature_pass(student, teacher, fg, bg, s_mask.weight, s_mask.bias, t_mask.weight, t_mask.bias,
-                               self.temperature, self.alpha, self.beta, self.gamma, backend=backend)
+        out = feature_pass(student, teacher, fg=fg, bg=bg, student_gc_weight=s_mask.weight,
+                           student_gc_bias=s_mask.bias, teacher_gc_weight=t_mask.weight, teacher_gc_bias=t_mask.bias,
+                           temperature=self.temperature, alpha=self.alpha, beta=self.beta, gamma=self.gamma,
+                           backend=self.backend)
         d = (self.student_gc.transform(out.ctx_s) - self.teacher_gc.transform(out.ctx_t)).to(out.diff_sum.dtype)
         n, hw = student.shape[0], student.shape[2] * student.shape[3]
         relation = (out.diff_sq + 2 * (d * out.diff_sum).sum() + hw * (d * d).sum()) / max(n, 1)
-        return out.loss, out.terms, relation
+        t = out.terms.detach()
+        self.last_terms = {"fg": self.alpha * t[0], "bg": self.beta * t[1], "attention": self.gamma * t[2],
+                           "global": self.lambda_ * relation.detach()}
+        return out.loss + self.lambda_ * relation
 
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, "

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdops._layout import acc_dtype
 from kdops.ops.bounded_regression import bounded_regression
 from kdops.ops.soft_binary_cross_entropy import soft_binary_cross_entropy
 from kdops.ops.soft_cross_entropy import soft_cross_entropy
@@ -46,7 +47,7 @@ class DistillCrossEntropy(nn.Module):
         self._cache.clear()
 
     def weights(self, classes: int, like: Tensor) -> Tensor:
-        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        dtype = acc_dtype(like.dtype)
         if self.class_weight is not None:
             return self.class_weight.to(like.device, dtype)
         key = (classes, like.device, dtype)
@@ -59,8 +60,9 @@ class DistillCrossEntropy(nn.Module):
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, target: Optional[Tensor] = None) -> Tensor:
         teacher_logits = teacher_logits.detach().to(student_logits.dtype)
         w = self.weights(student_logits.shape[-1], student_logits)
-        return soft_cross_entropy(student_logits, teacher_logits, w, self.temperature, target, self.mu,
-                                  self.ignore_index, backend=self.backend)
+        return soft_cross_entropy(student_logits, teacher_logits, class_weight=w, target=target,
+                                  temperature=self.temperature, mu=self.mu, ignore_index=self.ignore_index,
+                                  backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"background_weight={self.background_weight}, temperature={self.temperature}, mu={self.mu}"
@@ -82,8 +84,9 @@ class DistillBinaryCrossEntropy(nn.Module):
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, target: Optional[Tensor] = None) -> Tensor:
         teacher_logits = teacher_logits.detach().to(student_logits.dtype)
-        return soft_binary_cross_entropy(student_logits, teacher_logits, self.pos_weight, self.neg_weight,
-                                         self.temperature, target, self.mu, self.ignore_index, backend=self.backend)
+        return soft_binary_cross_entropy(student_logits, teacher_logits, target=target, pos_weight=self.pos_weight,
+                                         neg_weight=self.neg_weight, temperature=self.temperature, mu=self.mu,
+                                         ignore_index=self.ignore_index, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"pos_weight={self.pos_weight}, neg_weight={self.neg_weight}, temperature={self.temperature}, mu={self.mu}"
@@ -109,7 +112,7 @@ class BoundedRegressionLoss(nn.Module):
                 weight: Optional[Tensor] = None) -> Tensor:
         teacher_reg = teacher_reg.detach().to(student_reg.dtype)
         target = target.detach().to(student_reg.dtype)
-        loss = self.nu * bounded_regression(student_reg, teacher_reg, target, self.margin, weight,
+        loss = self.nu * bounded_regression(student_reg, teacher_reg, target=target, weight=weight, margin=self.margin,
                                             backend=self.backend)
         if self.with_smooth_l1:
             per_row = F.smooth_l1_loss(student_reg, target, beta=self.beta, reduction="none").sum(-1)

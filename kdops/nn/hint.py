@@ -39,7 +39,7 @@ class HintLoss(nn.Module):
             student = self.adapt(student)
         if teacher.dtype != student.dtype:  # e.g. a float32 teacher and an autocast student
             teacher = teacher.to(student.dtype)
-        return self.weight * feature_imitation(student, teacher, mask, self.loss, self.normalize,
+        return self.weight * feature_imitation(student, teacher, mask=mask, loss=self.loss, normalize=self.normalize,
                                                backend=self.backend)
 
     def extra_repr(self) -> str:

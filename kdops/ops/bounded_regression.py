@@ -1,64 +1,36 @@
 """kdops.bounded_regression: Chen 2017's teacher-bounded L2 regression loss (docs/math.md §7)."""
 
-from typing import Optional, Tuple
+from typing import Optional
 
-import torch
 from torch import Tensor
 
 from kdops import _backend, _checks, _registry
+from kdops._layout import acc_dtype
+from kdops._registry import acc_empty
 from kdops.reference import bounded_regression as reference
 
 OP = "bounded_regression"
 
 
-@torch.library.custom_op("kdops_triton::bounded_regression", mutates_args=())
-def _triton_forward(student: Tensor, teacher: Tensor, target: Tensor, weight: Optional[Tensor],
-                    margin: float) -> Tuple[Tensor, Tensor]:
-    from kdops.triton import bounded_regression as kernels
-    return kernels.forward(student, teacher, target, weight, margin)
+def _backward(call, s, grads, need):
+    _checks.no_grad_needed("target" in need, OP, "target")
+    # The teacher only moves the bound, a step function of it: its gradient is 0 almost everywhere.
+    if "student" not in need:
+        return {}
+    return {"student": call(grad=grads.loss)}
 
 
-@torch.library.custom_op("kdops_triton::bounded_regression_backward", mutates_args=())
-def _triton_backward(grad: Tensor, student: Tensor, teacher: Tensor, target: Tensor, weight: Optional[Tensor],
-                     norm: Tensor, margin: float) -> Tensor:
-    from kdops.triton import bounded_regression as kernels
-    return kernels.backward(grad, student, teacher, target, weight, norm, margin)
+OP_SPEC = _registry.define(_registry.Op(
+    OP, "(Tensor student, Tensor teacher, Tensor target, Tensor? weight, float margin) -> (Tensor loss, Tensor norm)",
+    fake=lambda a: (acc_empty(a.student), acc_empty(a.student)),
+    reference=reference.bounded_regression,
+    backward_schema="(Tensor grad, Tensor student, Tensor teacher, Tensor target, Tensor? weight, Tensor norm, "
+                    "float margin) -> Tensor",
+    saved=("student", "teacher", "target", "weight", "norm"), backward=_backward))
 
 
-def _fake_forward(student, teacher, target, weight, margin):
-    dtype = _registry.acc_dtype(student.dtype)
-    return student.new_empty((), dtype=dtype), student.new_empty((), dtype=dtype)
-
-
-def _fake_backward(grad, student, teacher, target, weight, norm, margin):
-    return torch.empty_like(student, memory_format=torch.contiguous_format)
-
-
-def _setup_context(ctx, inputs, output):
-    student, teacher, target, weight, margin = inputs
-    ctx.save_for_backward(student, teacher, target, weight, output[1])
-    ctx.margin = margin
-
-
-def _make_backward(backward_op):
-    def backward(ctx, grad, _grad_norm):
-        if ctx.needs_input_grad[2]:
-            raise RuntimeError(f"kdops.{OP}: target gets no gradient; pass target.detach()")
-        student, teacher, target, weight, norm = ctx.saved_tensors
-        grad_student = None
-        if ctx.needs_input_grad[0]:
-            grad_student = backward_op(grad, student, teacher, target, weight, norm, ctx.margin)
-        # The teacher only moves the bound, a step function of it: its gradient is 0 almost everywhere.
-        return grad_student, None, None, None, None
-    return backward
-
-
-for _name in ("kdops::bounded_regression", "kdops_triton::bounded_regression"):
-    _registry.register(_name, _name + "_backward", _fake_forward, _fake_backward, _setup_context, _make_backward)
-
-
-def bounded_regression(student_reg: Tensor, teacher_reg: Tensor, target: Tensor, margin: float = 0.0,
-                       weight: Optional[Tensor] = None, *, backend: Optional[str] = None) -> Tensor:
+def bounded_regression(student_reg: Tensor, teacher_reg: Tensor, *, target: Tensor, weight: Optional[Tensor] = None,
+                       margin: float = 0.0, backend: Optional[str] = None) -> Tensor:
     """Teacher-bounded L2 regression loss of Chen et al. 2017 (eq. 4), per row of the last dimension.
 
     With e_s = ||r_s - y||^2 and e_t = ||r_t - y||^2 over each row's D values,
@@ -72,10 +44,10 @@ def bounded_regression(student_reg: Tensor, teacher_reg: Tensor, target: Tensor,
             (D = 4 for encoded box deltas; e.g. (rows, 4) or (rows, classes, 4)). The teacher may
             require grad but gets none (it only moves the bound: zero gradient almost everywhere);
             the target must not require grad.
-        margin: m in the bound (any finite number; 0 in the paper's experiments).
         weight: optional (...) per-row constant weight (e.g. 1 for positive proposals, 0 else).
             Without it Z is the number of rows; with it Z is the number of rows with weight > 0.
             Z = 0 gives a loss of 0.
+        margin: m in the bound (any finite number; 0 in the paper's experiments).
         backend: None (automatic), "reference", "cpu", "cuda" or "triton".
 
     Returns:
@@ -92,7 +64,7 @@ def bounded_regression(student_reg: Tensor, teacher_reg: Tensor, target: Tensor,
     _checks.detached(target, OP, "target")
     margin = _checks.number(margin, OP, "margin")
     rows_shape, d = student_reg.shape[:-1], student_reg.shape[-1]
-    acc = _registry.acc_dtype(student_reg.dtype)
+    acc = acc_dtype(student_reg.dtype)
     if weight is not None:
         _checks.float_tensor(weight, OP, "weight")
         if weight.shape != rows_shape:
@@ -100,6 +72,5 @@ def bounded_regression(student_reg: Tensor, teacher_reg: Tensor, target: Tensor,
                              f"got {tuple(weight.shape)}")
         weight = _checks.weight_vector(weight.reshape(-1), weight.numel(), student_reg, acc, OP, "weight")
     which = _backend.resolve(OP, student_reg.device, backend)
-    out = _registry.call(which, OP, reference.bounded_regression, student_reg.reshape(-1, d),
-                         teacher_reg.reshape(-1, d), target.reshape(-1, d), weight, margin)
-    return out[0]
+    return OP_SPEC(which, student=student_reg.reshape(-1, d), teacher=teacher_reg.reshape(-1, d),
+                target=target.reshape(-1, d), weight=weight, margin=margin)[0]

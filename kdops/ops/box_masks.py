@@ -5,28 +5,18 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from kdops import _backend, _checks, _extension, _registry
+from kdops import _backend, _checks, _registry
+from kdops._registry import acc_empty
 from kdops.reference import box_masks as reference
 
 OP = "box_masks"
 
 
-@torch.library.custom_op("kdops_triton::box_masks", mutates_args=())
-def _triton_forward(boxes: Tensor, image_index: Tensor, batch: int, height: int, width: int) -> Tuple[Tensor, Tensor]:
-    from kdops.triton import box_masks as kernels
-    return kernels.forward(boxes, image_index, batch, height, width)
-
-
-def _fake_forward(boxes, image_index, batch, height, width):
-    dtype = _registry.acc_dtype(boxes.dtype)
-    return (boxes.new_empty((batch, height, width), dtype=dtype),
-            boxes.new_empty((batch, height, width), dtype=dtype))
-
-
 # No autograd: the masks are constants of the loss (boxes are detached before the call).
-_registry.register_fake("kdops_triton::box_masks", _fake_forward)
-if _extension.native_loaded():
-    _registry.register_fake("kdops::box_masks", _fake_forward)
+OP_SPEC = _registry.define(_registry.Op(
+    OP, "(Tensor boxes, Tensor image_index, int batch, int height, int width) -> (Tensor fg, Tensor bg)",
+    fake=lambda a: (acc_empty(a.boxes, a.batch, a.height, a.width), acc_empty(a.boxes, a.batch, a.height, a.width)),
+    reference=reference.box_masks))
 
 
 def _pack(boxes, op: str):
@@ -136,4 +126,4 @@ def box_masks(boxes: Union[Sequence[Tensor], Tensor], size: Sequence[int], image
     if validate:
         _validate(packed, index, batch, OP)
     which = _backend.resolve(OP, packed.device, backend)
-    return _registry.call(which, OP, reference.box_masks, packed, index, batch, height, width)
+    return OP_SPEC(which, boxes=packed, image_index=index, batch=batch, height=height, width=width)

@@ -1,73 +1,46 @@
 """kdops.fgd_focal_loss: the fused FGD focal loss (docs/math.md §3)."""
 
-from typing import Optional, Tuple
+from typing import Optional
 
-import torch
 from torch import Tensor
 
 from kdops import _backend, _checks, _registry
+from kdops._layout import acc_dtype
+from kdops._registry import acc_empty
 from kdops.reference import fgd_focal_loss as reference
 
 OP = "fgd_focal_loss"
-_TEACHER_GRAD = ("kdops.fgd_focal_loss: teacher must not require grad: the teacher's attention masks are "
-                 "constants of the FGD loss (as in the official FGD code). Pass teacher.detach().")
 
 
-@torch.library.custom_op("kdops_triton::fgd_focal_loss", mutates_args=())
-def _triton_forward(student: Tensor, teacher: Tensor, fg: Tensor, bg: Tensor, temperature: float, alpha: float,
-                    beta: float, gamma: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    from kdops.triton import fgd_focal_loss as kernels
-    return kernels.forward(student, teacher, fg, bg, temperature, alpha, beta, gamma)
+def _fake(a):
+    n, c, h, w = a.student.shape
+    return (acc_empty(a.student), acc_empty(a.student, 3), acc_empty(a.student, n, h, w), acc_empty(a.student, n, c),
+            acc_empty(a.student, n, h, w), acc_empty(a.student, n, c))
 
 
-@torch.library.custom_op("kdops_triton::fgd_focal_loss_backward", mutates_args=())
-def _triton_backward(grad_loss: Tensor, grad_terms: Tensor, student: Tensor, teacher: Tensor, fg: Tensor, bg: Tensor,
-                     teacher_spatial: Tensor, teacher_channel: Tensor, pixel_att_grad: Tensor,
-                     channel_att_grad: Tensor, alpha: float, beta: float, gamma: float) -> Tensor:
-    from kdops.triton import fgd_focal_loss as kernels
-    return kernels.backward(grad_loss, grad_terms, student, teacher, fg, bg, teacher_spatial, teacher_channel,
-                            pixel_att_grad, channel_att_grad, alpha, beta, gamma)
+def _backward(call, s, grads, need):
+    _checks.no_grad_needed("teacher" in need, OP, "teacher", _checks.FGD_TEACHER_WHY)
+    if "student" not in need:
+        return {}  # the box masks are constants
+    dtype = s.teacher_spatial.dtype
+    # An unused output arrives as None; its gradient is zero.
+    grad_loss = s.teacher_spatial.new_zeros(()) if grads.loss is None else grads.loss.to(dtype)
+    grad_terms = s.teacher_spatial.new_zeros(3) if grads.terms is None else grads.terms.to(dtype)
+    return {"student": call(grad_loss=grad_loss, grad_terms=grad_terms)}
 
 
-def _fake_forward(student, teacher, fg, bg, temperature, alpha, beta, gamma):
-    n, c, h, w = student.shape
-    dtype = _registry.acc_dtype(student.dtype)
-    pixels, channels = student.new_empty((n, h, w), dtype=dtype), student.new_empty((n, c), dtype=dtype)
-    return (student.new_empty((), dtype=dtype), student.new_empty((3,), dtype=dtype), pixels, channels,
-            torch.empty_like(pixels), torch.empty_like(channels))
-
-
-def _fake_backward(grad_loss, grad_terms, student, *args):
-    return torch.empty_like(student, memory_format=torch.contiguous_format)
-
-
-def _setup_context(ctx, inputs, output):
-    student, teacher, fg, bg, _temperature, alpha, beta, gamma = inputs
-    _loss, _terms, t_spatial, t_channel, pixel_att, channel_att = output
-    ctx.save_for_backward(student, teacher, fg, bg, t_spatial, t_channel, pixel_att, channel_att)
-    ctx.weights = (alpha, beta, gamma)
-    ctx.mark_non_differentiable(t_spatial, t_channel, pixel_att, channel_att)
-
-
-def _make_backward(backward_op):
-    def backward(ctx, grad_loss, grad_terms, *_unused):
-        if ctx.needs_input_grad[1]:
-            raise RuntimeError(_TEACHER_GRAD)
-        if not ctx.needs_input_grad[0]:
-            return (None,) * 8
-        student, teacher, fg, bg, t_spatial, t_channel, pixel_att, channel_att = ctx.saved_tensors
-        dtype = t_spatial.dtype
-        # An unused output arrives as None; its gradient is zero.
-        grad_loss = t_spatial.new_zeros(()) if grad_loss is None else grad_loss.to(dtype)
-        grad_terms = t_spatial.new_zeros(3) if grad_terms is None else grad_terms.to(dtype)
-        grad = backward_op(grad_loss, grad_terms, student, teacher, fg, bg, t_spatial, t_channel, pixel_att,
-                           channel_att, *ctx.weights)
-        return (grad,) + (None,) * 7  # the box masks are constants
-    return backward
-
-
-for _name in ("kdops::fgd_focal_loss", "kdops_triton::fgd_focal_loss"):
-    _registry.register(_name, _name + "_backward", _fake_forward, _fake_backward, _setup_context, _make_backward)
+OP_SPEC = _registry.define(_registry.Op(
+    OP, "(Tensor student, Tensor teacher, Tensor fg, Tensor bg, float temperature, float alpha, float beta, "
+        "float gamma) -> (Tensor loss, Tensor terms, Tensor teacher_spatial, Tensor teacher_channel, "
+        "Tensor pixel_att_grad, Tensor channel_att_grad)",
+    fake=_fake, reference=reference.fgd_focal_loss,
+    backward_schema="(Tensor grad_loss, Tensor grad_terms, Tensor student, Tensor teacher, Tensor fg, Tensor bg, "
+                    "Tensor teacher_spatial, Tensor teacher_channel, Tensor pixel_att_grad, Tensor channel_att_grad, "
+                    "float alpha, float beta, float gamma) -> Tensor",
+    saved=("student", "teacher", "fg", "bg", "teacher_spatial", "teacher_channel", "pixel_att_grad",
+           "channel_att_grad"),
+    non_differentiable=("teacher_spatial", "teacher_channel", "pixel_att_grad", "channel_att_grad"),
+    backward=_backward))
 
 
 def check_args(op, student, teacher, fg, bg, temperature, alpha, beta, gamma):
@@ -75,11 +48,10 @@ def check_args(op, student, teacher, fg, bg, temperature, alpha, beta, gamma):
     _checks.feature(student, op, "student")
     _checks.tensor(teacher, op, "teacher")
     _checks.same_layout(student, teacher, op, "student", "teacher")
-    if teacher.requires_grad:
-        raise ValueError(_TEACHER_GRAD.replace(OP, op))
+    _checks.detached(teacher, op, "teacher", _checks.FGD_TEACHER_WHY)
     if student.shape[1] == 0 or student.shape[2] * student.shape[3] == 0:
         raise ValueError(f"kdops.{op}: student must have C >= 1 and H*W >= 1, got shape {tuple(student.shape)}")
-    acc = _registry.acc_dtype(student.dtype)
+    acc = acc_dtype(student.dtype)
     fg = _checks.pixel_map(fg, student, op, "fg", dtype=acc)
     bg = _checks.pixel_map(bg, student, op, "bg", dtype=acc)
     temperature = _checks.positive(temperature, op, "temperature")
@@ -87,8 +59,8 @@ def check_args(op, student, teacher, fg, bg, temperature, alpha, beta, gamma):
     return fg, bg, temperature, alpha, beta, gamma
 
 
-def fgd_focal_loss(student: Tensor, teacher: Tensor, fg: Tensor, bg: Tensor, temperature: float = 0.5,
-                   alpha: float = 1e-3, beta: float = 5e-4, gamma: float = 5e-4, *, return_terms: bool = False,
+def fgd_focal_loss(student: Tensor, teacher: Tensor, *, fg: Tensor, bg: Tensor, temperature: float = 0.5,
+                   alpha: float = 1e-3, beta: float = 5e-4, gamma: float = 5e-4, return_terms: bool = False,
                    backend: Optional[str] = None):
     """FGD focal loss: alpha * L_fg + beta * L_bg + gamma * L_att (FGD eq. 9-11, docs/math.md §3).
 
@@ -114,7 +86,6 @@ def fgd_focal_loss(student: Tensor, teacher: Tensor, fg: Tensor, bg: Tensor, tem
     """
     fg, bg, temperature, alpha, beta, gamma = check_args(OP, student, teacher, fg, bg, temperature, alpha, beta, gamma)
     which = _backend.resolve(OP, student.device, backend)
-    out = _registry.call(which, OP, reference.fgd_focal_loss, student, teacher, fg, bg, temperature, alpha, beta,
-                         gamma)
-    loss, terms = out[0], out[1]
+    loss, terms = OP_SPEC(which, student=student, teacher=teacher, fg=fg, bg=bg, temperature=temperature, alpha=alpha,
+                       beta=beta, gamma=gamma)[:2]
     return (loss, terms) if return_terms else loss

@@ -1,62 +1,37 @@
 """kdops.gc_context: the GcBlock context pooling of FGD's global loss (docs/math.md §4)."""
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from kdops import _backend, _checks, _registry
+from kdops._layout import acc_dtype
+from kdops._registry import acc_empty
 from kdops.reference import gc_context as reference
 
 OP = "gc_context"
 
 
-@torch.library.custom_op("kdops_triton::gc_context", mutates_args=())
-def _triton_forward(feat: Tensor, weight: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
-    from kdops.triton import gc_context as kernels
-    return kernels.forward(feat, weight, bias)
+def _backward(call, s, grads, need):
+    # The bias only shifts every logit of an image: softmax ignores it, so its gradient is exactly zero.
+    out = {"bias": torch.zeros(1, dtype=s.weight.dtype, device=s.weight.device)}
+    if grads.context is None:
+        return {**out, "weight": torch.zeros_like(s.weight)}
+    if need & {"feat", "weight"}:
+        out["feat"], out["weight"] = call(grad_context=grads.context.to(s.context.dtype), need_feat="feat" in need)
+    return out
 
 
-@torch.library.custom_op("kdops_triton::gc_context_backward", mutates_args=())
-def _triton_backward(grad_context: Tensor, feat: Tensor, weight: Tensor, context: Tensor, probs: Tensor,
-                     need_feat: bool) -> Tuple[Tensor, Tensor]:
-    from kdops.triton import gc_context as kernels
-    return kernels.backward(grad_context, feat, weight, context, probs, need_feat)
-
-
-def _fake_forward(feat, weight, bias):
-    n, c, h, w = feat.shape
-    dtype = _registry.acc_dtype(feat.dtype)
-    return feat.new_empty((n, c), dtype=dtype), feat.new_empty((n, h, w), dtype=dtype)
-
-
-def _fake_backward(grad_context, feat, weight, context, probs, need_feat):
-    grad_feat = torch.empty_like(feat, memory_format=torch.contiguous_format) if need_feat else feat.new_empty(0)
-    return grad_feat, torch.empty_like(weight)
-
-
-def _setup_context(ctx, inputs, output):
-    feat, weight, _bias = inputs
-    context, probs = output
-    ctx.save_for_backward(feat, weight, context, probs)
-    ctx.mark_non_differentiable(probs)
-
-
-def _make_backward(backward_op):
-    def backward(ctx, grad_context, _grad_probs):
-        feat, weight, context, probs = ctx.saved_tensors
-        need_feat, need_weight, need_bias = ctx.needs_input_grad
-        grad_bias = torch.zeros(1, dtype=weight.dtype, device=weight.device) if need_bias else None
-        if grad_context is None or not (need_feat or need_weight):
-            return None, (torch.zeros_like(weight) if need_weight and grad_context is None else None), grad_bias
-        grad_feat, grad_weight = backward_op(grad_context.to(context.dtype), feat, weight, context, probs, need_feat)
-        # The bias only shifts every logit of an image: softmax ignores it, so its gradient is exactly zero.
-        return (grad_feat if need_feat else None), (grad_weight if need_weight else None), grad_bias
-    return backward
-
-
-for _name in ("kdops::gc_context", "kdops_triton::gc_context"):
-    _registry.register(_name, _name + "_backward", _fake_forward, _fake_backward, _setup_context, _make_backward)
+OP_SPEC = _registry.define(_registry.Op(
+    OP, "(Tensor feat, Tensor weight, Tensor bias) -> (Tensor context, Tensor probs)",
+    fake=lambda a: (acc_empty(a.feat, *a.feat.shape[:2]), acc_empty(a.feat, a.feat.shape[0], *a.feat.shape[2:])),
+    reference=reference.gc_context,
+    backward_schema="(Tensor grad_context, Tensor feat, Tensor weight, Tensor context, Tensor probs, bool need_feat) "
+                    "-> (Tensor grad_feat, Tensor grad_weight)",
+    saved=("feat", "weight", "context", "probs"), non_differentiable=("probs",), backward=_backward,
+    fake_backward=lambda a: (torch.empty_like(a.feat, memory_format=torch.contiguous_format) if a.need_feat
+                             else a.feat.new_empty(0), torch.empty_like(a.weight))))
 
 
 def gc_context(feat: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
@@ -78,6 +53,6 @@ def gc_context(feat: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
     n, c, h, w = feat.shape
     if c == 0 or h * w == 0:
         raise ValueError(f"kdops.{OP}: feat must have C >= 1 and H*W >= 1, got shape {tuple(feat.shape)}")
-    weight, bias = _checks.gc_conv(weight, bias, feat, _registry.acc_dtype(feat.dtype), OP, "")
+    weight, bias = _checks.gc_conv(weight, bias, feat, acc_dtype(feat.dtype), OP, "")
     which = _backend.resolve(OP, feat.device, backend)
-    return _registry.call(which, OP, reference.gc_context, feat, weight, bias)[0]
+    return OP_SPEC(which, feat=feat, weight=weight, bias=bias)[0]

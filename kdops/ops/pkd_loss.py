@@ -1,62 +1,36 @@
 """kdops.pkd_loss: Pearson-correlation distillation (Cao et al. 2022, mmrazor's PKDLoss; docs/math.md §6)."""
 
-from typing import Optional, Tuple
+from typing import Optional
 
-import torch
 from torch import Tensor
 
 from kdops import _backend, _checks, _registry
+from kdops._layout import PKD_STATS, acc_dtype
+from kdops._registry import acc_empty
 from kdops.reference import pkd_loss as reference
 
 OP = "pkd_loss"
-CHANNEL_STATS = 5  # (mean_s, std_s, mean_t, std_t, D_c), see csrc/include/kdops/math/pkd_loss.h
-_SWAP_SIDES = [2, 3, 0, 1, 4]  # the same statistics seen from the teacher's side
+# The same statistics seen from the teacher's side.
+_SWAP_SIDES = [PKD_STATS.index(n) for n in ("mean_t", "std_t", "mean_s", "std_s", "squared_diff")]
 
 
-@torch.library.custom_op("kdops_triton::pkd_loss", mutates_args=())
-def _triton_forward(student: Tensor, teacher: Tensor) -> Tuple[Tensor, Tensor]:
-    from kdops.triton import pkd_loss as kernels
-    return kernels.forward(student, teacher)
+def _backward(call, s, grads, need):
+    out = {}
+    if "student" in need:
+        out["student"] = call(grad=grads.loss)
+    # The loss is symmetric in S and T: the teacher's gradient is the same formula, sides swapped.
+    if "teacher" in need:
+        out["teacher"] = call(grad=grads.loss, student=s.teacher, teacher=s.student,
+                              channel_stats=s.channel_stats[:, _SWAP_SIDES].contiguous())
+    return out
 
 
-@torch.library.custom_op("kdops_triton::pkd_loss_backward", mutates_args=())
-def _triton_backward(grad: Tensor, student: Tensor, teacher: Tensor, channel_stats: Tensor) -> Tensor:
-    from kdops.triton import pkd_loss as kernels
-    return kernels.backward(grad, student, teacher, channel_stats)
-
-
-def _fake_forward(student, teacher):
-    dtype = _registry.acc_dtype(student.dtype)
-    return student.new_empty((), dtype=dtype), student.new_empty((student.shape[1], CHANNEL_STATS), dtype=dtype)
-
-
-def _fake_backward(grad, student, teacher, channel_stats):
-    return torch.empty_like(student, memory_format=torch.contiguous_format)
-
-
-def _setup_context(ctx, inputs, output):
-    student, teacher = inputs
-    ctx.save_for_backward(student, teacher, output[1])
-
-
-def _make_backward(backward_op):
-    def backward(ctx, grad, _grad_stats):
-        student, teacher, stats = ctx.saved_tensors
-        grad_student = backward_op(grad, student, teacher, stats) if ctx.needs_input_grad[0] else None
-        # The loss is symmetric in S and T: the teacher's gradient is the same formula, sides swapped.
-        grad_teacher = None
-        if ctx.needs_input_grad[1]:
-            grad_teacher = backward_op(grad, teacher, student, stats[:, _SWAP_SIDES].contiguous())
-        return grad_student, grad_teacher
-    return backward
-
-
-for _name in ("kdops::pkd_loss", "kdops_triton::pkd_loss"):
-    _registry.register(_name, _name + "_backward", _fake_forward, _fake_backward, _setup_context, _make_backward)
-
-
-def _reference(student, teacher):
-    return reference.pkd_loss(student, teacher), None
+OP_SPEC = _registry.define(_registry.Op(
+    OP, "(Tensor student, Tensor teacher) -> (Tensor loss, Tensor channel_stats)",
+    fake=lambda a: (acc_empty(a.student), acc_empty(a.student, a.student.shape[1], len(PKD_STATS))),
+    reference=reference.pkd_loss,
+    backward_schema="(Tensor grad, Tensor student, Tensor teacher, Tensor channel_stats) -> Tensor",
+    saved=("student", "teacher", "channel_stats"), backward=_backward))
 
 
 def pkd_loss(student: Tensor, teacher: Tensor, *, backend: Optional[str] = None) -> Tensor:
@@ -79,7 +53,7 @@ def pkd_loss(student: Tensor, teacher: Tensor, *, backend: Optional[str] = None)
     _checks.tensor(teacher, OP, "teacher")
     _checks.same_layout(student, teacher, OP, "student", "teacher")
     if student.numel() == 0:  # nothing to correlate: a zero loss (a sum of no elements), zero gradients
-        dtype = _registry.acc_dtype(student.dtype)
+        dtype = acc_dtype(student.dtype)
         return student.sum(dtype=dtype) + teacher.sum(dtype=dtype)
     which = _backend.resolve(OP, student.device, backend)
-    return _registry.call(which, OP, _reference, student, teacher)[0]
+    return OP_SPEC(which, student=student, teacher=teacher)[0]

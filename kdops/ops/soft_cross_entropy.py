@@ -1,73 +1,32 @@
 """kdops.soft_cross_entropy: Chen 2017's class-weighted soft cross-entropy, hard CE fused (docs/math.md §7)."""
 
-from typing import Optional, Tuple
+from typing import Optional
 
-import torch
 from torch import Tensor
 
 from kdops import _backend, _checks, _registry
+from kdops._layout import SOFT_CE_STATS, acc_dtype
+from kdops._registry import acc_empty
 from kdops.reference import soft_cross_entropy as reference
 
 OP = "soft_cross_entropy"
-ROW_STATS = 6  # see csrc/include/kdops/math/soft_cross_entropy.h
 
 
-@torch.library.custom_op("kdops_triton::soft_cross_entropy", mutates_args=())
-def _triton_forward(student: Tensor, teacher: Tensor, class_weight: Optional[Tensor], target: Optional[Tensor],
-                    temperature: float, mu: float, ignore_index: int) -> Tuple[Tensor, Tensor, Tensor]:
-    from kdops.triton import soft_cross_entropy as kernels
-    return kernels.forward(student, teacher, class_weight, target, temperature, mu, ignore_index)
+OP_SPEC = _registry.define(_registry.Op(
+    OP, "(Tensor student, Tensor teacher, Tensor? class_weight, Tensor? target, float temperature, float mu, "
+        "int ignore_index) -> (Tensor loss, Tensor norm, Tensor row_stats)",
+    fake=lambda a: (acc_empty(a.student), acc_empty(a.student),
+                    acc_empty(a.student, a.student.shape[0], len(SOFT_CE_STATS))),
+    reference=reference.soft_cross_entropy,
+    backward_schema="(Tensor grad, Tensor student, Tensor teacher, Tensor? class_weight, Tensor? target, Tensor norm, "
+                    "Tensor row_stats, float temperature, float mu, int ignore_index) -> Tensor",
+    saved=("student", "teacher", "class_weight", "target", "norm", "row_stats"),
+    backward=_registry.teacher_gets_no_gradient(OP, "teacher_logits")))
 
 
-@torch.library.custom_op("kdops_triton::soft_cross_entropy_backward", mutates_args=())
-def _triton_backward(grad: Tensor, student: Tensor, teacher: Tensor, class_weight: Optional[Tensor],
-                     target: Optional[Tensor], norm: Tensor, row_stats: Tensor, temperature: float, mu: float,
-                     ignore_index: int) -> Tensor:
-    from kdops.triton import soft_cross_entropy as kernels
-    return kernels.backward(grad, student, teacher, class_weight, target, norm, row_stats, temperature, mu,
-                            ignore_index)
-
-
-def _fake_forward(student, teacher, class_weight, target, temperature, mu, ignore_index):
-    dtype = _registry.acc_dtype(student.dtype)
-    return (student.new_empty((), dtype=dtype), student.new_empty((), dtype=dtype),
-            student.new_empty((student.shape[0], ROW_STATS), dtype=dtype))
-
-
-def _fake_backward(grad, student, teacher, class_weight, target, norm, row_stats, temperature, mu, ignore_index):
-    return torch.empty_like(student, memory_format=torch.contiguous_format)
-
-
-def _setup_context(ctx, inputs, output):
-    student, teacher, class_weight, target, temperature, mu, ignore_index = inputs
-    ctx.save_for_backward(student, teacher, class_weight, target, output[1], output[2])
-    ctx.args = (temperature, mu, ignore_index)
-
-
-def _make_backward(backward_op):
-    def backward(ctx, grad, _grad_norm, _grad_stats):
-        if ctx.needs_input_grad[1]:
-            raise RuntimeError("kdops.soft_cross_entropy: teacher_logits gets no gradient; pass teacher_logits.detach()")
-        student, teacher, class_weight, target, norm, row_stats = ctx.saved_tensors
-        grad_student = None
-        if ctx.needs_input_grad[0]:
-            grad_student = backward_op(grad, student, teacher, class_weight, target, norm, row_stats, *ctx.args)
-        return grad_student, None, None, None, None, None, None
-    return backward
-
-
-for _name in ("kdops::soft_cross_entropy", "kdops_triton::soft_cross_entropy"):
-    _registry.register(_name, _name + "_backward", _fake_forward, _fake_backward, _setup_context, _make_backward)
-
-
-def _reference(student, teacher, class_weight, target, temperature, mu, ignore_index):
-    loss, norm = reference.soft_cross_entropy(student, teacher, class_weight, target, temperature, mu, ignore_index)
-    return loss, norm, None
-
-
-def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, class_weight: Optional[Tensor] = None,
-                       temperature: float = 1.0, target: Optional[Tensor] = None, mu: float = 0.0,
-                       ignore_index: int = -1, *, backend: Optional[str] = None) -> Tensor:
+def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, *, class_weight: Optional[Tensor] = None,
+                       target: Optional[Tensor] = None, temperature: float = 1.0, mu: float = 0.0,
+                       ignore_index: int = -1, backend: Optional[str] = None) -> Tensor:
     """Class-weighted soft cross-entropy of Chen et al. 2017 (eq. 2-3), optionally fused with the hard CE.
 
     soft_i = -sum_c w_c softmax(z_t / T)[c] log_softmax(z_s / T)[c] and, with a target,
@@ -81,12 +40,12 @@ def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, class_wei
             must not require grad (detach it).
         class_weight: optional (classes,) constant weights w_c; None means all ones. Chen 2017 uses
             w_0 = 1.5 and w_c = 1 otherwise (kdops.nn.DistillCrossEntropy builds that vector).
-        temperature: T > 0 (the paper finds T = 1 best for detection).
         target: optional (rows,) integer labels. Rows labelled ignore_index are skipped and the mean
             is over the rows kept (0 if none is kept), computed on the device without a host sync.
             A label outside [0, classes) that is not ignore_index raises on the "cpu" backend and
             makes the loss NaN on the others ("cuda", "triton", "reference"), which cannot raise
             without a host sync.
+        temperature: T > 0 (the paper finds T = 1 best for detection).
         mu: weight of the hard loss, in [0, 1].
         ignore_index: label of rows to skip.
         backend: None (automatic), "reference", "cpu", "cuda" or "triton".
@@ -107,12 +66,11 @@ def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, class_wei
     temperature = _checks.positive(temperature, OP, "temperature")
     mu = _checks.unit_interval(mu, OP, "mu")
     ignore_index = _checks.integer(ignore_index, OP, "ignore_index")
-    acc = _registry.acc_dtype(student_logits.dtype)
+    acc = acc_dtype(student_logits.dtype)
     if class_weight is not None:
         class_weight = _checks.weight_vector(class_weight, classes, student_logits, acc, OP, "class_weight")
     if target is not None:
         target = _checks.labels(target, (rows,), student_logits, OP, "target")
     which = _backend.resolve(OP, student_logits.device, backend)
-    out = _registry.call(which, OP, _reference, student_logits, teacher_logits, class_weight, target, temperature,
-                         mu, ignore_index)
-    return out[0]
+    return OP_SPEC(which, student=student_logits, teacher=teacher_logits, class_weight=class_weight, target=target,
+                temperature=temperature, mu=mu, ignore_index=ignore_index)[0]

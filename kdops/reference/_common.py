@@ -3,10 +3,6 @@
 import torch
 
 
-def acc_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def safe_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """total / count with 0 / 0 = 0, and no host sync."""
     return torch.where(count == 0, torch.zeros_like(total), total / torch.where(count == 0, torch.ones_like(count), count))

@@ -3,14 +3,12 @@ A_C = C softmax_c(mean_hw|F| / temp)."""
 
 import torch
 
-
-def _acc(feat: torch.Tensor) -> torch.Tensor:
-    return feat.double() if feat.dtype == torch.float64 else feat.float()
+from kdops._layout import to_acc
 
 
-def attention_masks(feat: torch.Tensor, temperature: float = 0.5):
+def attention_masks(feat: torch.Tensor, *, temperature: float = 0.5):
     """Returns (spatial (N, H, W), channel (N, C)) in float32 (float64 for float64 input)."""
-    f = _acc(feat).abs()
+    f = to_acc(feat).abs()
     n, c, h, w = f.shape
     m = f.mean(dim=1).reshape(n, h * w)
     k = f.mean(dim=(2, 3))
@@ -27,4 +25,4 @@ def attention_masks_backward(grad_spatial, grad_channel, feat, spatial, channel,
     g_m = a_s * (g_s - (a_s * g_s).mean(dim=1, keepdim=True)) / temperature
     g_k = a_c * (g_c - (a_c * g_c).mean(dim=1, keepdim=True)) / temperature
     coef = g_m.reshape(n, 1, h, w) / c + g_k.reshape(n, c, 1, 1) / (h * w)
-    return (torch.sign(_acc(feat)) * coef).to(feat.dtype)
+    return (torch.sign(to_acc(feat)) * coef).to(feat.dtype)

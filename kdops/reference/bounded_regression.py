@@ -8,7 +8,8 @@ bound: its term and its gradient are NaN (a NaN teacher is not silently dropped)
 
 import torch
 
-from kdops.reference._common import acc_dtype, safe_mean
+from kdops._layout import acc_dtype
+from kdops.reference._common import safe_mean
 
 
 def _errors(student, teacher, target, dtype):
@@ -24,9 +25,9 @@ def _count(weight, rows, like):
     return (weight > 0).sum().to(like.dtype)
 
 
-def bounded_regression(student, teacher, target, weight=None, margin: float = 0.0):
+def bounded_regression(student, teacher, *, target, weight=None, margin: float = 0.0):
     """student, teacher, target: (rows, D); weight: optional (rows,). Returns (0-dim loss, Z)."""
-    dtype = acc_dtype(student)
+    dtype = acc_dtype(student.dtype)
     e_s, e_t = _errors(student, teacher, target, dtype)
     zero = torch.zeros_like(e_s)
     unordered = e_s.isnan() | e_t.isnan()
@@ -40,7 +41,7 @@ def bounded_regression(student, teacher, target, weight=None, margin: float = 0.
 
 def bounded_regression_backward(grad, student, teacher, target, weight, norm, margin: float):
     """dL/dr_s = grad / Z * w_i * [e_s + m > e_t] * 2 (r_s - y)."""
-    dtype = acc_dtype(student)
+    dtype = acc_dtype(student.dtype)
     e_s, e_t = _errors(student, teacher, target, dtype)
     active = (e_s + margin > e_t).to(dtype).masked_fill(e_s.isnan() | e_t.isnan(), float("nan"))
     if weight is not None:

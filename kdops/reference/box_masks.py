@@ -7,16 +7,14 @@ column ranges, and the per-image max is a scatter_reduce over the boxes' image i
 
 import torch
 
-
-def _acc_dtype(boxes: torch.Tensor) -> torch.dtype:
-    return torch.float64 if boxes.dtype == torch.float64 else torch.float32
+from kdops._layout import acc_dtype
 
 
 def box_spans(boxes: torch.Tensor, image_index: torch.Tensor, batch: int, height: int, width: int):
     """Per box: (wmin, hmin, wmax, hmax) clipped to the map and the value 1 / (the unclipped box's size),
     zero where the box writes nothing (not finite, x2 < x1, y2 < y1, no image in [0, batch), entirely
     outside the map)."""
-    b = boxes.to(_acc_dtype(boxes))
+    b = boxes.to(acc_dtype(boxes.dtype))
     valid = torch.isfinite(b).all(dim=1) & (b[:, 2] >= b[:, 0]) & (b[:, 3] >= b[:, 1])
     valid &= (image_index >= 0) & (image_index < batch)
     b = torch.where(valid[:, None], b, torch.zeros_like(b))  # keep NaN/inf out of floor/ceil
@@ -31,7 +29,7 @@ def box_spans(boxes: torch.Tensor, image_index: torch.Tensor, batch: int, height
 
 def box_masks(boxes: torch.Tensor, image_index: torch.Tensor, batch: int, height: int, width: int):
     """Returns (fg, bg), each (batch, height, width), float32 (float64 for float64 boxes)."""
-    dtype = _acc_dtype(boxes)
+    dtype = acc_dtype(boxes.dtype)
     wmin, hmin, wmax, hmax, value = box_spans(boxes, image_index, batch, height, width)
     xs = torch.arange(width, device=boxes.device, dtype=dtype)
     ys = torch.arange(height, device=boxes.device, dtype=dtype)

@@ -11,7 +11,7 @@ tau ~ 1e6, 0 at 1e20). Such a row uses the exact identity, with p_t the teacher 
 
 import torch
 
-from kdops.reference._common import acc_dtype
+from kdops._layout import acc_dtype
 
 NEAR_BOUND = 0.125
 
@@ -32,7 +32,7 @@ def _factorial(k):
 
 
 def _rows(student, teacher, tau):
-    dtype = acc_dtype(student)
+    dtype = acc_dtype(student.dtype)
     n, c, h, w = student.shape
     s = student.to(dtype).reshape(n * c, h * w)
     t = teacher.to(dtype).reshape(n * c, h * w)
@@ -48,7 +48,7 @@ def _near_moments(pt, z, tau):
     return m2, v, v / tau
 
 
-def cwd_loss(student, teacher, tau: float = 1.0):
+def cwd_loss(student, teacher, *, tau: float = 1.0):
     s, t, z, near, rows = _rows(student, teacher, tau)
     log_pt = torch.log_softmax(t / tau, dim=1)
     pt = log_pt.exp()

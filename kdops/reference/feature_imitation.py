@@ -2,17 +2,12 @@
 
 import torch
 
-NORMALIZERS = ("batch", "mean", "mask")
-LOSSES = ("mse", "l1")
-
-
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+from kdops._layout import acc_dtype
 
 
 def normalizer(student: torch.Tensor, mask, normalize: str) -> torch.Tensor:
     n, c, h, w = student.shape
-    dtype = _acc_dtype(student)
+    dtype = acc_dtype(student.dtype)
     if normalize == "batch":
         z = float(n)
     elif normalize == "mean":
@@ -24,9 +19,9 @@ def normalizer(student: torch.Tensor, mask, normalize: str) -> torch.Tensor:
     return torch.tensor(z, dtype=dtype, device=student.device)
 
 
-def feature_imitation(student, teacher, mask=None, loss: str = "mse", normalize: str = "batch"):
+def feature_imitation(student, teacher, *, mask=None, loss: str = "mse", normalize: str = "batch"):
     """Returns a 0-dim loss in float32 (float64 for float64 inputs); an empty batch gives 0."""
-    dtype = _acc_dtype(student)
+    dtype = acc_dtype(student.dtype)
     d = student.to(dtype) - teacher.to(dtype)
     r = d * d if loss == "mse" else d.abs()
     if mask is not None:
@@ -38,7 +33,7 @@ def feature_imitation(student, teacher, mask=None, loss: str = "mse", normalize:
 
 def feature_imitation_backward(grad, student, teacher, mask, norm, loss: str):
     """dL/dS = grad / Z * M * rho'(S - T); dL/dT is its negation."""
-    dtype = _acc_dtype(student)
+    dtype = acc_dtype(student.dtype)
     d = student.to(dtype) - teacher.to(dtype)
     g = 2 * d if loss == "mse" else torch.sign(d)
     if mask is not None:

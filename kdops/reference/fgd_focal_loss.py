@@ -3,21 +3,18 @@ attention loss only. L = alpha L_fg + beta L_bg + gamma L_att."""
 
 import torch
 
+from kdops._layout import to_acc
 from kdops.reference.attention_masks import attention_masks
-
-
-def _acc(x: torch.Tensor) -> torch.Tensor:
-    return x.double() if x.dtype == torch.float64 else x.float()
 
 
 def fgd_focal_terms(student, teacher, fg, bg, temperature: float = 0.5):
     """(3,) tensor: the unweighted (L_fg, L_bg, L_att), float32 (float64 for float64 features)."""
     n = student.shape[0]
     if n == 0:  # zeros plus the sum of no elements: still 0, but connected to the graph (zero gradients)
-        return _acc(student).new_zeros(3) + _acc(student).sum()
-    s_sp, s_ch = attention_masks(student, temperature)
-    t_sp, t_ch = attention_masks(teacher, temperature)
-    d = _acc(student) - _acc(teacher)
+        return to_acc(student).new_zeros(3) + to_acc(student).sum()
+    s_sp, s_ch = attention_masks(student, temperature=temperature)
+    t_sp, t_ch = attention_masks(teacher, temperature=temperature)
+    d = to_acc(student) - to_acc(teacher)
     weighted = d * d * t_sp[:, None] * t_ch[:, :, None, None]
     l_fg = (weighted * fg.to(d.dtype)[:, None]).sum() / n
     l_bg = (weighted * bg.to(d.dtype)[:, None]).sum() / n
@@ -25,7 +22,8 @@ def fgd_focal_terms(student, teacher, fg, bg, temperature: float = 0.5):
     return torch.stack([l_fg, l_bg, l_att])
 
 
-def fgd_focal_loss(student, teacher, fg, bg, temperature: float, alpha: float, beta: float, gamma: float):
+def fgd_focal_loss(student, teacher, *, fg, bg, temperature: float = 0.5, alpha: float = 1e-3, beta: float = 5e-4,
+                   gamma: float = 5e-4):
     """Returns (loss, terms)."""
     terms = fgd_focal_terms(student, teacher, fg, bg, temperature)
     return alpha * terms[0] + beta * terms[1] + gamma * terms[2], terms
@@ -35,8 +33,8 @@ def attention_grads(student, teacher, temperature: float):
     """What the kernels save for the backward: the teacher masks and dL_att/d|S| split as
     pixel_att_grad[n,h,w] + channel_att_grad[n,c] (g_m / C and g_k / (H*W) of docs/math.md §3)."""
     n, c, h, w = student.shape
-    s_sp, s_ch = attention_masks(student, temperature)
-    t_sp, t_ch = attention_masks(teacher, temperature)
+    s_sp, s_ch = attention_masks(student, temperature=temperature)
+    t_sp, t_ch = attention_masks(teacher, temperature=temperature)
     s_sp, t_sp = s_sp.reshape(n, h * w), t_sp.reshape(n, h * w)
 
     def softmax_grad(a_s, a_t):
@@ -53,7 +51,7 @@ def fgd_focal_loss_backward(grad_loss, grad_terms, student, teacher, fg, bg, tea
     """dL/dS = 2/N (c_fg M_fg + c_bg M_bg) A_S^t A_C^t (S - T) + c_att sign(S) (pixel_att + channel_att),
     with c_fg = alpha * grad_loss + grad_terms[0] (likewise c_bg, c_att)."""
     n = student.shape[0]
-    s, t = _acc(student), _acc(teacher)
+    s, t = to_acc(student), to_acc(teacher)
     coef = grad_loss.to(s.dtype) * torch.tensor([alpha, beta, gamma], dtype=s.dtype, device=s.device)
     coef = coef + grad_terms.to(s.dtype)
     pixel_weight = 2.0 / n * (coef[0] * fg + coef[1] * bg) * teacher_spatial

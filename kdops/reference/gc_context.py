@@ -2,15 +2,13 @@
 
 import torch
 
-
-def _acc(x: torch.Tensor) -> torch.Tensor:
-    return x.double() if x.dtype == torch.float64 else x.float()
+from kdops._layout import to_acc
 
 
 def gc_context(feat, weight, bias):
     """Returns (context (N, C), probs (N, H, W)) in float32 (float64 for float64 features).
     weight: (C,), bias: (1,)."""
-    f = _acc(feat)
+    f = to_acc(feat)
     n, c, h, w = f.shape
     flat = f.reshape(n, c, h * w)
     logits = torch.einsum("ncj,c->nj", flat, weight.to(f.dtype)) + bias.to(f.dtype)
@@ -22,7 +20,7 @@ def gc_context(feat, weight, bias):
 def gc_context_backward(grad_context, feat, weight, context, probs, need_feat: bool = True):
     """dF[n,c,j] = p_j g_c + w_c dl_j, dw_c = sum_{n,j} dl_j F[n,c,j], with dl_j = p_j (u_j - ubar),
     u_j = sum_c g_c F[n,c,j] and ubar = sum_c g_c context_c. The bias gradient is zero."""
-    f = _acc(feat)
+    f = to_acc(feat)
     n, c, h, w = f.shape
     flat = f.reshape(n, c, h * w)
     g = grad_context.to(f.dtype)

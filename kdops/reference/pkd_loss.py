@@ -5,7 +5,7 @@ L = mean((S' - T')^2) / 2. The loss is symmetric in S and T.
 
 import torch
 
-from kdops.reference._common import acc_dtype
+from kdops._layout import acc_dtype
 
 EPS = 1e-6
 
@@ -19,7 +19,7 @@ def _standardise(x):
 
 
 def pkd_loss(student, teacher):
-    dtype = acc_dtype(student)
+    dtype = acc_dtype(student.dtype)
     s, _ = _standardise(student.to(dtype))
     t, _ = _standardise(teacher.to(dtype))
     return (s - t).square().mean() / 2
@@ -29,7 +29,7 @@ def pkd_loss_backward(grad, student, teacher):
     """With x' = (x - mean) / a, a = std + eps, M = N*H*W elements per channel, E = C*M:
         dL/dx = grad / E * ((x' - y') / a - x' * (sum x'^2 - sum x'y') / ((M - 1) * std))
     (per channel sums; the mean of x' - y' is exactly zero). A constant channel (std = 0) has x' = 0."""
-    dtype = acc_dtype(student)
+    dtype = acc_dtype(student.dtype)
     n, c, h, w = student.shape
     xs, std = _standardise(student.to(dtype))
     ys, _ = _standardise(teacher.to(dtype))

@@ -10,7 +10,8 @@ Anchors labelled ignore_index are skipped; any other label outside {0, 1} gives 
 import torch
 import torch.nn.functional as F
 
-from kdops.reference._common import acc_dtype, safe_mean
+from kdops._layout import acc_dtype
+from kdops.reference._common import safe_mean
 
 
 def _kept_and_valid(target, like, ignore_index):
@@ -20,10 +21,10 @@ def _kept_and_valid(target, like, ignore_index):
     return target != ignore_index, (target == 0) | (target == 1)
 
 
-def soft_binary_cross_entropy(student, teacher, target=None, pos_weight: float = 1.0, neg_weight: float = 1.5,
+def soft_binary_cross_entropy(student, teacher, *, target=None, pos_weight: float = 1.0, neg_weight: float = 1.5,
                               temperature: float = 1.0, mu: float = 0.0, ignore_index: int = -1):
     """Returns (0-dim loss in float32 / float64, number of kept anchors in the same dtype)."""
-    dtype = acc_dtype(student)
+    dtype = acc_dtype(student.dtype)
     zs, zt = student.to(dtype), teacher.to(dtype)
     x, pt = zs / temperature, torch.sigmoid(zt / temperature)
     per = -(pos_weight * pt * F.logsigmoid(x) + neg_weight * (1 - pt) * F.logsigmoid(-x))
@@ -42,7 +43,7 @@ def soft_binary_cross_entropy_backward(grad, student, teacher, target, norm, pos
                                        temperature: float, mu: float, ignore_index: int):
     """dL/dz_s = grad / n_kept * keep * ((1 - mu) / T * (w_neg (1 - p_t) s - w_pos p_t (1 - s)) + mu * (sigmoid(z_s) - y)),
     with s = sigmoid(z_s / T)."""
-    dtype = acc_dtype(student)
+    dtype = acc_dtype(student.dtype)
     zs, zt = student.to(dtype), teacher.to(dtype)
     s, pt = torch.sigmoid(zs / temperature), torch.sigmoid(zt / temperature)
     g = (neg_weight * (1 - pt) * s - pos_weight * pt * (1 - s)) / temperature

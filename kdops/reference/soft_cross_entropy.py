@@ -10,7 +10,8 @@ ignore_index nor in [0, C) gives NaN (the GPU kernels cannot raise without a hos
 
 import torch
 
-from kdops.reference._common import acc_dtype, safe_mean
+from kdops._layout import acc_dtype
+from kdops.reference._common import safe_mean
 
 
 def _weights(class_weight, num_classes, like):
@@ -28,10 +29,10 @@ def _kept_and_valid(target, rows, num_classes, ignore_index, device):
     return keep, valid
 
 
-def soft_cross_entropy(student, teacher, class_weight=None, target=None, temperature: float = 1.0, mu: float = 0.0,
+def soft_cross_entropy(student, teacher, *, class_weight=None, target=None, temperature: float = 1.0, mu: float = 0.0,
                        ignore_index: int = -1):
     """Returns (0-dim loss in float32 / float64, number of kept rows in the same dtype)."""
-    dtype = acc_dtype(student)
+    dtype = acc_dtype(student.dtype)
     zs, zt = student.to(dtype), teacher.to(dtype)
     rows, num_classes = zs.shape
     w = _weights(class_weight, num_classes, zs)
@@ -54,7 +55,7 @@ def soft_cross_entropy_backward(grad, student, teacher, class_weight, target, no
     """dL/dz_s[i, j] = grad / n_kept * keep_i * ((1 - mu) / T * (P_s[i, j] * W_i - w_j * P_t[i, j])
                                                 + mu * (softmax(z_s)[i, j] - [j == y_i])),
     with W_i = sum_c w_c P_t[i, c] (mu = 0 without a target)."""
-    dtype = acc_dtype(student)
+    dtype = acc_dtype(student.dtype)
     zs, zt = student.to(dtype), teacher.to(dtype)
     rows, num_classes = zs.shape
     w = _weights(class_weight, num_classes, zs)

@@ -4,19 +4,36 @@ import torch
 import triton
 import triton.language as tl
 
+from kdops._layout import acc_dtype  # noqa: F401  (the kernels' modules import it from here)
+from kdops.triton._reduce import kahan_add, kahan_total
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype (docs/math.md §0): float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+
+def layout_constants(columns):
+    """A kdops._layout layout as Triton constants (usable inside kernels): its width, then each column's index."""
+    return (tl.constexpr(len(columns)), *(tl.constexpr(i) for i in range(len(columns))))
 
 
 def tl_acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    """acc_dtype as a Triton type."""
+    return tl.float64 if acc_dtype(dtype) == torch.float64 else tl.float32
+
+
+def warps_for(block: int) -> int:
+    """Warps for a loop over [block] tiles: at most 8 lanes per thread, so that kahan_add's accumulators (two
+    registers per lane each) stay in registers."""
+    return max(4, block // 256)
 
 
 def block_for(n: int, cap: int) -> int:
     """A power-of-two block covering n items, at most cap and at least 16."""
     return max(16, min(cap, triton.next_power_of_2(max(int(n), 1))))
+
+
+@triton.jit
+def program_id64(axis: tl.constexpr):
+    """tl.program_id(axis) as int64, so that offsets built from it (tile * BLOCK, row * HW, n * C * HW) never wrap
+    past 2^31 - 1. Every kernel takes its program ids from here; lane offsets (tl.arange) stay int32."""
+    return tl.program_id(axis).to(tl.int64)
 
 
 @triton.jit
@@ -30,11 +47,12 @@ def scaled_softmax_row(x_ptr, out_ptr, length, scale, BLOCK: tl.constexpr, ACC: 
         row_max = tl.maximum(row_max, x * scale)
     mx = tl.max(row_max, axis=0)
     row_sum = tl.zeros([BLOCK], ACC)
+    comp = tl.zeros([BLOCK], ACC)
     for start in range(0, length, BLOCK):
         idx = start + offs
         x = tl.load(x_ptr + idx, mask=idx < length, other=float("-inf")).to(ACC)
-        row_sum += tl.where(idx < length, tl.exp(x * scale - mx), 0.0)
-    factor = length / tl.sum(row_sum, axis=0)
+        row_sum, comp = kahan_add(row_sum, comp, tl.where(idx < length, tl.exp(x * scale - mx), 0.0))
+    factor = length / kahan_total(row_sum, comp)
     for start in range(0, length, BLOCK):
         idx = start + offs
         x = tl.load(x_ptr + idx, mask=idx < length, other=0.0).to(ACC)
@@ -47,12 +65,13 @@ def scaled_softmax_grad_row(a_ptr, g_ptr, out_ptr, length, inv_temp, post_scale,
     """out = inv_temp * a * (g - sum(a * g) / length) * post_scale: the backward of length * softmax."""
     offs = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], ACC)
+    comp = tl.zeros([BLOCK], ACC)
     for start in range(0, length, BLOCK):
         idx = start + offs
         a = tl.load(a_ptr + idx, mask=idx < length, other=0.0).to(ACC)
         g = tl.load(g_ptr + idx, mask=idx < length, other=0.0).to(ACC)
-        acc += a * g
-    weighted = tl.sum(acc, axis=0) / length
+        acc, comp = kahan_add(acc, comp, a * g)
+    weighted = kahan_total(acc, comp) / length
     for start in range(0, length, BLOCK):
         idx = start + offs
         a = tl.load(a_ptr + idx, mask=idx < length, other=0.0).to(ACC)

@@ -9,14 +9,16 @@ import torch
 import triton
 import triton.language as tl
 
-from kdops.triton._common import acc_dtype, block_for, scaled_softmax_grad_row, scaled_softmax_row, tl_acc
+from kdops.triton._common import (acc_dtype, block_for, program_id64, scaled_softmax_grad_row, scaled_softmax_row,
+                                    tl_acc)
+from kdops.triton._reduce import kahan_add
 
 
 @triton.jit
 def _stats_kernel(f_ptr, m_ptr, k_part_ptr, C, HW, tiles, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
                   ACC: tl.constexpr):
-    tile = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
+    tile = program_id64(0)
+    n = program_id64(1)
     hw = tile * BLOCK_HW + tl.arange(0, BLOCK_HW)
     hw_ok = hw < HW
     m = tl.zeros([BLOCK_HW], ACC)
@@ -32,20 +34,21 @@ def _stats_kernel(f_ptr, m_ptr, k_part_ptr, C, HW, tiles, BLOCK_C: tl.constexpr,
 
 @triton.jit
 def _channel_kernel(k_part_ptr, k_ptr, out_ptr, C, tiles, scale, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
+    n = program_id64(0)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         k = tl.zeros([BLOCK_C], ACC)
+        comp = tl.zeros([BLOCK_C], ACC)
         for t in range(0, tiles):
-            k += tl.load(k_part_ptr + (n * tiles + t) * C + c, mask=c < C, other=0.0)
-        tl.store(k_ptr + n * C + c, k, mask=c < C)
+            k, comp = kahan_add(k, comp, tl.load(k_part_ptr + (n * tiles + t) * C + c, mask=c < C, other=0.0))
+        tl.store(k_ptr + n * C + c, k - comp, mask=c < C)
     tl.debug_barrier()  # the softmax below reads what other threads of this program just stored
     scaled_softmax_row(k_ptr + n * C, out_ptr + n * C, C, scale, BLOCK_C, ACC)
 
 
 @triton.jit
 def _spatial_kernel(m_ptr, out_ptr, HW, scale, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
+    n = program_id64(0)
     scaled_softmax_row(m_ptr + n * HW, out_ptr + n * HW, HW, scale, BLOCK, ACC)
 
 
@@ -74,15 +77,15 @@ def forward(feat: torch.Tensor, temperature: float):
 @triton.jit
 def _softmax_grad_kernel(a_ptr, g_ptr, out_ptr, length, inv_temp, post_scale, BLOCK: tl.constexpr,
                          ACC: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+    row = program_id64(0)
     scaled_softmax_grad_row(a_ptr + row * length, g_ptr + row * length, out_ptr + row * length, length, inv_temp,
                             post_scale, BLOCK, ACC)
 
 
 @triton.jit
 def _feature_grad_kernel(f_ptr, gm_ptr, gk_ptr, out_ptr, C, HW, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)  # row = n * C + c
-    j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    row = program_id64(0)  # row = n * C + c
+    j = program_id64(1) * BLOCK + tl.arange(0, BLOCK)
     ok = j < HW
     f = tl.load(f_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
     gm = tl.load(gm_ptr + (row // C) * HW + j, mask=ok, other=0.0)

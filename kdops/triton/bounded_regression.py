@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kdops.triton._common import acc_dtype, block_for, tl_acc
+from kdops.triton._common import acc_dtype, block_for, program_id64, tl_acc
 from kdops.triton._reduce import mean_kernel
 
 
@@ -35,8 +35,8 @@ def _row_errors(s_ptr, t_ptr, y_ptr, r, r_ok, D, BLOCK_R: tl.constexpr, BLOCK_D:
 @triton.jit
 def _forward_kernel(s_ptr, t_ptr, y_ptr, w_ptr, partial_ptr, rows, D, margin, HAS_W: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
-    pid = tl.program_id(0)
-    r = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    pid = program_id64(0)
+    r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     r_ok = r < rows
     e_s, e_t = _row_errors(s_ptr, t_ptr, y_ptr, r, r_ok, D, BLOCK_R, BLOCK_D, ACC)
     # a NaN e_s or e_t makes both comparisons false: the row's term is NaN (docs/math.md §7.3)
@@ -70,7 +70,7 @@ def forward(student, teacher, target, weight, margin: float):
 @triton.jit
 def _backward_kernel(grad_ptr, norm_ptr, s_ptr, t_ptr, y_ptr, w_ptr, out_ptr, rows, D, margin, HAS_W: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
-    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r = program_id64(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_ok = r < rows
     count = tl.load(norm_ptr).to(ACC)
     coef = tl.where(count == 0, 0.0, tl.load(grad_ptr).to(ACC) / tl.where(count == 0, 1.0, count))

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kdops.triton._common import acc_dtype, block_for, tl_acc
+from kdops.triton._common import acc_dtype, block_for, program_id64, tl_acc
 
 
 @triton.jit
@@ -23,12 +23,12 @@ def _reciprocal(x, ACC: tl.constexpr):
 
 
 @triton.jit
-def _fg_kernel(boxes_ptr, index_ptr, fg_ptr, zeros_ptr, K, H, W, tiles, BLOCK_P: tl.constexpr,
+def _fg_kernel(boxes_ptr, index_ptr, fg_ptr, zeros_ptr, K, H, W, HW, tiles, BLOCK_P: tl.constexpr,
                BLOCK_K: tl.constexpr, ACC: tl.constexpr):
-    tile = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
+    tile = program_id64(0)
+    n = program_id64(1)
     p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
-    ok = p < H * W
+    ok = p < HW  # H * W from the host: H * W in the kernel would be int32 and wrap at 2^31 pixels
     py = (p // W).to(ACC)
     px = (p % W).to(ACC)
     last_w = W * 1.0 - 1.0  # W, H may arrive as compile-time ints (Triton specialises 1)
@@ -57,19 +57,19 @@ def _fg_kernel(boxes_ptr, index_ptr, fg_ptr, zeros_ptr, K, H, W, tiles, BLOCK_P:
         cover = valid[None, :] & (px[:, None] >= wmin[None, :]) & (px[:, None] <= wmax[None, :]) & \
             (py[:, None] >= hmin[None, :]) & (py[:, None] <= hmax[None, :])
         best = tl.maximum(best, tl.max(tl.where(cover, value[None, :], 0.0), axis=1))
-    tl.store(fg_ptr + n * H * W + p, best, mask=ok)
+    tl.store(fg_ptr + n * HW + p, best, mask=ok)
     tl.store(zeros_ptr + n * tiles + tile, tl.sum((ok & (best == 0.0)).to(tl.int32), axis=0))
 
 
 @triton.jit
 def _bg_kernel(fg_ptr, zeros_ptr, bg_ptr, HW, tiles, BLOCK_P: tl.constexpr, BLOCK_T: tl.constexpr,
                ACC: tl.constexpr):
-    tile = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
-    count = tl.zeros([BLOCK_T], tl.int32)
+    tile = program_id64(0)
+    n = program_id64(1)
+    count = tl.zeros([BLOCK_T], tl.int64)  # an image's background pixels can pass 2^31 - 1
     for t0 in range(0, tiles, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
-        count += tl.load(zeros_ptr + n * tiles + t, mask=t < tiles, other=0)
+        count += tl.load(zeros_ptr + n * tiles + t, mask=t < tiles, other=0).to(tl.int64)
     total = tl.sum(count, axis=0).to(ACC)
     inv = tl.where(total == 0.0, 0.0, _reciprocal(tl.where(total == 0.0, 1.0, total), ACC))
     p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -90,7 +90,7 @@ def forward(boxes: torch.Tensor, image_index: torch.Tensor, batch: int, height: 
     tiles = triton.cdiv(hw, block_p)
     zeros = torch.empty((batch, tiles), dtype=torch.int32, device=boxes.device)
     k = boxes.shape[0]
-    _fg_kernel[(tiles, batch)](boxes, image_index, fg, zeros, k, height, width, tiles, BLOCK_P=block_p,
+    _fg_kernel[(tiles, batch)](boxes, image_index, fg, zeros, k, height, width, hw, tiles, BLOCK_P=block_p,
                                BLOCK_K=block_for(k, 32), ACC=tl_acc(acc))
     _bg_kernel[(tiles, batch)](fg, zeros, bg, hw, tiles, BLOCK_P=block_p, BLOCK_T=block_for(tiles, 1024),
                                ACC=tl_acc(acc))

@@ -8,10 +8,11 @@ import torch
 import triton
 import triton.language as tl
 
-from kdops.triton._common import acc_dtype, block_for, tl_acc
-from kdops.triton._reduce import scaled_sum_kernel
+from kdops._layout import CWD_STATS
+from kdops.triton._common import acc_dtype, block_for, layout_constants, program_id64, tl_acc, warps_for
+from kdops.triton._reduce import kahan_add, kahan_total, scaled_sum_kernel
 
-ROW_STATS = 6  # (max_s, log sum_s, max_t, log sum_t, near, shift): csrc/include/kdops/math/cwd_loss.h
+ROW_STATS, MAX_S, LOG_SUM_S, MAX_T, LOG_SUM_T, NEAR, SHIFT = layout_constants(CWD_STATS)
 NEAR_BOUND = tl.constexpr(0.125)  # a row is near when every |z| / tau <= NEAR_BOUND
 
 
@@ -44,7 +45,7 @@ def _log1p_series(u, FIRST: tl.constexpr):
 
 @triton.jit
 def _row_kernel(s_ptr, t_ptr, stats_ptr, kl_ptr, HW, tau, inv_tau, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+    row = program_id64(0)
     offs = tl.arange(0, BLOCK)
     ms = tl.full([BLOCK], float("-inf"), ACC)
     mt = tl.full([BLOCK], float("-inf"), ACC)
@@ -55,12 +56,9 @@ def _row_kernel(s_ptr, t_ptr, stats_ptr, kl_ptr, HW, tau, inv_tau, BLOCK: tl.con
     max_s = tl.max(ms, axis=0)
     max_t = tl.max(mt, axis=0)
     c0 = ((tl.load(s_ptr + row * HW).to(ACC) - max_s) - (tl.load(t_ptr + row * HW).to(ACC) - max_t))
-    sum_s = tl.zeros([BLOCK], ACC)
-    sum_t = tl.zeros([BLOCK], ACC)
-    a = tl.zeros([BLOCK], ACC)
-    m1 = tl.zeros([BLOCK], ACC)
-    m2 = tl.zeros([BLOCK], ACC)
-    zmax = tl.zeros([BLOCK], ACC)
+    zero = tl.zeros([BLOCK], ACC)
+    sum_s, sum_t, a, m1, m2, zmax = zero, zero, zero, zero, zero, zero
+    sum_s_c, sum_t_c, a_c, m1_c, m2_c = zero, zero, zero, zero, zero
     for start in range(0, HW, BLOCK):
         j = start + offs
         ok = j < HW
@@ -68,27 +66,27 @@ def _row_kernel(s_ptr, t_ptr, stats_ptr, kl_ptr, HW, tau, inv_tau, BLOCK: tl.con
         dt = tl.load(t_ptr + row * HW + j, mask=ok, other=0.0).to(ACC) - max_t
         et = tl.where(ok, tl.exp(dt * inv_tau), 0.0)
         z = tl.where(ok, (ds - dt) - c0, 0.0)
-        sum_s += tl.where(ok, tl.exp(ds * inv_tau), 0.0)
-        sum_t += et
-        a += tl.where(ok, et * (dt - ds), 0.0)
-        m1 += et * z
-        m2 += et * z * z * _expm1_gap_ratio(z * inv_tau)
+        sum_s, sum_s_c = kahan_add(sum_s, sum_s_c, tl.where(ok, tl.exp(ds * inv_tau), 0.0))
+        sum_t, sum_t_c = kahan_add(sum_t, sum_t_c, et)
+        a, a_c = kahan_add(a, a_c, tl.where(ok, et * (dt - ds), 0.0))
+        m1, m1_c = kahan_add(m1, m1_c, et * z)
+        m2, m2_c = kahan_add(m2, m2_c, et * z * z * _expm1_gap_ratio(z * inv_tau))
         zmax = tl.maximum(zmax, tl.abs(z))
-    total_s = tl.sum(sum_s, axis=0)
-    total_t = tl.sum(sum_t, axis=0)
-    tl.store(stats_ptr + row * 6 + 0, max_s)
-    tl.store(stats_ptr + row * 6 + 1, tl.log(total_s))
-    tl.store(stats_ptr + row * 6 + 2, max_t)
-    tl.store(stats_ptr + row * 6 + 3, tl.log(total_t))
+    total_s = kahan_total(sum_s, sum_s_c)
+    total_t = kahan_total(sum_t, sum_t_c)
+    tl.store(stats_ptr + row * ROW_STATS + MAX_S, max_s)
+    tl.store(stats_ptr + row * ROW_STATS + LOG_SUM_S, tl.log(total_s))
+    tl.store(stats_ptr + row * ROW_STATS + MAX_T, max_t)
+    tl.store(stats_ptr + row * ROW_STATS + LOG_SUM_T, tl.log(total_t))
     # near rows: tau^2 KL = M2 - v^2 h(u) (no cancellation at large tau); far rows: tau^2 times the shifted KL
-    big_m1 = tl.sum(m1, axis=0) / total_t
-    big_m2 = tl.sum(m2, axis=0) / total_t
+    big_m1 = kahan_total(m1, m1_c) / total_t
+    big_m2 = kahan_total(m2, m2_c) / total_t
     v = big_m1 + big_m2 * inv_tau
     u = v * inv_tau
     near = tl.max(zmax, axis=0) * inv_tau <= NEAR_BOUND
-    far_kl = (tl.sum(a, axis=0) * inv_tau / total_t + tl.log(total_s) - tl.log(total_t)) * tau * tau
-    tl.store(stats_ptr + row * 6 + 4, tl.where(near, 1.0, 0.0).to(ACC))
-    tl.store(stats_ptr + row * 6 + 5, tl.where(near, v * _log1p_series(u, 1), 0.0).to(ACC))
+    far_kl = (kahan_total(a, a_c) * inv_tau / total_t + tl.log(total_s) - tl.log(total_t)) * tau * tau
+    tl.store(stats_ptr + row * ROW_STATS + NEAR, tl.where(near, 1.0, 0.0).to(ACC))
+    tl.store(stats_ptr + row * ROW_STATS + SHIFT, tl.where(near, v * _log1p_series(u, 1), 0.0).to(ACC))
     tl.store(kl_ptr + row, tl.where(near, big_m2 - v * v * _log1p_series(u, 2), far_kl))
 
 
@@ -98,10 +96,12 @@ def forward(student, teacher, tau: float):
     rows, hw = n * c, h * w
     acc = acc_dtype(s.dtype)
     out = torch.empty((), dtype=acc, device=s.device)
-    stats = torch.empty((rows, ROW_STATS), dtype=acc, device=s.device)
+    stats = torch.empty((rows, len(CWD_STATS)), dtype=acc, device=s.device)
     kl = torch.zeros(max(rows, 1), dtype=acc, device=s.device)
     if rows > 0:
-        _row_kernel[(rows,)](s, t, stats, kl, hw, tau, 1.0 / tau, BLOCK=block_for(hw, 2048), ACC=tl_acc(acc))
+        block = block_for(hw, 2048)
+        _row_kernel[(rows,)](s, t, stats, kl, hw, tau, 1.0 / tau, BLOCK=block, ACC=tl_acc(acc),
+                             num_warps=warps_for(block))
     scaled_sum_kernel[(1,)](kl, rows, 1, 0, 1.0 / max(rows, 1), out, BLOCK=1024, ACC=tl_acc(acc))
     return out, stats
 
@@ -109,21 +109,21 @@ def forward(student, teacher, tau: float):
 @triton.jit
 def _grad_kernel(grad_ptr, s_ptr, t_ptr, stats_ptr, out_ptr, HW, tau, inv_tau, scale, BLOCK: tl.constexpr,
                  ACC: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    row = program_id64(0)
+    j = program_id64(1) * BLOCK + tl.arange(0, BLOCK)
     ok = j < HW
     coef = tl.load(grad_ptr).to(ACC) * scale
     s = tl.load(s_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
     t = tl.load(t_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
-    max_s = tl.load(stats_ptr + row * 6 + 0)
-    max_t = tl.load(stats_ptr + row * 6 + 2)
-    pt = tl.exp((t - max_t) * inv_tau - tl.load(stats_ptr + row * 6 + 3))
-    if tl.load(stats_ptr + row * 6 + 4) != 0:  # near row: tau (P_s - P_t) = P_t w E(w / tau)
+    max_s = tl.load(stats_ptr + row * ROW_STATS + MAX_S)
+    max_t = tl.load(stats_ptr + row * ROW_STATS + MAX_T)
+    pt = tl.exp((t - max_t) * inv_tau - tl.load(stats_ptr + row * ROW_STATS + LOG_SUM_T))
+    if tl.load(stats_ptr + row * ROW_STATS + NEAR) != 0:  # near row: tau (P_s - P_t) = P_t w E(w / tau)
         c0 = (tl.load(s_ptr + row * HW).to(ACC) - max_s) - (tl.load(t_ptr + row * HW).to(ACC) - max_t)
-        w = (((s - max_s) - (t - max_t)) - c0) - tl.load(stats_ptr + row * 6 + 5)
+        w = (((s - max_s) - (t - max_t)) - c0) - tl.load(stats_ptr + row * ROW_STATS + SHIFT)
         g = coef * (pt * w * _expm1_ratio(w * inv_tau))
     else:
-        ps = tl.exp((s - max_s) * inv_tau - tl.load(stats_ptr + row * 6 + 1))
+        ps = tl.exp((s - max_s) * inv_tau - tl.load(stats_ptr + row * ROW_STATS + LOG_SUM_S))
         g = coef * tau * (ps - pt)
     tl.store(out_ptr + row * HW + j, g.to(out_ptr.dtype.element_ty), mask=ok)
 

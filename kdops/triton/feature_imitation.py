@@ -9,10 +9,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kdops.triton._common import acc_dtype, block_for, tl_acc
+from kdops._layout import NORMALIZERS
+from kdops.triton._common import acc_dtype, block_for, program_id64, tl_acc, warps_for
+from kdops.triton._reduce import kahan_add, kahan_total
 
-_LOSS = {"mse": 0, "l1": 1}
-_NORMALIZE = {"batch": 0, "mean": 1, "mask": 2}
 
 
 @triton.jit
@@ -34,9 +34,10 @@ def _rho_grad(d, LOSS: tl.constexpr):
 @triton.jit
 def _row_kernel(s_ptr, t_ptr, m_ptr, partial_ptr, C, HW, HAS_MASK: tl.constexpr, LOSS: tl.constexpr,
                 BLOCK: tl.constexpr, ACC: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+    row = program_id64(0)
     offs = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], ACC)
+    comp = tl.zeros([BLOCK], ACC)
     for start in range(0, HW, BLOCK):
         j = start + offs
         ok = j < HW
@@ -45,8 +46,8 @@ def _row_kernel(s_ptr, t_ptr, m_ptr, partial_ptr, C, HW, HAS_MASK: tl.constexpr,
         r = _rho(s - t, LOSS)
         if HAS_MASK:
             r = r * tl.load(m_ptr + (row // C) * HW + j, mask=ok, other=0.0).to(ACC)
-        acc += r
-    tl.store(partial_ptr + row, tl.sum(acc, axis=0))
+        acc, comp = kahan_add(acc, comp, r)
+    tl.store(partial_ptr + row, kahan_total(acc, comp))
 
 
 @triton.jit
@@ -54,14 +55,17 @@ def _finalize_kernel(partial_ptr, rows, m_ptr, mask_len, z_fixed, C, out_ptr, no
                      BLOCK: tl.constexpr, ACC: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], ACC)
+    comp = tl.zeros([BLOCK], ACC)
     for start in range(0, rows, BLOCK):
-        acc += tl.load(partial_ptr + start + offs, mask=start + offs < rows, other=0.0)
-    total = tl.sum(acc, axis=0)
+        acc, comp = kahan_add(acc, comp, tl.load(partial_ptr + start + offs, mask=start + offs < rows, other=0.0))
+    total = kahan_total(acc, comp)
     if FROM_MASK:
         macc = tl.zeros([BLOCK], ACC)
+        mcomp = tl.zeros([BLOCK], ACC)
         for start in range(0, mask_len, BLOCK):
-            macc += tl.load(m_ptr + start + offs, mask=start + offs < mask_len, other=0.0).to(ACC)
-        z = C * tl.sum(macc, axis=0)
+            macc, mcomp = kahan_add(macc, mcomp,
+                                    tl.load(m_ptr + start + offs, mask=start + offs < mask_len, other=0.0).to(ACC))
+        z = C * kahan_total(macc, mcomp)
     else:
         z = tl.zeros([BLOCK], ACC).sum(axis=0) + z_fixed
     safe_z = tl.where(z == 0, 1.0, z)
@@ -69,7 +73,9 @@ def _finalize_kernel(partial_ptr, rows, m_ptr, mask_len, z_fixed, C, out_ptr, no
     tl.store(norm_ptr, z)
 
 
-def forward(student, teacher, mask, loss: str, normalize: str):
+def forward(student, teacher, mask, loss: int, normalize: int):
+    """loss, normalize: the integer codes of kdops._layout.LOSSES and NORMALIZERS."""
+    normalize = NORMALIZERS[normalize]
     s, t = student.contiguous(), teacher.contiguous()
     m = mask.contiguous() if mask is not None else None
     n, c, h, w = s.shape
@@ -80,8 +86,9 @@ def forward(student, teacher, mask, loss: str, normalize: str):
     rows = n * c
     partial = torch.zeros(max(rows, 1), dtype=acc, device=s.device)
     if rows > 0 and hw > 0:
+        block = block_for(hw, 2048)
         _row_kernel[(rows,)](s, t, m if m is not None else s, partial, c, hw, HAS_MASK=m is not None,
-                             LOSS=_LOSS[loss], BLOCK=block_for(hw, 2048), ACC=tl_acc(acc))
+                             LOSS=loss, BLOCK=block, ACC=tl_acc(acc), num_warps=warps_for(block))
     from_mask = normalize == "mask" and m is not None
     z_fixed = {"batch": float(n), "mean": float(n * c * hw), "mask": float(c * n * hw)}[normalize]
     _finalize_kernel[(1,)](partial, rows, m if from_mask else partial, n * hw, z_fixed, c, out, norm,
@@ -92,8 +99,8 @@ def forward(student, teacher, mask, loss: str, normalize: str):
 @triton.jit
 def _grad_kernel(grad_ptr, norm_ptr, s_ptr, t_ptr, m_ptr, out_ptr, C, HW, HAS_MASK: tl.constexpr,
                  LOSS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    row = program_id64(0)
+    j = program_id64(1) * BLOCK + tl.arange(0, BLOCK)
     ok = j < HW
     z = tl.load(norm_ptr).to(ACC)
     coef = tl.where(z == 0, 0.0, tl.load(grad_ptr).to(ACC) / tl.where(z == 0, 1.0, z))
@@ -105,7 +112,7 @@ def _grad_kernel(grad_ptr, norm_ptr, s_ptr, t_ptr, m_ptr, out_ptr, C, HW, HAS_MA
     tl.store(out_ptr + row * HW + j, g.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def backward(grad, student, teacher, mask, norm, loss: str):
+def backward(grad, student, teacher, mask, norm, loss: int):
     s, t = student.contiguous(), teacher.contiguous()
     m = mask.contiguous() if mask is not None else None
     out = torch.empty_like(s)
@@ -117,5 +124,5 @@ def backward(grad, student, teacher, mask, norm, loss: str):
     block = block_for(hw, 1024)
     _grad_kernel[(n * c, triton.cdiv(hw, block))](
         grad.to(acc).reshape(1), norm.to(acc).reshape(1), s, t, m if m is not None else s, out, c, hw,
-        HAS_MASK=m is not None, LOSS=_LOSS[loss], BLOCK=block, ACC=tl_acc(acc))
+        HAS_MASK=m is not None, LOSS=loss, BLOCK=block, ACC=tl_acc(acc))
     return out

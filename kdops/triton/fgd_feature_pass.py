@@ -14,14 +14,16 @@ import torch
 import triton
 import triton.language as tl
 
-from kdops.triton._common import acc_dtype, block_for, scaled_softmax_row, tl_acc
-from kdops.triton.fgd_focal_loss import _attention_kernel
-from kdops.triton.gc_context import _probs_kernel, _sum_rows_kernel
+from kdops._layout import FEATURE_PASS_PARTIALS, FEATURE_PASS_SOFTMAXES
+from kdops.triton._common import (acc_dtype, block_for, layout_constants, program_id64, scaled_softmax_row,
+                                    tl_acc)
+from kdops.triton._fgd import attention_kernel, merged_max_and_sum, probs_kernel, sum_rows_kernel
+from kdops.triton._reduce import kahan_add, sum_column
 
-# Per tile: 7 per-channel partial sums (|S|, |T|, S - T, M_fg-, M_bg-weighted squares, student and teacher
-# contexts; the CPU kernel's enum Partial) and (max, sum) of 3 online softmaxes (teacher pixel attention,
-# student and teacher GcBlock logits).
-PARTIALS, SOFTMAX_STATS = 7, 6
+# Per tile: PARTIALS per-channel partial sums and (max, sum) of each online softmax (kdops/_layout.py).
+PARTIALS, ABS_S, ABS_T, DIFF, FG, BG, CTX_S, CTX_T = layout_constants(FEATURE_PASS_PARTIALS)
+_, ATT, GC_S, GC_T = layout_constants(FEATURE_PASS_SOFTMAXES)
+SOFTMAX_STATS = tl.constexpr(2 * len(FEATURE_PASS_SOFTMAXES))  # softmax k: max at 2 k, sum at 2 k + 1
 
 
 @triton.jit
@@ -50,8 +52,8 @@ def _load_chunk(s_ptr, t_ptr, n, c0, j, j_ok, C, HW, BLOCK_C: tl.constexpr, ACC:
 def _partial_kernel(s_ptr, t_ptr, fg_ptr, bg_ptr, ws_ptr, bs_ptr, wt_ptr, bt_ptr, ms_ptr, mt_ptr, ls_ptr, lt_ptr,
                     part_ptr, stat_ptr, sq_ptr, C, HW, tiles, att_scale, BLOCK_C: tl.constexpr,
                     BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
-    tile = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
+    tile = program_id64(0)
+    n = program_id64(1)
     task = n * tiles + tile
     j = tile * BLOCK_HW + tl.arange(0, BLOCK_HW)
     j_ok = j < HW
@@ -60,7 +62,7 @@ def _partial_kernel(s_ptr, t_ptr, fg_ptr, bg_ptr, ws_ptr, bs_ptr, wt_ptr, bt_ptr
     ls = tl.zeros([BLOCK_HW], ACC) + tl.load(bs_ptr)
     lt = tl.zeros([BLOCK_HW], ACC) + tl.load(bt_ptr)
     sq = tl.zeros([BLOCK_HW], ACC)
-    part = part_ptr + task * 7 * C
+    part = part_ptr + task * PARTIALS * C
     for c0 in range(0, C, BLOCK_C):
         c, c_ok, both, offsets, x, y = _load_chunk(s_ptr, t_ptr, n, c0, j, j_ok, C, HW, BLOCK_C, ACC)
         d = x - y
@@ -69,83 +71,62 @@ def _partial_kernel(s_ptr, t_ptr, fg_ptr, bg_ptr, ws_ptr, bs_ptr, wt_ptr, bt_ptr
         ls += tl.sum(tl.load(ws_ptr + c, mask=c_ok, other=0.0)[:, None] * x, axis=0)
         lt += tl.sum(tl.load(wt_ptr + c, mask=c_ok, other=0.0)[:, None] * y, axis=0)
         sq += tl.sum(d * d, axis=0)
-        tl.store(part + 0 * C + c, tl.sum(tl.abs(x), axis=1), mask=c_ok)
-        tl.store(part + 1 * C + c, tl.sum(tl.abs(y), axis=1), mask=c_ok)
-        tl.store(part + 2 * C + c, tl.sum(d, axis=1), mask=c_ok)
+        tl.store(part + ABS_S * C + c, tl.sum(tl.abs(x), axis=1), mask=c_ok)
+        tl.store(part + ABS_T * C + c, tl.sum(tl.abs(y), axis=1), mask=c_ok)
+        tl.store(part + DIFF * C + c, tl.sum(d, axis=1), mask=c_ok)
     tl.store(ms_ptr + n * HW + j, ms, mask=j_ok)
     tl.store(mt_ptr + n * HW + j, mt, mask=j_ok)
     tl.store(ls_ptr + n * HW + j, ls, mask=j_ok)
     tl.store(lt_ptr + n * HW + j, lt, mask=j_ok)
     tl.store(sq_ptr + task, tl.sum(sq, axis=0))
-    stats = stat_ptr + task * 6
-    e_att = _tile_softmax(mt * att_scale, j_ok, stats)
+    stats = stat_ptr + task * SOFTMAX_STATS
+    e_att = _tile_softmax(mt * att_scale, j_ok, stats + 2 * ATT)
     w_fg = e_att * tl.load(fg_ptr + n * HW + j, mask=j_ok, other=0.0)
     w_bg = e_att * tl.load(bg_ptr + n * HW + j, mask=j_ok, other=0.0)
-    e_s = _tile_softmax(ls, j_ok, stats + 2)
-    e_t = _tile_softmax(lt, j_ok, stats + 4)
+    e_s = _tile_softmax(ls, j_ok, stats + 2 * GC_S)
+    e_t = _tile_softmax(lt, j_ok, stats + 2 * GC_T)
     for c0 in range(0, C, BLOCK_C):  # the tile is in cache now
         c, c_ok, both, offsets, x, y = _load_chunk(s_ptr, t_ptr, n, c0, j, j_ok, C, HW, BLOCK_C, ACC)
         d2 = (x - y) * (x - y)
-        tl.store(part + 3 * C + c, tl.sum(d2 * w_fg[None, :], axis=1), mask=c_ok)
-        tl.store(part + 4 * C + c, tl.sum(d2 * w_bg[None, :], axis=1), mask=c_ok)
-        tl.store(part + 5 * C + c, tl.sum(x * e_s[None, :], axis=1), mask=c_ok)
-        tl.store(part + 6 * C + c, tl.sum(y * e_t[None, :], axis=1), mask=c_ok)
-
-
-@triton.jit
-def _image_max_and_sum(stat_ptr, k: tl.constexpr, tiles, BLOCK_T: tl.constexpr, ACC: tl.constexpr):
-    """The image's softmax max and normaliser of softmax k, from its tiles' (max, sum) pairs."""
-    t = tl.arange(0, BLOCK_T)
-    mx_acc = tl.full([BLOCK_T], float("-inf"), ACC)
-    for t0 in range(0, tiles, BLOCK_T):
-        mx_acc = tl.maximum(mx_acc, tl.load(stat_ptr + (t0 + t) * 6 + 2 * k, mask=t0 + t < tiles,
-                                            other=float("-inf")))
-    mx = tl.max(mx_acc, axis=0)
-    z_acc = tl.zeros([BLOCK_T], ACC)
-    for t0 in range(0, tiles, BLOCK_T):
-        ok = t0 + t < tiles
-        m = tl.load(stat_ptr + (t0 + t) * 6 + 2 * k, mask=ok, other=0.0)
-        z_acc += tl.where(ok, tl.load(stat_ptr + (t0 + t) * 6 + 2 * k + 1, mask=ok, other=0.0) * tl.exp(m - mx), 0.0)
-    return mx, tl.sum(z_acc, axis=0)
+        tl.store(part + FG * C + c, tl.sum(d2 * w_fg[None, :], axis=1), mask=c_ok)
+        tl.store(part + BG * C + c, tl.sum(d2 * w_bg[None, :], axis=1), mask=c_ok)
+        tl.store(part + CTX_S * C + c, tl.sum(x * e_s[None, :], axis=1), mask=c_ok)
+        tl.store(part + CTX_T * C + c, tl.sum(y * e_t[None, :], axis=1), mask=c_ok)
 
 
 @triton.jit
 def _merge_kernel(part_ptr, stat_ptr, ks_ptr, kt_ptr, dsum_ptr, fg_ptr, bg_ptr, ctx_s_ptr, ctx_t_ptr, gc_s_ptr,
                   gc_t_ptr, att_z_ptr, C, tiles, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    n = program_id64(0)
+    c = program_id64(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
-    stats = stat_ptr + n * tiles * 6
-    m_att, z_att = _image_max_and_sum(stats, 0, tiles, BLOCK_T, ACC)
-    m_s, z_s = _image_max_and_sum(stats, 1, tiles, BLOCK_T, ACC)
-    m_t, z_t = _image_max_and_sum(stats, 2, tiles, BLOCK_T, ACC)
-    ks = tl.zeros([BLOCK_C], ACC)
-    kt = tl.zeros([BLOCK_C], ACC)
-    ds = tl.zeros([BLOCK_C], ACC)
-    fg = tl.zeros([BLOCK_C], ACC)
-    bg = tl.zeros([BLOCK_C], ACC)
-    cs = tl.zeros([BLOCK_C], ACC)
-    ct = tl.zeros([BLOCK_C], ACC)
+    stats = stat_ptr + n * tiles * SOFTMAX_STATS
+    m_att, z_att = merged_max_and_sum(stats + 2 * ATT, stats + 2 * ATT + 1, SOFTMAX_STATS, tiles, BLOCK_T, ACC)
+    m_s, z_s = merged_max_and_sum(stats + 2 * GC_S, stats + 2 * GC_S + 1, SOFTMAX_STATS, tiles, BLOCK_T, ACC)
+    m_t, z_t = merged_max_and_sum(stats + 2 * GC_T, stats + 2 * GC_T + 1, SOFTMAX_STATS, tiles, BLOCK_T, ACC)
+    zero = tl.zeros([BLOCK_C], ACC)
+    ks, kt, ds, fg, bg, cs, ct = zero, zero, zero, zero, zero, zero, zero
+    ks_c, kt_c, ds_c, fg_c, bg_c, cs_c, ct_c = zero, zero, zero, zero, zero, zero, zero
     for k in range(0, tiles):
-        part = part_ptr + (n * tiles + k) * 7 * C + c
-        r_att = tl.exp(tl.load(stats + k * 6) - m_att)
-        r_s = tl.exp(tl.load(stats + k * 6 + 2) - m_s)
-        r_t = tl.exp(tl.load(stats + k * 6 + 4) - m_t)
-        ks += tl.load(part, mask=c_ok, other=0.0)
-        kt += tl.load(part + C, mask=c_ok, other=0.0)
-        ds += tl.load(part + 2 * C, mask=c_ok, other=0.0)
-        fg += tl.load(part + 3 * C, mask=c_ok, other=0.0) * r_att
-        bg += tl.load(part + 4 * C, mask=c_ok, other=0.0) * r_att
-        cs += tl.load(part + 5 * C, mask=c_ok, other=0.0) * r_s
-        ct += tl.load(part + 6 * C, mask=c_ok, other=0.0) * r_t
-    tl.store(ks_ptr + n * C + c, ks, mask=c_ok)
-    tl.store(kt_ptr + n * C + c, kt, mask=c_ok)
-    tl.store(dsum_ptr + n * C + c, ds, mask=c_ok)
-    tl.store(fg_ptr + n * C + c, fg, mask=c_ok)
-    tl.store(bg_ptr + n * C + c, bg, mask=c_ok)
-    tl.store(ctx_s_ptr + n * C + c, cs / z_s, mask=c_ok)
-    tl.store(ctx_t_ptr + n * C + c, ct / z_t, mask=c_ok)
-    if tl.program_id(1) == 0:  # the GcBlock softmax statistics, as gc_context's probs kernel reads them
+        part = part_ptr + (n * tiles + k) * PARTIALS * C + c
+        r_att = tl.exp(tl.load(stats + k * SOFTMAX_STATS + 2 * ATT) - m_att)
+        r_s = tl.exp(tl.load(stats + k * SOFTMAX_STATS + 2 * GC_S) - m_s)
+        r_t = tl.exp(tl.load(stats + k * SOFTMAX_STATS + 2 * GC_T) - m_t)
+        ks, ks_c = kahan_add(ks, ks_c, tl.load(part + ABS_S * C, mask=c_ok, other=0.0))
+        kt, kt_c = kahan_add(kt, kt_c, tl.load(part + ABS_T * C, mask=c_ok, other=0.0))
+        ds, ds_c = kahan_add(ds, ds_c, tl.load(part + DIFF * C, mask=c_ok, other=0.0))
+        fg, fg_c = kahan_add(fg, fg_c, tl.load(part + FG * C, mask=c_ok, other=0.0) * r_att)
+        bg, bg_c = kahan_add(bg, bg_c, tl.load(part + BG * C, mask=c_ok, other=0.0) * r_att)
+        cs, cs_c = kahan_add(cs, cs_c, tl.load(part + CTX_S * C, mask=c_ok, other=0.0) * r_s)
+        ct, ct_c = kahan_add(ct, ct_c, tl.load(part + CTX_T * C, mask=c_ok, other=0.0) * r_t)
+    tl.store(ks_ptr + n * C + c, ks - ks_c, mask=c_ok)
+    tl.store(kt_ptr + n * C + c, kt - kt_c, mask=c_ok)
+    tl.store(dsum_ptr + n * C + c, ds - ds_c, mask=c_ok)
+    tl.store(fg_ptr + n * C + c, fg - fg_c, mask=c_ok)
+    tl.store(bg_ptr + n * C + c, bg - bg_c, mask=c_ok)
+    tl.store(ctx_s_ptr + n * C + c, (cs - cs_c) / z_s, mask=c_ok)
+    tl.store(ctx_t_ptr + n * C + c, (ct - ct_c) / z_t, mask=c_ok)
+    if program_id64(1) == 0:  # the GcBlock softmax statistics, as gc_context's probs kernel reads them
         tl.store(gc_s_ptr + 2 * n, m_s)
         tl.store(gc_s_ptr + 2 * n + 1, z_s)
         tl.store(gc_t_ptr + 2 * n, m_t)
@@ -157,7 +138,7 @@ def _merge_kernel(part_ptr, stat_ptr, ks_ptr, kt_ptr, dsum_ptr, fg_ptr, bg_ptr, 
 def _masks_kernel(ms_ptr, mt_ptr, ks_ptr, kt_ptr, C, HW, pixel_scale, channel_scale, BLOCK_HW: tl.constexpr,
                   BLOCK_C: tl.constexpr, ACC: tl.constexpr):
     """The four attention masks of one image, in place over the sums."""
-    n = tl.program_id(0).to(tl.int64)
+    n = program_id64(0)
     scaled_softmax_row(ms_ptr + n * HW, ms_ptr + n * HW, HW, pixel_scale, BLOCK_HW, ACC)
     scaled_softmax_row(mt_ptr + n * HW, mt_ptr + n * HW, HW, pixel_scale, BLOCK_HW, ACC)
     scaled_softmax_row(ks_ptr + n * C, ks_ptr + n * C, C, channel_scale, BLOCK_C, ACC)
@@ -170,7 +151,6 @@ def _finalize_kernel(t_ch_ptr, fg_ptr, bg_ptr, att_z_ptr, att_part_ptr, sq_part_
     offs = tl.arange(0, BLOCK)
     l_fg = tl.zeros([BLOCK], ACC)
     l_bg = tl.zeros([BLOCK], ACC)
-    l_att = tl.zeros([BLOCK], ACC)
     for n in range(0, N):
         f = tl.zeros([BLOCK], ACC)
         b = tl.zeros([BLOCK], ACC)
@@ -182,19 +162,14 @@ def _finalize_kernel(t_ch_ptr, fg_ptr, bg_ptr, att_z_ptr, att_part_ptr, sq_part_
         pixel_norm = HW / tl.load(att_z_ptr + n)  # A_S^t = H*W exp(. - max) / z
         l_fg += f * pixel_norm
         l_bg += b * pixel_norm
-    for start in range(0, N, BLOCK):
-        l_att += tl.load(att_part_ptr + start + offs, mask=start + offs < N, other=0.0)
-    sq = tl.zeros([BLOCK], ACC)
-    for start in range(0, tasks, BLOCK):
-        sq += tl.load(sq_part_ptr + start + offs, mask=start + offs < tasks, other=0.0)
     fg_term = tl.sum(l_fg, axis=0) / N
     bg_term = tl.sum(l_bg, axis=0) / N
-    att_term = tl.sum(l_att, axis=0) / N
+    att_term = sum_column(att_part_ptr, N, 1, 0, BLOCK, ACC) / N
     tl.store(terms_ptr, fg_term)
     tl.store(terms_ptr + 1, bg_term)
     tl.store(terms_ptr + 2, att_term)
     tl.store(loss_ptr, alpha * fg_term + beta * bg_term + gamma * att_term)
-    tl.store(sq_ptr, tl.sum(sq, axis=0))
+    tl.store(sq_ptr, sum_column(sq_part_ptr, tasks, 1, 0, BLOCK, ACC))
 
 
 def _tiles(c, hw):
@@ -222,7 +197,8 @@ def forward(student, teacher, fg, bg, weight_s, bias_s, weight_t, bias_t, temper
     block_hw, block_c, tiles = _tiles(c, hw)
     tasks = n * tiles
     s_spatial, s_channel = new(n, hw), new(n, c)
-    part, stats, sq_part = new(tasks, PARTIALS, c), new(tasks, SOFTMAX_STATS), new(tasks)
+    part, sq_part = new(tasks, len(FEATURE_PASS_PARTIALS), c), new(tasks)
+    stats = new(tasks, 2 * len(FEATURE_PASS_SOFTMAXES))
     fg_c, bg_c, gc_s, gc_t, att_z = new(n, c), new(n, c), new(n, 2), new(n, 2), new(n)
     ACC = tl_acc(acc)
     _partial_kernel[(tiles, n)](s, t, fg.contiguous(), bg.contiguous(), weight_s.contiguous(), bias_s.contiguous(),
@@ -236,14 +212,14 @@ def forward(student, teacher, fg, bg, weight_s, bias_s, weight_t, bias_t, temper
     _masks_kernel[(n,)](s_spatial, t_spatial, s_channel, t_channel, c, hw, 1.0 / (c * temperature),
                         1.0 / (hw * temperature), BLOCK_HW=block_for(hw, 1024), BLOCK_C=block_for(c, 1024), ACC=ACC)
     att_part = new(n)
-    _attention_kernel[(n,)](s_spatial, t_spatial, s_channel, t_channel, pixel_att, channel_att, att_part, c, hw,
+    attention_kernel[(n,)](s_spatial, t_spatial, s_channel, t_channel, pixel_att, channel_att, att_part, c, hw,
                             1.0 / n, 1.0 / temperature, BLOCK_HW=block_for(hw, 1024), BLOCK_C=block_for(c, 1024),
                             ACC=ACC)
     _finalize_kernel[(1,)](t_channel, fg_c, bg_c, att_z, att_part, sq_part, n, c, hw, tasks, alpha, beta, gamma, loss,
                            terms, diff_sq, BLOCK=block_for(max(c, n), 1024), ACC=ACC)
     block = block_for(hw, 1024)
     for probs, gc_stats in ((probs_s, gc_s), (probs_t, gc_t)):
-        _probs_kernel[(triton.cdiv(hw, block), n)](probs, gc_stats, hw, BLOCK=block)
+        probs_kernel[(triton.cdiv(hw, block), n)](probs, gc_stats, hw, BLOCK=block)
     return outputs
 
 
@@ -252,8 +228,8 @@ def _grad_kernel(grads_ptr, g_s_ptr, g_t_ptr, shift_ptr, s_ptr, t_ptr, fg_ptr, b
                  t_sp_ptr, pixel_ptr, p_s_ptr, p_t_ptr, t_ch_ptr, channel_ptr, out_ptr, dw_s_ptr, dw_t_ptr, C, HW,
                  tiles, two_over_n, alpha, beta, gamma, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
                  ACC: tl.constexpr):
-    tile = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
+    tile = program_id64(0)
+    n = program_id64(1)
     j = tile * BLOCK_HW + tl.arange(0, BLOCK_HW)
     j_ok = j < HW
     # grads_ptr: (grad_loss, grad_terms[3], grad_diff_sq), read on the device (no host sync).
@@ -301,8 +277,9 @@ def _grad_kernel(grads_ptr, g_s_ptr, g_t_ptr, shift_ptr, s_ptr, t_ptr, fg_ptr, b
         tl.store(dw_t_ptr + (n * tiles + tile) * C + c, tl.sum(y * dl_t[None, :], axis=1), mask=c_ok)
 
 
-def backward(grads, student, teacher, fg, bg, weight_s, weight_t, ctx_s, ctx_t, saved, alpha: float, beta: float,
-             gamma: float):
+def backward(grad_loss, grad_terms, grad_ctx_s, grad_ctx_t, grad_diff_sq, grad_diff_sum, student, teacher, fg, bg,
+             weight_s, weight_t, ctx_s, ctx_t, t_spatial, t_channel, pixel_att, channel_att, probs_s, probs_t,
+             alpha: float, beta: float, gamma: float):
     s, t = student.contiguous(), teacher.contiguous()
     out = torch.empty_like(s)
     grad_ws, grad_wt = torch.zeros_like(weight_s), torch.zeros_like(weight_t)
@@ -311,9 +288,10 @@ def backward(grads, student, teacher, fg, bg, weight_s, weight_t, ctx_s, ctx_t, 
     n, c, h, w = s.shape
     hw = h * w
     acc = acc_dtype(s.dtype)
-    grad_loss, grad_terms, grad_ctx_s, grad_ctx_t, grad_diff_sq, grad_diff_sum = (g.to(acc).contiguous() for g in grads)
-    scalars = torch.cat([grad_loss.reshape(1), grad_terms.reshape(3), grad_diff_sq.reshape(1)])
-    t_spatial, pixel_att, probs_s, probs_t, t_channel, channel_att = (x.contiguous() for x in saved)
+    grad_ctx_s, grad_ctx_t, grad_diff_sum = (g.to(acc).contiguous() for g in (grad_ctx_s, grad_ctx_t, grad_diff_sum))
+    scalars = torch.cat([g.to(acc).reshape(-1) for g in (grad_loss, grad_terms, grad_diff_sq)])
+    t_spatial, t_channel, pixel_att, channel_att, probs_s, probs_t = (
+        x.contiguous() for x in (t_spatial, t_channel, pixel_att, channel_att, probs_s, probs_t))
     block_hw, block_c, tiles = _tiles(c, hw)
     dw_s, dw_t = (torch.empty((n * tiles, c), dtype=acc, device=s.device) for _ in range(2))
     _grad_kernel[(tiles, n)](scalars, grad_ctx_s, grad_ctx_t, grad_diff_sum, s, t, fg.contiguous(), bg.contiguous(),
@@ -322,5 +300,5 @@ def backward(grads, student, teacher, fg, bg, weight_s, weight_t, ctx_s, ctx_t, 
                              beta, gamma, BLOCK_C=block_c, BLOCK_HW=block_hw, ACC=tl_acc(acc))
     block = block_for(c, 256)
     for part, total in ((dw_s, grad_ws), (dw_t, grad_wt)):
-        _sum_rows_kernel[(triton.cdiv(c, block),)](part, total, n * tiles, c, BLOCK_C=block, ACC=tl_acc(acc))
+        sum_rows_kernel[(triton.cdiv(c, block),)](part, total, n * tiles, c, BLOCK_C=block, ACC=tl_acc(acc))
     return out, grad_ws, grad_wt

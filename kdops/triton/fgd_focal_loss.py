@@ -11,53 +11,21 @@ import triton
 import triton.language as tl
 
 from kdops.triton import attention_masks
-from kdops.triton._common import acc_dtype, block_for, tl_acc
-
-
-@triton.jit
-def _l1_softmax_grad_row(s_ptr, t_ptr, out_ptr, length, inv_n, inv_temp, post_scale, BLOCK: tl.constexpr,
-                         ACC: tl.constexpr):
-    """Returns sum |a_s - a_t| and writes out = d(sum |a_s - a_t| / N)/d(logits) * post_scale through
-    a_s = length * softmax(logits / temp)."""
-    offs = tl.arange(0, BLOCK)
-    l1 = tl.zeros([BLOCK], ACC)
-    weighted = tl.zeros([BLOCK], ACC)
-    for start in range(0, length, BLOCK):
-        i = start + offs
-        a = tl.load(s_ptr + i, mask=i < length, other=0.0)
-        b = tl.load(t_ptr + i, mask=i < length, other=0.0)
-        e = tl.where(a > b, 1.0, tl.where(a < b, -1.0, 0.0)) * inv_n
-        l1 += tl.abs(a - b)
-        weighted += a * e
-    mean = tl.sum(weighted, axis=0) / length
-    for start in range(0, length, BLOCK):
-        i = start + offs
-        a = tl.load(s_ptr + i, mask=i < length, other=0.0)
-        b = tl.load(t_ptr + i, mask=i < length, other=0.0)
-        e = tl.where(a > b, 1.0, tl.where(a < b, -1.0, 0.0)) * inv_n
-        tl.store(out_ptr + i, inv_temp * a * (e - mean) * post_scale, mask=i < length)
-    return tl.sum(l1, axis=0)
-
-
-@triton.jit
-def _attention_kernel(s_sp_ptr, t_sp_ptr, s_ch_ptr, t_ch_ptr, pixel_ptr, channel_ptr, att_part_ptr, C, HW, inv_n,
-                      inv_temp, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    l1 = _l1_softmax_grad_row(s_ch_ptr + n * C, t_ch_ptr + n * C, channel_ptr + n * C, C, inv_n, inv_temp,
-                              1.0 / HW, BLOCK_C, ACC)
-    l1 += _l1_softmax_grad_row(s_sp_ptr + n * HW, t_sp_ptr + n * HW, pixel_ptr + n * HW, HW, inv_n, inv_temp,
-                               1.0 / C, BLOCK_HW, ACC)
-    tl.store(att_part_ptr + n, l1)
+from kdops.triton._common import acc_dtype, block_for, program_id64, tl_acc
+from kdops.triton._fgd import attention_kernel
+from kdops.triton._reduce import kahan_add, kahan_total, sum_column
 
 
 @triton.jit
 def _feature_kernel(s_ptr, t_ptr, fg_ptr, bg_ptr, t_sp_ptr, t_ch_ptr, fg_part_ptr, bg_part_ptr, C, HW,
                     BLOCK: tl.constexpr, ACC: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)  # row = n * C + c
+    row = program_id64(0)  # row = n * C + c
     pixels = (row // C) * HW
     offs = tl.arange(0, BLOCK)
     sf = tl.zeros([BLOCK], ACC)
+    sf_c = tl.zeros([BLOCK], ACC)
     sb = tl.zeros([BLOCK], ACC)
+    sb_c = tl.zeros([BLOCK], ACC)
     for start in range(0, HW, BLOCK):
         j = start + offs
         ok = j < HW
@@ -65,28 +33,19 @@ def _feature_kernel(s_ptr, t_ptr, fg_ptr, bg_ptr, t_sp_ptr, t_ch_ptr, fg_part_pt
         t = tl.load(t_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
         a = tl.load(t_sp_ptr + pixels + j, mask=ok, other=0.0)
         d2 = (s - t) * (s - t) * a
-        sf += tl.load(fg_ptr + pixels + j, mask=ok, other=0.0) * d2
-        sb += tl.load(bg_ptr + pixels + j, mask=ok, other=0.0) * d2
+        sf, sf_c = kahan_add(sf, sf_c, tl.load(fg_ptr + pixels + j, mask=ok, other=0.0) * d2)
+        sb, sb_c = kahan_add(sb, sb_c, tl.load(bg_ptr + pixels + j, mask=ok, other=0.0) * d2)
     channel = tl.load(t_ch_ptr + row)
-    tl.store(fg_part_ptr + row, tl.sum(sf, axis=0) * channel)
-    tl.store(bg_part_ptr + row, tl.sum(sb, axis=0) * channel)
+    tl.store(fg_part_ptr + row, kahan_total(sf, sf_c) * channel)
+    tl.store(bg_part_ptr + row, kahan_total(sb, sb_c) * channel)
 
 
 @triton.jit
 def _finalize_kernel(fg_part_ptr, bg_part_ptr, rows, att_part_ptr, N, inv_n, alpha, beta, gamma, loss_ptr,
                      terms_ptr, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    offs = tl.arange(0, BLOCK)
-    f = tl.zeros([BLOCK], ACC)
-    b = tl.zeros([BLOCK], ACC)
-    for start in range(0, rows, BLOCK):
-        f += tl.load(fg_part_ptr + start + offs, mask=start + offs < rows, other=0.0)
-        b += tl.load(bg_part_ptr + start + offs, mask=start + offs < rows, other=0.0)
-    a = tl.zeros([BLOCK], ACC)
-    for start in range(0, N, BLOCK):
-        a += tl.load(att_part_ptr + start + offs, mask=start + offs < N, other=0.0)
-    l_fg = tl.sum(f, axis=0) * inv_n
-    l_bg = tl.sum(b, axis=0) * inv_n
-    l_att = tl.sum(a, axis=0) * inv_n
+    l_fg = sum_column(fg_part_ptr, rows, 1, 0, BLOCK, ACC) * inv_n
+    l_bg = sum_column(bg_part_ptr, rows, 1, 0, BLOCK, ACC) * inv_n
+    l_att = sum_column(att_part_ptr, N, 1, 0, BLOCK, ACC) * inv_n
     tl.store(terms_ptr, l_fg)
     tl.store(terms_ptr + 1, l_bg)
     tl.store(terms_ptr + 2, l_att)
@@ -108,7 +67,7 @@ def forward(student, teacher, fg, bg, temperature: float, alpha: float, beta: fl
     t_sp, t_ch = attention_masks.forward(t, temperature)
     pixel_att, channel_att = torch.empty_like(t_sp), torch.empty_like(t_ch)
     att_part = torch.empty(n, dtype=acc, device=s.device)
-    _attention_kernel[(n,)](s_sp, t_sp, s_ch, t_ch, pixel_att, channel_att, att_part, c, hw, 1.0 / n,
+    attention_kernel[(n,)](s_sp, t_sp, s_ch, t_ch, pixel_att, channel_att, att_part, c, hw, 1.0 / n,
                             1.0 / temperature, BLOCK_HW=block_for(hw, 1024), BLOCK_C=block_for(c, 1024),
                             ACC=tl_acc(acc))
     fg_part = torch.empty(n * c, dtype=acc, device=s.device)
@@ -124,8 +83,8 @@ def forward(student, teacher, fg, bg, temperature: float, alpha: float, beta: fl
 def _grad_kernel(grad_loss_ptr, grad_terms_ptr, s_ptr, t_ptr, fg_ptr, bg_ptr, t_sp_ptr, t_ch_ptr, pixel_ptr,
                  channel_ptr, out_ptr, C, HW, two_over_n, alpha, beta, gamma, BLOCK: tl.constexpr,
                  ACC: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)  # row = n * C + c
-    j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    row = program_id64(0)  # row = n * C + c
+    j = program_id64(1) * BLOCK + tl.arange(0, BLOCK)
     ok = j < HW
     pixels = (row // C) * HW
     gl = tl.load(grad_loss_ptr).to(ACC)

@@ -11,14 +11,16 @@ import torch
 import triton
 import triton.language as tl
 
-from kdops.triton._common import acc_dtype, block_for, tl_acc
+from kdops.triton._common import acc_dtype, block_for, program_id64, tl_acc
+from kdops.triton._fgd import merged_max_and_sum, probs_kernel, sum_rows_kernel
+from kdops.triton._reduce import kahan_add
 
 
 @triton.jit
 def _partial_kernel(f_ptr, w_ptr, b_ptr, logit_ptr, ctx_part_ptr, tile_max_ptr, tile_sum_ptr, C, HW, tiles,
                     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
-    tile = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
+    tile = program_id64(0)
+    n = program_id64(1)
     j = tile * BLOCK_HW + tl.arange(0, BLOCK_HW)
     j_ok = j < HW
     logits = tl.zeros([BLOCK_HW], ACC) + tl.load(b_ptr)
@@ -45,39 +47,19 @@ def _partial_kernel(f_ptr, w_ptr, b_ptr, logit_ptr, ctx_part_ptr, tile_max_ptr, 
 @triton.jit
 def _merge_kernel(ctx_part_ptr, tile_max_ptr, tile_sum_ptr, ctx_ptr, stats_ptr, C, tiles, BLOCK_T: tl.constexpr,
                   BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    t = tl.arange(0, BLOCK_T)
-    mx_acc = tl.full([BLOCK_T], float("-inf"), ACC)
-    for t0 in range(0, tiles, BLOCK_T):
-        mx_acc = tl.maximum(mx_acc, tl.load(tile_max_ptr + n * tiles + t0 + t, mask=t0 + t < tiles,
-                                            other=float("-inf")))
-    mx = tl.max(mx_acc, axis=0)
-    z_acc = tl.zeros([BLOCK_T], ACC)
-    for t0 in range(0, tiles, BLOCK_T):
-        ok = t0 + t < tiles
-        m = tl.load(tile_max_ptr + n * tiles + t0 + t, mask=ok, other=0.0)
-        z_acc += tl.where(ok, tl.load(tile_sum_ptr + n * tiles + t0 + t, mask=ok, other=0.0) * tl.exp(m - mx), 0.0)
-    z = tl.sum(z_acc, axis=0)
+    n = program_id64(0)
+    mx, z = merged_max_and_sum(tile_max_ptr + n * tiles, tile_sum_ptr + n * tiles, 1, tiles, BLOCK_T, ACC)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         ctx = tl.zeros([BLOCK_C], ACC)
+        comp = tl.zeros([BLOCK_C], ACC)
         for k in range(0, tiles):
             scale = tl.exp(tl.load(tile_max_ptr + n * tiles + k) - mx)
-            ctx += tl.load(ctx_part_ptr + (n * tiles + k) * C + c, mask=c < C, other=0.0) * scale
-        tl.store(ctx_ptr + n * C + c, ctx / z, mask=c < C)
+            ctx, comp = kahan_add(ctx, comp, tl.load(ctx_part_ptr + (n * tiles + k) * C + c, mask=c < C, other=0.0)
+                                  * scale)
+        tl.store(ctx_ptr + n * C + c, (ctx - comp) / z, mask=c < C)
     tl.store(stats_ptr + 2 * n, mx)
     tl.store(stats_ptr + 2 * n + 1, z)
-
-
-@triton.jit
-def _probs_kernel(logit_ptr, stats_ptr, HW, BLOCK: tl.constexpr):
-    n = tl.program_id(1).to(tl.int64)
-    j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = j < HW
-    mx = tl.load(stats_ptr + 2 * n)
-    z = tl.load(stats_ptr + 2 * n + 1)
-    logits = tl.load(logit_ptr + n * HW + j, mask=ok, other=0.0)
-    tl.store(logit_ptr + n * HW + j, tl.exp(logits - mx) / z, mask=ok)
 
 
 def forward(feat, weight, bias):
@@ -100,15 +82,15 @@ def forward(feat, weight, bias):
     _merge_kernel[(n,)](ctx_part, tile_max, tile_sum, context, stats, c, tiles, BLOCK_T=block_for(tiles, 1024),
                         BLOCK_C=block_for(c, 1024), ACC=tl_acc(acc))
     block = block_for(hw, 1024)
-    _probs_kernel[(triton.cdiv(hw, block), n)](probs, stats, hw, BLOCK=block)
+    probs_kernel[(triton.cdiv(hw, block), n)](probs, stats, hw, BLOCK=block)
     return context, probs
 
 
 @triton.jit
 def _grad_kernel(g_ptr, f_ptr, w_ptr, ctx_ptr, p_ptr, df_ptr, dw_part_ptr, C, HW, tiles, NEED_FEAT: tl.constexpr,
                  BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
-    tile = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
+    tile = program_id64(0)
+    n = program_id64(1)
     j = tile * BLOCK_HW + tl.arange(0, BLOCK_HW)
     j_ok = j < HW
     ubar_acc = tl.zeros([BLOCK_C], ACC)
@@ -137,15 +119,6 @@ def _grad_kernel(g_ptr, f_ptr, w_ptr, ctx_ptr, p_ptr, df_ptr, dw_part_ptr, C, HW
             tl.store(df_ptr + offsets, df.to(df_ptr.dtype.element_ty), mask=both)
 
 
-@triton.jit
-def _sum_rows_kernel(part_ptr, out_ptr, rows, C, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    total = tl.zeros([BLOCK_C], ACC)
-    for r in range(0, rows):
-        total += tl.load(part_ptr + r * C + c, mask=c < C, other=0.0)
-    tl.store(out_ptr + c, total, mask=c < C)
-
-
 def backward(grad_context, feat, weight, context, probs, need_feat: bool):
     f = feat.contiguous()
     n, c, h, w = f.shape
@@ -162,5 +135,5 @@ def backward(grad_context, feat, weight, context, probs, need_feat: bool):
                              probs.contiguous(), grad_feat if need_feat else f, dw_part, c, hw, tiles,
                              NEED_FEAT=need_feat, BLOCK_C=block_c, BLOCK_HW=block_hw, ACC=tl_acc(acc))
     block = block_for(c, 256)
-    _sum_rows_kernel[(triton.cdiv(c, block),)](dw_part, grad_weight, n * tiles, c, BLOCK_C=block, ACC=tl_acc(acc))
+    sum_rows_kernel[(triton.cdiv(c, block),)](dw_part, grad_weight, n * tiles, c, BLOCK_C=block, ACC=tl_acc(acc))
     return grad_feat, grad_weight

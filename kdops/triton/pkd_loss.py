@@ -8,44 +8,44 @@ import torch
 import triton
 import triton.language as tl
 
+from kdops._layout import PKD_STATS
 from kdops.reference import pkd_loss as reference
-from kdops.triton._common import acc_dtype, block_for, tl_acc
-from kdops.triton._reduce import scaled_sum_kernel
+from kdops.triton._common import acc_dtype, block_for, layout_constants, program_id64, tl_acc, warps_for
+from kdops.triton._reduce import kahan_add, kahan_total, scaled_sum_kernel
 
-CHANNEL_STATS = 5  # (mean_s, std_s, mean_t, std_t, D_c)
+CHANNEL_STATS, MEAN_S, STD_S, MEAN_T, STD_T, SQUARED_DIFF = layout_constants(PKD_STATS)
 EPS = tl.constexpr(reference.EPS)  # a plain Python global is a NameError in a compiled kernel
 
 
 @triton.jit
-def _channel_kernel(s_ptr, t_ptr, stats_ptr, N, C, HW, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    c = tl.program_id(0).to(tl.int64)
+def _channel_kernel(s_ptr, t_ptr, stats_ptr, N, C, HW, M, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    c = program_id64(0)
     offs = tl.arange(0, BLOCK)
-    m = N * HW
-    sx = tl.zeros([BLOCK], ACC)
-    sy = tl.zeros([BLOCK], ACC)
+    m = M  # N * H * W from the host: N * HW in the kernel would be int32 and wrap at 2^31 values
+    zero = tl.zeros([BLOCK], ACC)
+    sx, sy, sx_c, sy_c = zero, zero, zero, zero
     for n in range(0, N):
         base = (n * C + c) * HW
         for start in range(0, HW, BLOCK):
             j = start + offs
-            sx += tl.load(s_ptr + base + j, mask=j < HW, other=0.0).to(ACC)
-            sy += tl.load(t_ptr + base + j, mask=j < HW, other=0.0).to(ACC)
-    mean_x = tl.sum(sx, axis=0) / m
-    mean_y = tl.sum(sy, axis=0) / m
-    vx = tl.zeros([BLOCK], ACC)
-    vy = tl.zeros([BLOCK], ACC)
+            sx, sx_c = kahan_add(sx, sx_c, tl.load(s_ptr + base + j, mask=j < HW, other=0.0).to(ACC))
+            sy, sy_c = kahan_add(sy, sy_c, tl.load(t_ptr + base + j, mask=j < HW, other=0.0).to(ACC))
+    mean_x = kahan_total(sx, sx_c) / m
+    mean_y = kahan_total(sy, sy_c) / m
+    vx, vy, vx_c, vy_c = zero, zero, zero, zero
     for n in range(0, N):
         base = (n * C + c) * HW
         for start in range(0, HW, BLOCK):
             j = start + offs
             dx = tl.where(j < HW, tl.load(s_ptr + base + j, mask=j < HW, other=0.0).to(ACC) - mean_x, 0.0)
             dy = tl.where(j < HW, tl.load(t_ptr + base + j, mask=j < HW, other=0.0).to(ACC) - mean_y, 0.0)
-            vx += dx * dx
-            vy += dy * dy
-    std_x = tl.sqrt(tl.sum(vx, axis=0) / (m - 1))
-    std_y = tl.sqrt(tl.sum(vy, axis=0) / (m - 1))
+            vx, vx_c = kahan_add(vx, vx_c, dx * dx)
+            vy, vy_c = kahan_add(vy, vy_c, dy * dy)
+    std_x = tl.sqrt(kahan_total(vx, vx_c) / (m - 1))
+    std_y = tl.sqrt(kahan_total(vy, vy_c) / (m - 1))
     inv_ax = 1.0 / (std_x + EPS)
     inv_ay = 1.0 / (std_y + EPS)
-    d = tl.zeros([BLOCK], ACC)
+    d, d_c = zero, zero
     for n in range(0, N):
         base = (n * C + c) * HW
         for start in range(0, HW, BLOCK):
@@ -53,13 +53,13 @@ def _channel_kernel(s_ptr, t_ptr, stats_ptr, N, C, HW, BLOCK: tl.constexpr, ACC:
             x = tl.load(s_ptr + base + j, mask=j < HW, other=0.0).to(ACC)
             y = tl.load(t_ptr + base + j, mask=j < HW, other=0.0).to(ACC)
             diff = tl.where(j < HW, (x - mean_x) * inv_ax - (y - mean_y) * inv_ay, 0.0)
-            d += diff * diff
-    st = stats_ptr + c * 5
-    tl.store(st + 0, mean_x)
-    tl.store(st + 1, std_x)
-    tl.store(st + 2, mean_y)
-    tl.store(st + 3, std_y)
-    tl.store(st + 4, tl.sum(d, axis=0))
+            d, d_c = kahan_add(d, d_c, diff * diff)
+    st = stats_ptr + c * CHANNEL_STATS
+    tl.store(st + MEAN_S, mean_x)
+    tl.store(st + STD_S, std_x)
+    tl.store(st + MEAN_T, mean_y)
+    tl.store(st + STD_T, std_y)
+    tl.store(st + SQUARED_DIFF, kahan_total(d, d_c))
 
 
 def forward(student, teacher):
@@ -68,20 +68,23 @@ def forward(student, teacher):
     hw = h * w
     acc = acc_dtype(s.dtype)
     out = torch.empty((), dtype=acc, device=s.device)
-    stats = torch.empty((c, CHANNEL_STATS), dtype=acc, device=s.device)
-    _channel_kernel[(c,)](s, t, stats, n, c, hw, BLOCK=block_for(hw, 2048), ACC=tl_acc(acc))
-    scaled_sum_kernel[(1,)](stats, c, CHANNEL_STATS, 4, 1.0 / (2.0 * c * n * hw), out, BLOCK=1024, ACC=tl_acc(acc))
+    stats = torch.empty((c, len(PKD_STATS)), dtype=acc, device=s.device)
+    block = block_for(hw, 2048)
+    _channel_kernel[(c,)](s, t, stats, n, c, hw, n * hw, BLOCK=block, ACC=tl_acc(acc), num_warps=warps_for(block))
+    scaled_sum_kernel[(1,)](stats, c, len(PKD_STATS), PKD_STATS.index("squared_diff"), 1.0 / (2.0 * c * n * hw), out,
+                            BLOCK=1024, ACC=tl_acc(acc))
     return out, stats
 
 
 @triton.jit
 def _grad_kernel(grad_ptr, s_ptr, t_ptr, stats_ptr, out_ptr, C, HW, m, scale, BLOCK: tl.constexpr,
                  ACC: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    row = program_id64(0)
+    j = program_id64(1) * BLOCK + tl.arange(0, BLOCK)
     ok = j < HW
-    st = stats_ptr + (row % C) * 5
-    mean_x, std_x, mean_y, std_y, d = tl.load(st), tl.load(st + 1), tl.load(st + 2), tl.load(st + 3), tl.load(st + 4)
+    st = stats_ptr + (row % C) * CHANNEL_STATS
+    mean_x, std_x, mean_y, std_y = tl.load(st + MEAN_S), tl.load(st + STD_S), tl.load(st + MEAN_T), tl.load(st + STD_T)
+    d = tl.load(st + SQUARED_DIFF)
     ax = std_x + EPS
     ay = std_y + EPS
     sxx = (m - 1) * std_x * std_x / (ax * ax)

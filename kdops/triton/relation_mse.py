@@ -8,35 +8,29 @@ import torch
 import triton
 import triton.language as tl
 
-from kdops.triton._common import acc_dtype, block_for, tl_acc
+from kdops.triton._common import acc_dtype, block_for, program_id64, tl_acc, warps_for
+from kdops.triton._reduce import kahan_add, kahan_total, scaled_sum_kernel
 
 
 @triton.jit
 def _row_kernel(s_ptr, t_ptr, ds_ptr, dt_ptr, row_sum_ptr, row_sq_ptr, HW, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+    row = program_id64(0)
     delta = tl.load(ds_ptr + row) - tl.load(dt_ptr + row)
     offs = tl.arange(0, BLOCK)
     total = tl.zeros([BLOCK], ACC)
+    total_c = tl.zeros([BLOCK], ACC)
     sq = tl.zeros([BLOCK], ACC)
+    sq_c = tl.zeros([BLOCK], ACC)
     for start in range(0, HW, BLOCK):
         j = start + offs
         ok = j < HW
         s = tl.load(s_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
         t = tl.load(t_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
         r = tl.where(ok, s - t + delta, 0.0)
-        total += r
-        sq += r * r
-    tl.store(row_sum_ptr + row, tl.sum(total, axis=0))
-    tl.store(row_sq_ptr + row, tl.sum(sq, axis=0))
-
-
-@triton.jit
-def _finalize_kernel(row_sq_ptr, rows, inv_n, out_ptr, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    offs = tl.arange(0, BLOCK)
-    acc = tl.zeros([BLOCK], ACC)
-    for start in range(0, rows, BLOCK):
-        acc += tl.load(row_sq_ptr + start + offs, mask=start + offs < rows, other=0.0)
-    tl.store(out_ptr, tl.sum(acc, axis=0) * inv_n)
+        total, total_c = kahan_add(total, total_c, r)
+        sq, sq_c = kahan_add(sq, sq_c, r * r)
+    tl.store(row_sum_ptr + row, kahan_total(total, total_c))
+    tl.store(row_sq_ptr + row, kahan_total(sq, sq_c))
 
 
 def forward(student, teacher, delta_s, delta_t):
@@ -49,16 +43,18 @@ def forward(student, teacher, delta_s, delta_t):
     if n * c == 0:
         return loss, row_sum
     row_sq = torch.empty((n, c), dtype=acc, device=s.device)
-    _row_kernel[(n * c,)](s, t, ds, dt, row_sum, row_sq, h * w, BLOCK=block_for(h * w, 2048), ACC=tl_acc(acc))
-    _finalize_kernel[(1,)](row_sq, n * c, 1.0 / n, loss, BLOCK=1024, ACC=tl_acc(acc))
+    block = block_for(h * w, 2048)
+    _row_kernel[(n * c,)](s, t, ds, dt, row_sum, row_sq, h * w, BLOCK=block, ACC=tl_acc(acc),
+                          num_warps=warps_for(block))
+    scaled_sum_kernel[(1,)](row_sq, n * c, 1, 0, 1.0 / n, loss, BLOCK=1024, ACC=tl_acc(acc))
     return loss, row_sum
 
 
 @triton.jit
 def _grad_kernel(grad_ptr, s_ptr, t_ptr, ds_ptr, dt_ptr, out_ptr, HW, two_over_n, BLOCK: tl.constexpr,
                  ACC: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    row = program_id64(0)
+    j = program_id64(1) * BLOCK + tl.arange(0, BLOCK)
     ok = j < HW
     coef = tl.load(grad_ptr).to(ACC) * two_over_n
     delta = tl.load(ds_ptr + row) - tl.load(dt_ptr + row)

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kdops.triton._common import acc_dtype, tl_acc
+from kdops.triton._common import acc_dtype, program_id64, tl_acc
 from kdops.triton._reduce import mean_kernel
 
 BLOCK = 1024
@@ -41,8 +41,8 @@ def _load(s_ptr, t_ptr, y_ptr, idx, n, ignore_index, HAS_TARGET: tl.constexpr, A
 @triton.jit
 def _forward_kernel(s_ptr, t_ptr, y_ptr, partial_ptr, n, wp, wn, inv_t, mu, ignore_index,
                     HAS_TARGET: tl.constexpr, UNIT_T: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    pid = tl.program_id(0)
-    idx = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    pid = program_id64(0)
+    idx = pid * BLOCK + tl.arange(0, BLOCK)
     ok, zs, zt, label = _load(s_ptr, t_ptr, y_ptr, idx, n, ignore_index, HAS_TARGET, ACC)
     x = zs * inv_t
     pt = _sigmoid(zt * inv_t)
@@ -83,7 +83,7 @@ def forward(student, teacher, target, pos_weight: float, neg_weight: float, temp
 @triton.jit
 def _backward_kernel(grad_ptr, norm_ptr, s_ptr, t_ptr, y_ptr, out_ptr, n, wp, wn, inv_t, mu, ignore_index,
                      HAS_TARGET: tl.constexpr, UNIT_T: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    idx = program_id64(0) * BLOCK + tl.arange(0, BLOCK)
     ok, zs, zt, label = _load(s_ptr, t_ptr, y_ptr, idx, n, ignore_index, HAS_TARGET, ACC)
     count = tl.load(norm_ptr).to(ACC)
     coef = tl.where(count == 0, 0.0, tl.load(grad_ptr).to(ACC) / tl.where(count == 0, 1.0, count))

@@ -10,10 +10,11 @@ import torch
 import triton
 import triton.language as tl
 
-from kdops.triton._common import acc_dtype, block_for, tl_acc
+from kdops._layout import SOFT_CE_STATS
+from kdops.triton._common import acc_dtype, block_for, layout_constants, program_id64, tl_acc
 from kdops.triton._reduce import mean_kernel
 
-ROW_STATS = 6  # (max_s, log sum_s, max_t, log sum_t, log sum_1, W)
+ROW_STATS, MAX_S, LOG_SUM_S, MAX_T, LOG_SUM_T, LOG_SUM_1, WEIGHT = layout_constants(SOFT_CE_STATS)
 
 
 def _tiles(classes: int):
@@ -25,8 +26,8 @@ def _tiles(classes: int):
 def _forward_kernel(s_ptr, t_ptr, w_ptr, y_ptr, stats_ptr, partial_ptr, rows, C, inv_t, mu, ignore_index,
                     HAS_W: tl.constexpr, HAS_TARGET: tl.constexpr, SEPARATE_SUM1: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    pid = tl.program_id(0)
-    r = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    pid = program_id64(0)
+    r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     r_ok = r < rows
     cols = tl.arange(0, BLOCK_C)
     ms = tl.full([BLOCK_R], float("-inf"), ACC)
@@ -76,13 +77,13 @@ def _forward_kernel(s_ptr, t_ptr, w_ptr, y_ptr, stats_ptr, partial_ptr, rows, C,
         zy = tl.load(s_ptr + r * C + label, mask=keep & label_ok, other=0.0).to(ACC) - ms
         hard = tl.log(sum_1) - zy
         loss = tl.where(label_ok, mu * hard + (1.0 - mu) * loss, float("nan"))
-    st = stats_ptr + r * 6
-    tl.store(st + 0, ms, mask=r_ok)
-    tl.store(st + 1, tl.log(sum_s), mask=r_ok)
-    tl.store(st + 2, mt, mask=r_ok)
-    tl.store(st + 3, tl.log(sum_t), mask=r_ok)
-    tl.store(st + 4, tl.log(sum_1), mask=r_ok)
-    tl.store(st + 5, weight, mask=r_ok)
+    st = stats_ptr + r * ROW_STATS
+    tl.store(st + MAX_S, ms, mask=r_ok)
+    tl.store(st + LOG_SUM_S, tl.log(sum_s), mask=r_ok)
+    tl.store(st + MAX_T, mt, mask=r_ok)
+    tl.store(st + LOG_SUM_T, tl.log(sum_t), mask=r_ok)
+    tl.store(st + LOG_SUM_1, tl.log(sum_1), mask=r_ok)
+    tl.store(st + WEIGHT, weight, mask=r_ok)
     tl.store(partial_ptr + pid * 2, tl.sum(tl.where(keep, loss, 0.0), axis=0))
     tl.store(partial_ptr + pid * 2 + 1, tl.sum(keep.to(ACC), axis=0))
 
@@ -93,7 +94,7 @@ def forward(student, teacher, class_weight, target, temperature: float, mu: floa
     acc = acc_dtype(s.dtype)
     out = torch.empty((), dtype=acc, device=s.device)
     norm = torch.empty((), dtype=acc, device=s.device)
-    stats = torch.empty((rows, ROW_STATS), dtype=acc, device=s.device)
+    stats = torch.empty((rows, len(SOFT_CE_STATS)), dtype=acc, device=s.device)
     block_r, block_c = _tiles(classes)
     programs = max(1, triton.cdiv(rows, block_r))
     partial = torch.zeros((programs, 2), dtype=acc, device=s.device)
@@ -112,17 +113,17 @@ def forward(student, teacher, class_weight, target, temperature: float, mu: floa
 def _backward_kernel(grad_ptr, norm_ptr, s_ptr, t_ptr, w_ptr, y_ptr, stats_ptr, out_ptr, rows, C, inv_t, mu,
                      ignore_index, HAS_W: tl.constexpr, HAS_TARGET: tl.constexpr, BLOCK_R: tl.constexpr,
                      BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r = program_id64(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_ok = r < rows
     n = tl.load(norm_ptr).to(ACC)
     coef = tl.where(n == 0, 0.0, tl.load(grad_ptr).to(ACC) / tl.where(n == 0, 1.0, n))
-    st = stats_ptr + r * 6
-    ms = tl.load(st + 0, mask=r_ok, other=0.0)[:, None]
-    lss = tl.load(st + 1, mask=r_ok, other=0.0)[:, None]
-    mt = tl.load(st + 2, mask=r_ok, other=0.0)[:, None]
-    lst = tl.load(st + 3, mask=r_ok, other=0.0)[:, None]
-    ls1 = tl.load(st + 4, mask=r_ok, other=0.0)[:, None]
-    weight = tl.load(st + 5, mask=r_ok, other=0.0)[:, None]
+    st = stats_ptr + r * ROW_STATS
+    ms = tl.load(st + MAX_S, mask=r_ok, other=0.0)[:, None]
+    lss = tl.load(st + LOG_SUM_S, mask=r_ok, other=0.0)[:, None]
+    mt = tl.load(st + MAX_T, mask=r_ok, other=0.0)[:, None]
+    lst = tl.load(st + LOG_SUM_T, mask=r_ok, other=0.0)[:, None]
+    ls1 = tl.load(st + LOG_SUM_1, mask=r_ok, other=0.0)[:, None]
+    weight = tl.load(st + WEIGHT, mask=r_ok, other=0.0)[:, None]
     if HAS_TARGET:
         label = tl.load(y_ptr + r, mask=r_ok, other=ignore_index)
         keep = (label != ignore_index)[:, None]

@@ -23,9 +23,13 @@ class RoiOutputs:
 
 @dataclasses.dataclass
 class RpnPair:
-    """Student and teacher objectness on the anchors the student's loss sampled."""
-    student_logits: torch.Tensor
+    """Student and teacher RPN outputs on the M anchors the student's loss sampled (rows match 1:1)."""
+    student_logits: torch.Tensor       # (M,) objectness
     teacher_logits: torch.Tensor
+    student_deltas: torch.Tensor       # (M, 4) encoded box deltas
+    teacher_deltas: torch.Tensor
+    regression_targets: torch.Tensor   # (M, 4)
+    labels: torch.Tensor               # (M,), 1 = object, 0 = background
 
 
 @dataclasses.dataclass

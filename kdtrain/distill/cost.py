@@ -25,7 +25,8 @@ def _detached(ctx: DistillContext) -> DistillContext:
         roi = dataclasses.replace(ctx.roi, student_logits=_leaf(ctx.roi.student_logits),
                                   student_regression=_leaf(ctx.roi.student_regression))
     if ctx.rpn is not None:
-        rpn = dataclasses.replace(ctx.rpn, student_logits=_leaf(ctx.rpn.student_logits))
+        rpn = dataclasses.replace(ctx.rpn, student_logits=_leaf(ctx.rpn.student_logits),
+                                  student_deltas=_leaf(ctx.rpn.student_deltas))
     return dataclasses.replace(ctx, student_features={k: _leaf(v) for k, v in ctx.student_features.items()},
                                roi=roi, rpn=rpn)
 

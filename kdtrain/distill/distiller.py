@@ -15,14 +15,16 @@ import torch
 from torch import nn
 from torchvision.models import detection
 from torchvision.models.detection.roi_heads import fastrcnn_loss
+from torchvision.ops import box_iou
 
 from kdtrain.distill import recipes, terms as T
+from kdtrain.distill.auto_weights import DEFAULT_ITERS, DEFAULT_RATIO, AutoWeights
 from kdtrain.distill.context import DistillContext, RoiOutputs, RpnPair
 from kdtrain.distill.levels import pair_levels
 from kdtrain.distill.probe import probe_levels
-from kdtrain.distill.rpn import anchor_layout_mismatch, rpn_forward_with_logits, teacher_objectness
+from kdtrain.distill.rpn import anchor_layout_mismatch, rpn_forward_with_logits, teacher_rpn_outputs
 from kdtrain.errors import UsageError
-from kdtrain.models import detector_family
+from kdtrain.models import detector_family, input_side, needs_own_transform
 
 
 def _as_dict(features) -> "OrderedDict[str, torch.Tensor]":
@@ -30,6 +32,7 @@ def _as_dict(features) -> "OrderedDict[str, torch.Tensor]":
 
 
 def check_degenerate_boxes(targets) -> None:
+    """ValueError naming the first box with x2 <= x1 or y2 <= y1 (call it on host tensors: no device wait)."""
     for i, t in enumerate(targets):
         bad = (t["boxes"][:, 2:] <= t["boxes"][:, :2]).any(dim=1)
         if bad.any():
@@ -39,11 +42,13 @@ def check_degenerate_boxes(targets) -> None:
 class Distiller(nn.Module):
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module] = None, recipe: str = "none",
                  weights: Optional[dict] = None, warmup_iters: int = 0, imitation_mask: str = "none",
-                 log=print, student_scale: float = 1.0):
+                 log=print, student_scale: float = 1.0, auto_ratio: float = DEFAULT_RATIO,
+                 auto_iters: int = DEFAULT_ITERS):
         super().__init__()
         self.student = student
         self.term_names = recipes.parse_recipe(recipe)
-        self.weights = recipes.parse_weights(weights)
+        self.weights, auto_keys = recipes.parse_weight_spec(weights)
+        self.auto: Optional[AutoWeights] = None  # set below when a key of a built term is automatic
         self.warmup_iters = warmup_iters
         self.iteration = 0  # set by the trainer for the weight warm-up
         self.family = detector_family(student)
@@ -53,13 +58,14 @@ class Distiller(nn.Module):
         self.rpn_distill = False
         self.profile = False       # when on, time each term (with CUDA sync)
         self.term_seconds: dict = {}
-        self.last_raw: dict = {}
+        self.raw: dict = {}          # the last step's unweighted losses (detached tensors)
         self.last_context = None   # kept only when profile is on (it holds the graph)
         self._log = log
         self._rpn_shape_warned = False
         # A low-resolution student (Chen 2017 §4.1) has its own smaller input; the
         # teacher then sees full resolution through its own transform.
         self.student_scale = float(student_scale)
+        self.teacher_own_input = False
         if not self.term_names:
             return
         if teacher is None:
@@ -67,7 +73,13 @@ class Distiller(nn.Module):
         freeze(teacher)
         s_channels, s_strides = probe_levels(student.backbone)
         t_channels, t_strides = probe_levels(teacher.backbone)
-        self.pairs = pair_levels(s_strides, t_strides, student_input_scale=self.student_scale)
+        # A fixed-size student (SSDlite) or another normalisation: the teacher also gets its own
+        # input, and levels pair by stride in image pixels (the ratio of the two input sides).
+        self.teacher_own_input = self.student_scale != 1.0 or needs_own_transform(student, teacher)
+        scale = self.student_scale
+        if scale == 1.0 and self.teacher_own_input:
+            scale = input_side(student) / input_side(teacher)
+        self.pairs = pair_levels(s_strides, t_strides, student_input_scale=scale)
         log(f"[kdtrain] level pairs (student->teacher @stride): "
             + ", ".join(f"{p.student}->{p.teacher}@{p.stride}" for p in self.pairs))
         for name in self.term_names:
@@ -88,6 +100,9 @@ class Distiller(nn.Module):
                         continue
                     self.rpn_distill = True  # feature shapes are checked again each step
                 self.terms[name] = T.ChenRcnTerm() if name == "chen_rcn" else T.ChenRpnTerm()
+        built = {k for name in self.terms for k in recipes.TERM_KEYS[name]}
+        if any(k in built for k in auto_keys):
+            self.auto = AutoWeights([k for k in auto_keys if k in built], self.weights, auto_ratio, auto_iters, log)
 
     @property
     def teacher(self) -> Optional[nn.Module]:
@@ -95,7 +110,9 @@ class Distiller(nn.Module):
 
     def _check_two_stage_pair(self, name):
         if not (isinstance(self.student, detection.FasterRCNN) and isinstance(self.teacher, detection.FasterRCNN)):
-            raise UsageError(f"{name} (Chen 2017 head distillation) needs a Faster R-CNN student and teacher")
+            raise UsageError(f"recipe chen2017 ({name}: head distillation) needs a Faster R-CNN student and teacher, "
+                             f"got student {type(self.student).__name__}, teacher {type(self.teacher).__name__}; "
+                             "the feature recipes (imitation, fgd, cwd, pkd) pair any two detectors")
         s_cls = self.student.roi_heads.box_predictor.cls_score.out_features
         t_cls = self.teacher.roi_heads.box_predictor.cls_score.out_features
         if s_cls != t_cls:
@@ -120,13 +137,12 @@ class Distiller(nn.Module):
         student = self.student
         # One shared transform (the student's): both nets see the same padded batch.
         image_list, targets = student.transform(images, targets)
-        check_degenerate_boxes(targets)
         s_feats = _as_dict(student.backbone(image_list.tensors))
         need_teacher = bool(self.terms)
         t_feats, t_image_list, t_targets = None, image_list, targets
         if need_teacher:
             with torch.no_grad():
-                if self.student_scale != 1.0:
+                if self.teacher_own_input:
                     t_image_list, t_targets = teacher_input(self.teacher, images, image_list, targets)
                 t_feats = _as_dict(self.teacher.backbone(t_image_list.tensors))
         # Terms see boxes in the teacher's padded pixels (level pairs carry teacher strides).
@@ -142,13 +158,33 @@ class Distiller(nn.Module):
             start = self._tick()
             raw.update(term(ctx))
             self.term_seconds[name] = self._tick() - start
+        if self.auto is not None and not self.auto.calibrated and self.training and not self.profile \
+                and torch.is_grad_enabled():
+            self.auto.observe(sum(losses.values()), raw, [p for p in self.student.parameters() if p.requires_grad],
+                              self.iteration)
         factor = recipes.warmup_factor(self.iteration, self.warmup_iters)
         for key, value in raw.items():
-            losses[f"distill_{key}"] = value * (self.weights[key] * factor)
-        self.last_raw = {k: float(v.detach()) for k, v in raw.items()}
+            losses[f"distill_{key}"] = value * (self.weight(key) * factor)
+        # Detached tensors: converting them here would wait for the device every step.
+        self.raw = {k: v.detach() for k, v in raw.items()}
         for term in self.terms.values():
-            self.last_raw.update(getattr(term, "last_terms", {}) or {})
+            self.raw.update(getattr(term, "last_terms", {}))
         return losses
+
+    @property
+    def last_raw(self) -> dict:
+        """The last step's unweighted losses as floats (a host sync: for logs and tests, not the step)."""
+        return {k: float(v) for k, v in self.raw.items()}
+
+    def weight(self, key: str) -> float:
+        """A loss key's weight before the warm-up factor (an automatic one: 0 until calibrated)."""
+        if self.auto is not None and key in self.auto.keys:
+            return self.auto.weight(key)
+        return self.weights[key]
+
+    def effective_weights(self) -> dict:
+        """{loss key: weight} of the terms this distiller runs, automatic ones as calibrated so far."""
+        return {k: self.weight(k) for name in self.terms for k in recipes.TERM_KEYS[name]}
 
     def _tick(self) -> float:
         if self.profile and torch.cuda.is_available() and next(self.student.parameters()).is_cuda:
@@ -160,9 +196,11 @@ class Distiller(nn.Module):
         if self.rpn_distill:
             proposals, rpn_losses, rpn_out = rpn_forward_with_logits(student.rpn, image_list, s_feats, targets)
             with torch.no_grad():
-                t_logits, t_shapes = teacher_objectness(teacher.rpn, t_feats)
+                t_logits, t_deltas, t_shapes = teacher_rpn_outputs(teacher.rpn, t_feats)
             if t_shapes == rpn_out.level_shapes:
-                ctx.rpn = RpnPair(rpn_out.objectness[rpn_out.sampled], t_logits[rpn_out.sampled])
+                i = rpn_out.sampled
+                ctx.rpn = RpnPair(rpn_out.objectness[i], t_logits[i], rpn_out.deltas[i], t_deltas[i],
+                                  rpn_out.regression_targets[i], rpn_out.labels[i])
             elif not self._rpn_shape_warned:
                 self._log(f"[kdtrain] RPN distillation off: anchor grids differ "
                           f"(student {rpn_out.level_shapes}, teacher {t_shapes})")
@@ -193,6 +231,11 @@ class Distiller(nn.Module):
         if self.family == "fcos":
             num_anchors_per_level = [x.size(2) * x.size(3) for x in feats]
             return student.compute_loss(targets, head_outputs, anchors, num_anchors_per_level)
+        if self.family == "ssd":  # SSD.forward's matching, which it does not expose
+            matched = [student.proposal_matcher(box_iou(t["boxes"], a)) if t["boxes"].numel()
+                       else torch.full((a.size(0),), -1, dtype=torch.int64, device=a.device)
+                       for a, t in zip(anchors, targets)]
+            return student.compute_loss(targets, head_outputs, anchors, matched)
         return student.compute_loss(targets, head_outputs, anchors)
 
 
@@ -202,7 +245,9 @@ def scale_boxes(boxes: list, from_sizes: list, to_sizes: list) -> list:
         return boxes
     out = []
     for b, (fh, fw), (th, tw) in zip(boxes, from_sizes, to_sizes):
-        out.append(b * b.new_tensor([tw / fw, th / fh, tw / fw, th / fh]))
+        # x and y scaled by Python numbers: a (4,) factor tensor would be a host-to-device copy, which waits.
+        xy = b.reshape(-1, 2, 2)
+        out.append(torch.stack([xy[..., 0] * (tw / fw), xy[..., 1] * (th / fh)], dim=-1).reshape(b.shape))
     return out
 
 

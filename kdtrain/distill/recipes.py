@@ -20,13 +20,15 @@ RECIPES = {
 }
 
 # Multiplier of each logged loss key. FGD's own alpha..lambda live inside
-# kdops.nn.FGDLoss presets; this weight scales the whole FGD term.
+# kdops.nn.FGDLoss presets; this weight scales the whole FGD term (summed over
+# levels). Each value next to the papers and official configs: docs/recipes.md.
 DEFAULT_WEIGHTS = {
     "imitation": 1.0,      # kdops.nn.HintLoss, normalize="mean"
     "fgd": 1.0,
     "chen_rcn_cls": 1.0,   # soft CE (mu=0; the hard CE stays in torchvision's loss)
     "chen_rcn_reg": 0.5,   # nu = 0.5 (docs/math.md §7)
     "chen_rpn_cls": 1.0,
+    "chen_rpn_reg": 0.5,   # nu = 0.5 on the RPN's bounded regression too (Chen 2017 eq. 1, 4)
     "cwd": 1.0,
     "pkd": 1.0,
 }
@@ -36,7 +38,7 @@ TERM_KEYS = {
     "imitation": ("imitation",),
     "fgd": ("fgd",),
     "chen_rcn": ("chen_rcn_cls", "chen_rcn_reg"),
-    "chen_rpn": ("chen_rpn_cls",),
+    "chen_rpn": ("chen_rpn_cls", "chen_rpn_reg"),
     "cwd": ("cwd",),
     "pkd": ("pkd",),
 }
@@ -56,25 +58,48 @@ def parse_recipe(recipe: str) -> tuple[str, ...]:
     return tuple(terms)
 
 
-def parse_weights(text: str | dict | None) -> dict:
-    """'fgd=2,chen_rcn=0.5' or a dict -> {loss key: weight}, over the defaults.
+AUTO = "auto"  # a weight calibrated from gradient magnitudes (kdtrain/distill/auto_weights.py)
+AUTO_RATIO = 0.5  # its default target: weighted term gradient / detection loss gradient
+AUTO_ITERS = 10   # its default number of calibration iterations
 
-    A term name (chen_rcn) sets all of its loss keys.
+
+def parse_weight_spec(text: str | dict | None) -> tuple[dict, tuple[str, ...]]:
+    """'fgd=2,chen_rcn=auto', 'auto' or a dict -> ({loss key: weight}, loss keys set to auto).
+
+    Weights start from the defaults; a term name (chen_rcn) sets all of its loss keys; a bare
+    ``auto`` makes every key automatic. An automatic key keeps its default weight in the dict
+    (the fallback when calibration cannot measure it).
     """
-    weights = dict(DEFAULT_WEIGHTS)
+    weights, auto = dict(DEFAULT_WEIGHTS), []
     if not text:
-        return weights
+        return weights, ()
+    if isinstance(text, str) and text.strip() == AUTO:
+        return weights, tuple(DEFAULT_WEIGHTS)
     items = text.items() if isinstance(text, dict) else (p.split("=", 1) for p in text.split(",") if p.strip())
     for item in items:
         if len(item) != 2:
-            raise UsageError(f"bad distillation weight {item!r}: expected NAME=VALUE")
-        key, value = item[0].strip(), float(item[1])
+            raise UsageError(f"--distill-weights: bad item {item[0]!r}: expected NAME=VALUE, NAME=auto or auto")
+        key, value = item[0].strip(), str(item[1]).strip()
         keys = TERM_KEYS.get(key, (key,) if key in DEFAULT_WEIGHTS else None)
         if keys is None:
-            raise UsageError(f"unknown distillation weight {key!r}; known: {', '.join(sorted(set(TERM_KEYS) | set(DEFAULT_WEIGHTS)))}")
+            raise UsageError(f"--distill-weights: unknown distillation weight {key!r}; known: "
+                             f"{', '.join(sorted(set(TERM_KEYS) | set(DEFAULT_WEIGHTS)))}")
         for k in keys:
-            weights[k] = value
-    return weights
+            if value == AUTO:
+                auto.append(k)
+                continue
+            try:
+                weights[k] = float(value)
+            except ValueError:
+                raise UsageError(f"--distill-weights: {key}={value!r}: expected a number or {AUTO}") from None
+            if k in auto:
+                auto.remove(k)
+    return weights, tuple(dict.fromkeys(auto))
+
+
+def parse_weights(text: str | dict | None) -> dict:
+    """{loss key: weight} of parse_weight_spec; automatic keys hold their default weight."""
+    return parse_weight_spec(text)[0]
 
 
 def warmup_factor(iteration: int, warmup_iters: int) -> float:

@@ -1,7 +1,7 @@
 """torchvision's RPN forward, also returning the per-anchor logits it samples.
 
-torchvision's ``RegionProposalNetwork.forward`` hides the objectness logits and
-the sampled anchors; Chen-2017 RPN distillation needs both, on exactly the
+torchvision's ``RegionProposalNetwork.forward`` hides the objectness logits, the box
+deltas and the sampled anchors; Chen-2017 RPN distillation needs them, on exactly the
 anchors the supervised loss uses. Same calls, same order, same results.
 """
 
@@ -16,9 +16,12 @@ from torchvision.models.detection.rpn import concat_box_prediction_layers
 
 @dataclasses.dataclass
 class RpnOutputs:
-    objectness: torch.Tensor  # (N * anchors,) student logits
-    sampled: torch.Tensor     # indices into objectness used by the loss
-    level_shapes: list        # (A, H, W) per level, to check layouts
+    objectness: torch.Tensor          # (N * anchors,) student logits
+    deltas: torch.Tensor              # (N * anchors, 4) student box deltas
+    labels: torch.Tensor              # (N * anchors,) 1 object, 0 background, -1 ignored
+    regression_targets: torch.Tensor  # (N * anchors, 4)
+    sampled: torch.Tensor             # indices of the anchors the loss uses
+    level_shapes: list                # (A, H, W) per level, to check layouts
     num_images: int
 
 
@@ -47,15 +50,16 @@ def rpn_forward_with_logits(rpn, images, features: dict, targets):
     ) / sampled_inds.numel()
     objectness_loss = F.binary_cross_entropy_with_logits(objectness[sampled_inds], labels[sampled_inds])
     losses = {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}
-    return boxes, losses, RpnOutputs(objectness, sampled_inds, level_shapes, num_images)
+    return boxes, losses, RpnOutputs(objectness, pred_bbox_deltas, labels, regression_targets, sampled_inds,
+                                     level_shapes, num_images)
 
 
-def teacher_objectness(rpn, features: dict) -> tuple[torch.Tensor, list]:
-    """Teacher's flat per-anchor logits in the same order as the student's."""
+def teacher_rpn_outputs(rpn, features: dict) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Teacher's flat per-anchor logits and box deltas, in the same order as the student's."""
     objectness, deltas = rpn.head(list(features.values()))
     shapes = [tuple(o.shape[1:]) for o in objectness]
-    flat, _ = concat_box_prediction_layers(objectness, deltas)
-    return flat.flatten(), shapes
+    flat, flat_deltas = concat_box_prediction_layers(objectness, deltas)
+    return flat.flatten(), flat_deltas, shapes
 
 
 def anchor_layout_mismatch(student_rpn, teacher_rpn) -> str | None:

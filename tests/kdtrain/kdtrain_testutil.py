@@ -9,6 +9,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from kdtrain import checkpoint as ckpt_io  # noqa: E402
 from kdtrain.models import ModelSpec  # noqa: E402
 
 # Small heads keep a CPU step well under a second at 64-96 px.
@@ -36,15 +37,22 @@ def train_args(data, out, *extra):
     return args + [str(e) for e in extra]
 
 
-def kdops_has(*names):
-    import kdops
+def one_stage_train_args(data, out, *extra):
+    """train_args without its Faster R-CNN --model-arg options (RetinaNet, FCOS and SSD take other ones)."""
+    args = train_args(data, out, *extra)
+    return [a for i, a in enumerate(args) if a != "--model-arg" and (i == 0 or args[i - 1] != "--model-arg")]
 
-    def has(path):
-        obj = kdops
-        for part in path.split("."):
-            if not hasattr(obj, part):
-                return False
-            obj = getattr(obj, part)
-        return True
 
-    return all(has(n) for n in names)
+class Killed(Exception):
+    pass
+
+
+def kill_after_checkpoint(monkeypatch, at: int):
+    """The run dies right after writing its checkpoint at iteration ``at`` (as a SIGKILL would)."""
+    real = ckpt_io.atomic_save
+
+    def save(obj, path):
+        real(obj, path)
+        if os.path.basename(path) == ckpt_io.LAST and obj["iteration"] == at:
+            raise Killed
+    monkeypatch.setattr(ckpt_io, "atomic_save", save)

@@ -195,7 +195,8 @@ def test_case_behaves_as_documented(check, tiny_data, tmp_path):
 
 def test_the_doc_lists_exactly_these_cases():
     rows = []
-    for line in open(DOC):
+    kdtrain_part = open(DOC).read().split("\n## kdops")[0]  # the kdops part: tests/test_bad_inputs_doc.py
+    for line in kdtrain_part.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
         if cells and cells[0] not in ("Input", "") and not re.fullmatch(r"-+", cells[0]):
             rows.append(tuple(cells[:2]))

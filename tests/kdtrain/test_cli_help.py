@@ -9,6 +9,7 @@ import pytest
 from kdtrain.architectures import ARCHITECTURES
 from kdtrain.cli import build_parser, main, subcommand_parsers
 from kdtrain.config import CACHE_DIR_ENV, DemoConfig, PseudoLabelConfig, TrainConfig, TwoStepConfig
+from kdtrain.config import BenchmarkConfig, PlotConfig, VisualizeConfig
 
 # Where each subcommand's defaults live, first match wins; eval/predict batch sizes are the evaluation's.
 SOURCES = {
@@ -16,8 +17,11 @@ SOURCES = {
     "two-step": [TwoStepConfig, TrainConfig],
     "pseudo-label": [PseudoLabelConfig, TrainConfig],
     "demo": [DemoConfig],
+    "benchmark": [BenchmarkConfig],
     "eval": [TrainConfig],
     "predict": [TrainConfig],
+    "visualize": [VisualizeConfig],
+    "plot": [PlotConfig],
 }
 RENAMED = {("eval", "batch_size"): "eval_batch_size", ("predict", "batch_size"): "eval_batch_size"}
 GENERATED = re.compile(r" \(default: ([^()]*)\)$")

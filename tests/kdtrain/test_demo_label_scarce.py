@@ -6,7 +6,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from kdtrain.demo import DemoConfig, run_demo
-from kdtrain.demo_label_scarce import run_label_scarce_demo
+from kdtrain.demo.label_scarce import run_label_scarce_demo
 
 
 def _toy(tmp_path, **kw):

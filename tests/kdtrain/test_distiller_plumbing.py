@@ -5,12 +5,11 @@ import torch
 from torchvision.models import detection
 
 from kdtrain.data.coco import CocoDetection, collate
-from kdtrain.distill import terms as T
 from kdtrain.distill.distiller import Distiller
 from kdtrain.engine import export_student
 from kdtrain.models import build_detector, load_detector
 
-from kdtrain_testutil import TINY_KWARGS, tiny_spec, kdops_has
+from kdtrain_testutil import TINY_KWARGS, tiny_spec
 
 
 @pytest.fixture(scope="module")
@@ -23,20 +22,6 @@ def batch(tiny_data):
 def _pair(student_arch="fasterrcnn_mobilenet_v3_large_320_fpn", teacher_arch="fasterrcnn_resnet18_fpn"):
     torch.manual_seed(0)
     return build_detector(tiny_spec(student_arch)), build_detector(tiny_spec(teacher_arch))
-
-
-@pytest.fixture
-def head_ops(monkeypatch):
-    """Chen-2017 head ops from kdops; until they land, a stand-in so the plumbing is still tested."""
-    if kdops_has("soft_cross_entropy", "bounded_regression", "soft_binary_cross_entropy"):
-        return "kdops"
-    monkeypatch.setattr(T, "require_kdops", lambda names: None)
-    monkeypatch.setattr(T.ChenRcnTerm, "forward", lambda self, ctx: {
-        "chen_rcn_cls": (ctx.roi.student_logits - ctx.roi.teacher_logits).pow(2).mean(),
-        "chen_rcn_reg": (ctx.roi.student_regression - ctx.roi.teacher_regression).pow(2).mean()})
-    monkeypatch.setattr(T.ChenRpnTerm, "forward", lambda self, ctx: {} if ctx.rpn is None else {
-        "chen_rpn_cls": (ctx.rpn.student_logits - ctx.rpn.teacher_logits).pow(2).mean()})
-    return "stand-in"
 
 
 def test_teacher_sees_the_students_padded_batch(batch):
@@ -68,7 +53,7 @@ def test_teacher_is_frozen_eval_and_without_grad(batch):
     assert sum(p.numel() for p in d.parameters()) < sum(p.numel() for p in student.parameters()) + 1e6
 
 
-def test_chen2017_runs_the_teachers_box_head_on_the_students_sampled_proposals(batch, head_ops):
+def test_chen2017_runs_the_teachers_box_head_on_the_students_sampled_proposals(batch):
     student, teacher = _pair()
     calls = {"select": 0}
     original = student.roi_heads.select_training_samples
@@ -92,7 +77,7 @@ def test_chen2017_runs_the_teachers_box_head_on_the_students_sampled_proposals(b
     assert {"distill_chen_rcn_cls", "distill_chen_rcn_reg", "loss_classifier", "loss_box_reg"} <= set(losses)
 
 
-def test_rpn_distillation_only_when_anchor_layouts_match(batch, head_ops):
+def test_rpn_distillation_only_when_anchor_layouts_match(batch):
     messages = []
     student, teacher = _pair()  # MobileNetV3-320 anchors differ from ResNet-FPN's
     d = Distiller(student, teacher, "chen2017", log=messages.append).train()

@@ -13,7 +13,7 @@ from kdtrain.distill.distiller import Distiller, teacher_input
 from kdtrain.metrics_log import read_jsonl
 from kdtrain.models import build_detector, load_detector
 
-from kdtrain_testutil import SIZE, TEACHER, kdops_has, tiny_spec, train_args
+from kdtrain_testutil import SIZE, TEACHER, tiny_spec, train_args
 
 
 def test_teacher_gets_its_own_input_and_boxes_follow(teacher_ckpt):
@@ -36,7 +36,6 @@ def test_teacher_gets_its_own_input_and_boxes_follow(teacher_ckpt):
         assert torch.allclose(t_targets[i]["boxes"], expect, atol=1e-4)
 
 
-@pytest.mark.skipif(not kdops_has("nn.HintLoss", "nn.FGDLoss", "box_masks"), reason="kdops ops missing")
 def test_level_pairs_use_the_student_scale(teacher_ckpt):
     teacher, _, _ = load_detector(teacher_ckpt)
     student = build_detector(tiny_spec(TEACHER))
@@ -47,19 +46,15 @@ def test_level_pairs_use_the_student_scale(teacher_ckpt):
 
 
 LOW_RES_RECIPES = {
-    "imitation,fgd": (("nn.HintLoss", "feature_imitation", "box_masks", "nn.FGDLoss"),
-                      ("distill_imitation", "distill_fgd")),
+    "imitation,fgd": ("distill_imitation", "distill_fgd"),
     # ROI distillation: the teacher's head scores the student's proposals mapped to full resolution.
-    "chen2017": (("nn.HintLoss", "feature_imitation", "soft_cross_entropy", "bounded_regression",
-                  "soft_binary_cross_entropy"), ("distill_imitation", "distill_chen_rcn_cls")),
+    "chen2017": ("distill_imitation", "distill_chen_rcn_cls"),
 }
 
 
 @pytest.mark.parametrize("recipe", list(LOW_RES_RECIPES))
 def test_low_resolution_student_trains(recipe, tiny_data, teacher_ckpt, tmp_path):
-    ops, keys = LOW_RES_RECIPES[recipe]
-    if not kdops_has(*ops):
-        pytest.skip(f"kdops does not provide {ops} yet")
+    keys = LOW_RES_RECIPES[recipe]
     out = tmp_path / "run"
     logs = []
     args = train_args(tiny_data, out, "--arch", TEACHER, "--teacher", teacher_ckpt, "--student-scale", 0.5,

@@ -12,22 +12,7 @@ from kdtrain.errors import UsageError
 from kdtrain.metrics_log import read_jsonl
 from kdtrain.resume import load_training_state, restart_metrics
 
-from kdtrain_testutil import train_args
-
-
-class _Killed(Exception):
-    pass
-
-
-def _kill_after_checkpoint(monkeypatch, at: int):
-    """The run dies right after writing its checkpoint at iteration ``at`` (as a SIGKILL would)."""
-    real = ckpt_io.atomic_save
-
-    def save(obj, path):
-        real(obj, path)
-        if os.path.basename(path) == ckpt_io.LAST and obj["iteration"] == at:
-            raise _Killed
-    monkeypatch.setattr(ckpt_io, "atomic_save", save)
+from kdtrain_testutil import Killed, kill_after_checkpoint, train_args
 
 
 def _train_records(out):
@@ -42,8 +27,8 @@ def test_mid_epoch_resume_is_bit_exact_and_cleans_up(tiny_data, tmp_path, monkey
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert main(args(whole)) == 0
     with monkeypatch.context() as m:
-        _kill_after_checkpoint(m, 3)
-        with pytest.raises(_Killed):
+        kill_after_checkpoint(m, 3)
+        with pytest.raises(Killed):
             main(args(parts))
     with open(parts / "metrics.jsonl", "a") as f:
         f.write('{"kind": "train", "iteration": 4, "lo')  # killed while logging

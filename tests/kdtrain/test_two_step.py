@@ -10,7 +10,7 @@ from kdtrain.data.coco import CocoDetection
 from kdtrain.data.subset import keep_labeled_fraction, labeled_image_indices
 from kdtrain.metrics_log import read_jsonl
 
-from kdtrain_testutil import TEACHER, kdops_has, train_args
+from kdtrain_testutil import TEACHER, train_args
 
 
 def _two_step(tiny_data, out, *extra):
@@ -19,7 +19,6 @@ def _two_step(tiny_data, out, *extra):
     return main(["--debug", *args])  # --debug: errors raise instead of exiting with the usage line
 
 
-@pytest.mark.skipif(not kdops_has("nn.HintLoss", "feature_imitation", "box_masks"), reason="kdops ops missing")
 def test_both_steps_run_and_chain(tiny_data, teacher_ckpt, tmp_path):
     out = tmp_path / "run"
     assert _two_step(tiny_data, out, "--teacher", teacher_ckpt, "--pseudo-score-threshold", 0,

@@ -36,4 +36,11 @@ inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* op,
               " and ", b.device());
 }
 
+// A backward's scalar input (the loss's gradient, a saved normaliser): one element, on the features'
+// device (a CPU scalar read by a CUDA kernel would be an illegal address that poisons the context).
+inline void check_backward_scalar(const at::Tensor& s, const at::Tensor& like, const char* op, const char* arg) {
+  TORCH_CHECK(s.numel() == 1, op, ": ", arg, " must have one element, got shape ", s.sizes());
+  TORCH_CHECK(s.device() == like.device(), op, ": ", arg, " must be on ", like.device(), ", got ", s.device());
+}
+
 }  // namespace kdops

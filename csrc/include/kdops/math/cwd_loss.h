@@ -13,13 +13,12 @@
 // row_stats = (m_s, log sum_s, m_t, log sum_t, near, c); dL/dS = grad / (N C) * tau (P_s - P_t).
 #pragma once
 #include "kdops/common.h"
+#include "kdops/layout.h"
 #include "kdops/math/transcendental.h"
 
 namespace kdops {
 namespace cwd {
 
-constexpr int kStats = 6;
-enum Stat : int { kMaxS = 0, kLogSumS, kMaxT, kLogSumT, kNear, kShift };
 constexpr double kNearBound = 0.125;  // the bound on |z| / tau of a near row
 
 template <typename acc>

@@ -1,12 +1,10 @@
 // Per-element math of masked feature imitation (docs/math.md §5), one source for CPU and CUDA.
 #pragma once
 #include "kdops/common.h"
+#include "kdops/layout.h"
 
 namespace kdops {
 namespace imitation {
-
-enum Loss : int { kMSE = 0, kL1 = 1 };
-enum Normalize : int { kBatch = 0, kMean = 1, kMask = 2 };
 
 // rho(d): the penalty on d = S - T.
 template <typename acc>

@@ -8,14 +8,13 @@
 // the last term taken as 0 for a constant channel (std_x = 0, where x' = 0).
 #pragma once
 #include "kdops/common.h"
+#include "kdops/layout.h"
 #include "kdops/math/transcendental.h"
 
 namespace kdops {
 namespace pkd {
 
-constexpr int kStats = 5;
 constexpr double kEps = 1e-6;
-enum Stat : int { kMeanS = 0, kStdS, kMeanT, kStdT, kSquaredDiff };
 
 // std from the centred sum of squares (unbiased; M = 1 gives NaN like torch.std).
 template <typename acc>

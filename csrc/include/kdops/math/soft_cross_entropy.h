@@ -10,13 +10,11 @@
 //   P_s = e^{(z_s - m_s)/T - log sum_s}, P_t likewise, softmax(z_s) = e^{z_s - m_s - log sum_1}.
 #pragma once
 #include "kdops/common.h"
+#include "kdops/layout.h"
 #include "kdops/math/transcendental.h"
 
 namespace kdops {
 namespace soft_ce {
-
-constexpr int kStats = 6;
-enum Stat : int { kMaxS = 0, kLogSumS, kMaxT, kLogSumT, kLogSum1, kWeight };
 
 // Whether a row takes part, and whether its label is usable (a bad label makes the row NaN).
 KDOPS_VEC_HD bool row_kept(const int64_t* target, int64_t row, int64_t ignore_index) {

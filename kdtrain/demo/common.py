@@ -1,7 +1,6 @@
-"""The built-in demo: teacher vs student vs distilled student on procedural shapes.
+"""Pieces both demo variants share: the cached dataset and teacher, student runs, the results table.
 
-Runs offline on CPU. The dataset and the teacher are cached (keyed by their
-settings), so a rerun only trains the two students.
+The dataset and the teacher are cached (keyed by their settings), so a rerun only trains the students.
 """
 
 from __future__ import annotations
@@ -13,14 +12,11 @@ import os
 import shutil
 import time
 
-from kdtrain.config import CHOICES, DemoConfig, TrainConfig
-from kdtrain.data.coco import CocoDetection, collate
-from kdtrain.distill.cost import measure_step_and_terms
-from kdtrain.distill.distiller import Distiller
+from kdtrain.config import DemoConfig, TrainConfig
+from kdtrain.data.coco import CocoDetection
 from kdtrain.data.synthetic import make_shapes_dataset
 from kdtrain.distributed import DistInfo
 from kdtrain.engine import FINAL, train
-from kdtrain.errors import UsageError
 from kdtrain.evaluate import METRIC_NAMES, evaluate
 from kdtrain.models import count_parameters, load_detector
 from kdtrain.report import format_table, write_plot
@@ -36,7 +32,8 @@ FAST_HEADS = {
 }
 
 
-def _key(*parts) -> str:
+def cache_key(*parts) -> str:
+    """A short hash of the settings a cached artefact depends on (its folder or file name)."""
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -53,11 +50,11 @@ def _base_config(d: DemoConfig, data: dict, output_dir: str, seed: int, anchors)
 
 def prepare_data_and_teacher(d: DemoConfig, log=print) -> tuple[dict, str, dict]:
     """The cached dataset and teacher (trained here when missing); returns (data, teacher_path, teacher_row)."""
-    data_root = os.path.join(d.cache_dir, "shapes-" + _key(d.image_size, d.train_images, d.val_images, "v2"))
+    data_root = os.path.join(d.cache_dir, "shapes-" + cache_key(d.image_size, d.train_images, d.val_images, "v2"))
     log(f"[demo] dataset: {data_root}")
     data = make_shapes_dataset(data_root, d.train_images, d.val_images, size=d.image_size)
 
-    teacher_dir = os.path.join(d.cache_dir, "teacher-" + _key(data_root, d.teacher_arch, d.teacher_iterations,
+    teacher_dir = os.path.join(d.cache_dir, "teacher-" + cache_key(data_root, d.teacher_arch, d.teacher_iterations,
                                                               d.batch_size, d.lr, FAST_HEADS, d.teacher_anchors, "v2"))
     teacher_path = os.path.join(teacher_dir, FINAL)
     if os.path.isfile(teacher_path) and not d.retrain_teacher:
@@ -131,45 +128,3 @@ def write_results(d: DemoConfig, rows: dict, runs: list[dict], started: float, l
     log(f"[demo] wall time {result['wall_seconds'] / 60:.1f} min; results in {d.output_dir}/demo_results.json, "
         f"plot in {d.output_dir}/demo_results.png")
     return result
-
-
-def run_demo(d: DemoConfig, log=print) -> dict:
-    if d.variant == "label-scarce":
-        from kdtrain.demo_label_scarce import run_label_scarce_demo  # it builds on this module
-
-        return run_label_scarce_demo(d, log)
-    if d.variant not in CHOICES["variant"]:
-        raise UsageError(f"DemoConfig.variant must be one of {', '.join(CHOICES['variant'])}, got {d.variant!r}")
-    started = time.perf_counter()
-    data, teacher_path, teacher_row = prepare_data_and_teacher(d, log)
-    runs = []
-    for seed in d.seeds:
-        for recipe in ("none", d.recipe):
-            name = "student" if recipe == "none" else f"student+{recipe}"
-            cfg = student_config(d, data, os.path.join(d.output_dir, f"{name.replace('+', '_')}-seed{seed}"), seed)
-            cfg.recipe = recipe
-            if recipe != "none":
-                cfg.teacher, cfg.distill_weights = teacher_path, d.distill_weights
-                cfg.distill_warmup, cfg.imitation_mask = d.distill_warmup, d.imitation_mask
-            log(f"[demo] training {name} (seed {seed}) for {d.student_iterations} iterations")
-            runs.append(run_record(name, seed, train(cfg, log=log)))
-    rows = {"teacher": teacher_row, **average_runs(runs)}
-    term_cost = None
-    if d.recipe != "none":
-        term_cost = profile_terms(d, data, teacher_path, os.path.join(
-            d.output_dir, f"student_{d.recipe}-seed{d.seeds[0]}", FINAL))
-        log("[demo] distillation cost per training step: " + ", ".join(
-            f"{k} {v * 1000:.1f} ms ({v / term_cost['step']:.1%})" for k, v in term_cost.items() if k != "step")
-            + f" of a {term_cost['step'] * 1000:.0f} ms forward+backward")
-    title = f"kdtrain demo: student with vs without distillation ({d.recipe}), {len(d.seeds)} seed(s)"
-    return write_results(d, rows, runs, started, log, title=title, baseline="student", distill_cost_seconds=term_cost)
-
-
-def profile_terms(d: DemoConfig, data: dict, teacher_path: str, student_path: str) -> dict:
-    """Seconds of a student step and of each distillation term (forward + backward), one demo batch."""
-    student, _, _ = load_detector(student_path)
-    teacher, _, _ = load_detector(teacher_path)
-    distiller = Distiller(student, teacher, d.recipe, d.distill_weights, log=lambda *a: None)
-    train_set = CocoDetection(data["train"]["images"], data["train"]["ann"], train=False)
-    images, targets = collate([train_set[i] for i in range(d.batch_size)])
-    return measure_step_and_terms(distiller, images, targets, repeats=5)

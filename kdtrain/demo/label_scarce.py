@@ -19,7 +19,8 @@ import os
 import time
 
 from kdtrain.config import DemoConfig, PseudoLabelConfig, TwoStepConfig
-from kdtrain.demo import _key, average_runs, prepare_data_and_teacher, run_record, student_config, write_results
+from kdtrain.demo.common import (average_runs, cache_key, prepare_data_and_teacher, run_record, student_config,
+                                 write_results)
 from kdtrain.distributed import DistInfo
 from kdtrain.engine import train
 from kdtrain.errors import UsageError
@@ -31,7 +32,7 @@ FINE_TUNE_LR_FACTOR = 0.5  # step 2 starts from a trained student
 
 def _pseudo_labels(d: DemoConfig, data: dict, teacher_path: str, log) -> str:
     """The teacher's labels for every training image, cached next to the teacher."""
-    path = os.path.join(os.path.dirname(teacher_path), "pseudo-" + _key(
+    path = os.path.join(os.path.dirname(teacher_path), "pseudo-" + cache_key(
         data["train"]["ann"], d.pseudo_score_threshold, "v1") + ".json")
     if os.path.isfile(path):
         log(f"[demo] reusing pseudo-labels {path}")

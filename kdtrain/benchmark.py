@@ -1,0 +1,222 @@
+"""The efficacy benchmark: what each distillation recipe does to a student's mAP.
+
+Every (recipe, seed) pair trains the same student at the same budget from one shared teacher; the
+table gives per recipe the mean +- std over seeds of mAP, AP50 and APs, the paired per-seed gain over
+the undistilled student (``none``, same seed), the wall time of a run and what the distillation terms
+cost per training step. OUTPUT_DIR/benchmark_results.json is rewritten after every finished run, so
+a killed benchmark started again with the same settings skips the finished runs and restarts the one
+it was in. The data, teacher and student default to the demo's (kdtrain/demo/common.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import statistics
+import time
+
+from tqdm import tqdm
+
+from kdtrain.config import BenchmarkConfig, check_benchmark_config, split_spec
+from kdtrain.demo import prepare_data_and_teacher, profile_terms, run_record, student_config
+from kdtrain.engine import train
+from kdtrain.errors import UsageError
+from kdtrain.report import seed_gains, write_seed_plot
+
+RESULTS, TABLE, PLOT = "benchmark_results.json", "benchmark_results.md", "benchmark_results.png"
+BASELINE = "none"
+METRICS = ("mAP", "AP50", "APs")
+# Settings every run of one results file must share (recipes and seeds may be added between invocations).
+SHARED_SETTINGS = ("iterations", "train_images", "train_ann", "val_images", "val_ann", "teacher", "image_size",
+                   "student_anchors", "batch_size", "lr", "distill_warmup", "imitation_mask", "distill_auto_ratio",
+                   "distill_auto_iters", "generated_train_images", "generated_val_images", "teacher_iterations")
+
+
+def _data_and_teacher(b: BenchmarkConfig, log) -> tuple[dict, str, dict]:
+    """(data, teacher checkpoint, teacher's table row): the user's, or the demo's generated data and cached teacher."""
+    if not b.teacher:
+        return prepare_data_and_teacher(b.demo_config(), log)
+    from kdtrain.data.coco import CocoDetection
+    from kdtrain.distributed import DistInfo
+    from kdtrain.evaluate import evaluate
+    from kdtrain.models import count_parameters, load_detector
+
+    data = {"train": {"images": b.train_images, "ann": b.train_ann}, "val": {"images": b.val_images, "ann": b.val_ann}}
+    teacher, _, _ = load_detector(b.teacher)
+    metrics = evaluate(teacher, CocoDetection(b.val_images, b.val_ann, require_annotations=False), DistInfo(), 8,
+                       0, b.progress, desc="eval[teacher]")
+    return data, b.teacher, {**metrics, "params": count_parameters(teacher)}
+
+
+def _run_dir(b: BenchmarkConfig, spec: str, seed: int) -> str:
+    return os.path.join(b.output_dir, "runs", f"{re.sub(r'[^A-Za-z0-9]+', '_', spec)}-seed{seed}")
+
+
+def _settings(b: BenchmarkConfig) -> dict:
+    values = {name: getattr(b, name) for name in SHARED_SETTINGS}
+    return json.loads(json.dumps(values))  # tuples as lists, as they come back from the file
+
+
+def _load_results(b: BenchmarkConfig, log) -> dict:
+    """The results of an earlier invocation with the same settings, or a fresh record."""
+    path = os.path.join(b.output_dir, RESULTS)
+    fresh = {"settings": _settings(b), "runs": [], "overhead": {}}
+    if not os.path.isfile(path):
+        return fresh
+    try:
+        with open(path) as f:
+            results = json.load(f)
+        old = results["settings"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UsageError(f"{path}: not a benchmark results file ({type(e).__name__}: {e}); delete it or use "
+                         "another --output-dir") from None
+    if old != fresh["settings"]:
+        changed = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in fresh["settings"].items() if old.get(k) != v)
+        raise UsageError(f"{path} holds runs of a benchmark with other settings ({changed}); their numbers would not "
+                         "compare. Use another --output-dir, or delete it to start over")
+    log(f"[benchmark] {len(results['runs'])} finished run(s) in {path} are kept")
+    return {**fresh, "runs": results["runs"], "overhead": results.get("overhead", {})}
+
+
+def _write_json(path: str, obj) -> None:
+    """Written to a temporary file and renamed: a kill mid-write leaves the previous results."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def _train_one(b: BenchmarkConfig, data: dict, teacher: str, spec: str, seed: int, log) -> tuple[dict, dict]:
+    """Train and evaluate one student from scratch (a run folder left by a killed invocation is replaced)."""
+    recipe, weights = split_spec(spec)
+    cfg = student_config(b.demo_config(), data, _run_dir(b, spec, seed), seed)
+    cfg.recipe, cfg.distill_auto_ratio, cfg.distill_auto_iters = recipe, b.distill_auto_ratio, b.distill_auto_iters
+    if recipe != BASELINE:
+        cfg.teacher, cfg.distill_weights = teacher, weights
+        cfg.distill_warmup, cfg.imitation_mask = b.distill_warmup, b.imitation_mask
+    started = time.perf_counter()
+    summary = train(cfg, log=log)
+    record = {**run_record(spec, seed, summary), "recipe": recipe, "weights": weights or "default",
+              "wall_seconds": time.perf_counter() - started, "distill_weights": summary["distill_weights"],
+              "auto_weights": summary["auto_weights"]}
+    return record, summary
+
+
+def _overhead(b: BenchmarkConfig, data: dict, teacher: str, recipe: str, student_path: str) -> dict:
+    """Seconds of a whole student step and of each term in it (forward + backward), and their ratio."""
+    d = dataclasses.replace(b.demo_config(), recipe=recipe, distill_weights=None)  # timing does not depend on weights
+    cost = profile_terms(d, data, teacher, student_path)
+    terms = sum(v for k, v in cost.items() if k != "step")
+    return {"seconds": cost, "fraction_of_step": terms / cost["step"]}
+
+
+def _stats(values: list) -> dict:
+    """Mean and sample std over seeds; None where a seed has no value (an AP group without objects)."""
+    if not values or None in values:
+        return {"mean": None, "std": None, "per_seed": values}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "per_seed": values}
+
+
+def summarize(b: BenchmarkConfig, runs: list[dict], overhead: dict) -> dict:
+    """One row per recipe of ``b.recipes`` over the seeds of ``b.seeds`` that have finished."""
+    runs = [r for r in runs if r["seed"] in b.seeds]
+    rows = {}
+    for spec in b.recipes:
+        mine = sorted((r for r in runs if r["name"] == spec), key=lambda r: b.seeds.index(r["seed"]))
+        if not mine:
+            continue
+        row = {"recipe": spec, "seeds": [r["seed"] for r in mine],
+               **{m: _stats([r[m] for r in mine]) for m in METRICS},
+               "wall_seconds": statistics.fmean(r["wall_seconds"] for r in mine),
+               "train_seconds_per_iter": statistics.fmean(r["train_seconds_per_iter"] for r in mine),
+               "distill_overhead": overhead.get(split_spec(spec)[0], {}).get("fraction_of_step"),
+               "distill_weights": [r["distill_weights"] for r in mine]}
+        if spec != BASELINE and any(r["name"] == BASELINE for r in runs):
+            for m in METRICS:
+                gains = seed_gains(runs, spec, BASELINE, m) if all(r[m] is not None for r in runs) else []
+                row[f"gain_{m}"] = _stats(gains)
+            row["seeds_better"] = sum(g > 0 for g in row["gain_mAP"]["per_seed"])
+        rows[spec] = row
+    return rows
+
+
+def _pm(stat: dict | None, sign: str = "") -> str:
+    if not stat or stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:{sign}.4f} ± {stat['std']:.4f}"
+
+
+def markdown_table(rows: dict, teacher: dict, caption: str) -> str:
+    lines = [f"| recipe | seeds | mAP | AP50 | APs | mAP gain vs {BASELINE} (same seed) | seeds better | "
+             "wall/run (min) | s/iter | distillation / step |", "|" + " --- |" * 10]
+    for spec, r in rows.items():
+        gain = r.get("gain_mAP")
+        better = f"{r['seeds_better']}/{len(gain['per_seed'])}" if gain and gain["per_seed"] else "—"
+        overhead = "—" if r["distill_overhead"] is None else f"{r['distill_overhead']:.1%}"
+        lines.append(f"| {spec} | {len(r['seeds'])} | {_pm(r['mAP'])} | {_pm(r['AP50'])} | {_pm(r['APs'])} | "
+                     f"{_pm(gain, '+') if gain else '—'} | {better} | {r['wall_seconds'] / 60:.1f} | "
+                     f"{r['train_seconds_per_iter']:.2f} | {overhead} |")
+    auto = [(spec, r["distill_weights"]) for spec, r in rows.items() if "auto" in spec.partition(":")[2]]
+    notes = [caption, "teacher: " + ", ".join(f"{m} {teacher[m]:.3f}" for m in METRICS if teacher.get(m) is not None)]
+    for spec, per_seed in auto:
+        notes.append(f"{spec} weights chosen per seed: " + "; ".join(
+            ", ".join(f"{k}={w:.3g}" for k, w in weights.items()) for weights in per_seed))
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def _caption(b: BenchmarkConfig, teacher: str) -> str:
+    data = f"{b.train_ann}" if b.train_ann else (f"built-in shapes ({b.generated_train_images} train / "
+                                                 f"{b.generated_val_images} val images, {b.image_size} px)")
+    return (f"budget: {b.iterations} iterations per student, batch {b.batch_size}, lr {b.lr:g}; data: {data}; "
+            f"teacher: {teacher}; distillation warm-up {b.distill_warmup} it; auto weights: gradient ratio "
+            f"{b.distill_auto_ratio:g} over {b.distill_auto_iters} it")
+
+
+def _save(b: BenchmarkConfig, results: dict, teacher_row: dict, started: float) -> None:
+    """The rows so far and every run, to OUTPUT_DIR/benchmark_results.json."""
+    results.update(config=dataclasses.asdict(b), teacher=teacher_row,
+                   rows=summarize(b, results["runs"], results["overhead"]),
+                   compute_seconds=sum(r["wall_seconds"] for r in results["runs"]),
+                   wall_seconds_this_invocation=time.perf_counter() - started)
+    _write_json(os.path.join(b.output_dir, RESULTS), results)
+
+
+def run_benchmark(b: BenchmarkConfig, log=print) -> dict:
+    b = dataclasses.replace(b, recipes=tuple(b.recipes), seeds=tuple(b.seeds))
+    check_benchmark_config(b)
+    os.makedirs(b.output_dir, exist_ok=True)
+    results = _load_results(b, log)  # before the teacher: a settings clash fails at once
+    data, teacher, teacher_row = _data_and_teacher(b, log)
+    done = {(r["name"], r["seed"]) for r in results["runs"]}
+    # Seed-major: an interrupted benchmark has whole seeds, whose gains pair up.
+    plan = [(spec, seed) for seed in b.seeds for spec in b.recipes]
+    todo = [p for p in plan if p not in done]
+    if len(todo) < len(plan):
+        log(f"[benchmark] {len(plan) - len(todo)} of {len(plan)} runs already finished; running the other {len(todo)}")
+    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="benchmark", unit="run",
+               disable=not b.progress, dynamic_ncols=True)
+    started = time.perf_counter()
+    for spec, seed in todo:
+        bar.set_postfix_str(f"{spec} seed {seed}")
+        log(f"[benchmark] {spec} seed {seed}: {b.iterations} iterations")
+        record, summary = _train_one(b, data, teacher, spec, seed, log)
+        recipe = split_spec(spec)[0]
+        if recipe != BASELINE and recipe not in results["overhead"]:  # once per recipe: weights do not change it
+            results["overhead"][recipe] = _overhead(b, data, teacher, recipe, summary["final_checkpoint"])
+        if not b.keep_models:
+            os.remove(summary["final_checkpoint"])
+        results["runs"].append(record)
+        _save(b, results, teacher_row, started)
+        bar.update(1)
+    bar.close()
+    _save(b, results, teacher_row, started)
+    caption = _caption(b, teacher)
+    with open(os.path.join(b.output_dir, TABLE), "w") as f:
+        f.write(markdown_table(results["rows"], teacher_row, caption))
+    write_seed_plot(results["rows"], results["runs"], os.path.join(b.output_dir, PLOT), BASELINE,
+                    f"kdtrain benchmark: {len(b.recipes)} recipes x {len(b.seeds)} seed(s)", caption)
+    log(markdown_table(results["rows"], teacher_row, caption))
+    log(f"[benchmark] results in {', '.join(os.path.join(b.output_dir, n) for n in (RESULTS, TABLE, PLOT))}")
+    return results

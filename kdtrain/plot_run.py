@@ -1,0 +1,72 @@
+"""Loss curves of a training run from its metrics.jsonl: ``python -m kdtrain plot RUN_DIR``.
+
+Left: each detection loss (torchvision's names) and the total; right: each weighted distillation
+term (``distill_*``, as added to the total). Learning rate, timings and the unweighted ``raw_*``
+values are not losses of the objective and are left out.
+"""
+
+from __future__ import annotations
+
+import os
+
+from matplotlib.figure import Figure
+
+from kdtrain.config import PlotConfig
+from kdtrain.errors import UsageError, require_dir
+from kdtrain.metrics_log import read_jsonl
+
+NOT_LOSSES = {"kind", "iteration", "epoch", "lr", "seconds_per_iter"}
+TOTAL = "loss"
+
+
+def run_records(run_dir: str) -> tuple[list[dict], list[dict]]:
+    """(training records, evaluation records) of RUN_DIR/metrics.jsonl."""
+    require_dir(run_dir, "RUN_DIR")
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise UsageError(f"RUN_DIR: no metrics.jsonl in {run_dir} (a train run's --output-dir has one; a two-step "
+                         "run has one in step1/ and in step2/)")
+    records = read_jsonl(path)
+    train = [r for r in records if r.get("kind", "train") == "train" and "iteration" in r]
+    if not train:
+        raise UsageError(f"RUN_DIR: {path} has no training records yet (one is written every --log-every "
+                         "iterations)")
+    return train, [r for r in records if r.get("kind") == "eval"]
+
+
+def loss_keys(records: list[dict]) -> tuple[list[str], list[str]]:
+    """(detection keys with the total first, distill_* keys): the numeric keys of the losses."""
+    keys = sorted({k for r in records for k, v in r.items()
+                   if k not in NOT_LOSSES and not k.startswith("raw_") and isinstance(v, (int, float))
+                   and not isinstance(v, bool)})
+    distill = [k for k in keys if k.startswith("distill_")]
+    detection = [k for k in keys if k not in distill and k != TOTAL]
+    return ([TOTAL] if TOTAL in keys else []) + detection, distill
+
+
+def plot_run(cfg: PlotConfig) -> tuple[str, dict]:
+    """Write the figure; returns (its path, {loss key: its matplotlib Line2D})."""
+    records, evals = run_records(cfg.run_dir)
+    detection, distill = loss_keys(records)
+    panels = [("detection losses", detection)] + ([("distillation terms (weighted)", distill)] if distill else [])
+    fig = Figure(figsize=(6.5 * len(panels), 4.5), dpi=100, layout="constrained")
+    lines = {}
+    for i, (title, keys) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for key in keys:
+            points = [(r["iteration"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+            xs, ys = zip(*points)
+            style = dict(color="black", linestyle="--", label="loss (total)") if key == TOTAL else dict(label=key)
+            lines[key], = ax.plot(xs, ys, marker="." if len(xs) < 50 else None, linewidth=1.2, **style)
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel("loss (mean over each logging window)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    final = f"; final eval mAP {evals[-1]['mAP']:.4f}" if evals and evals[-1].get("mAP") is not None else ""
+    fig.suptitle(f"{os.path.abspath(cfg.run_dir)}: {records[-1]['iteration']} iterations{final}", fontsize=10)
+    path = cfg.output or os.path.join(cfg.run_dir, "losses.png")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    return path, lines
