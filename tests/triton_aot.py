@@ -180,7 +180,9 @@ def _ptxas():
 def _resources(ptx: str, capability: int, ptxas: str) -> dict:
     """Registers, spill bytes and shared memory per kernel, from `ptxas -v` (in a private folder, so
     concurrent runs never read each other's kernel)."""
-    arch = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"
+    # The PTX names its own target (a kernel cached from another capability's run keeps its own).
+    target = re.search(r"^\.target\s+(sm_\w+)", ptx, re.M)
+    arch = target.group(1) if target else f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"
     with tempfile.TemporaryDirectory() as workdir:
         src = os.path.join(workdir, "kernel.ptx")
         with open(src, "w") as f:
