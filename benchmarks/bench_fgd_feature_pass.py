@@ -1,6 +1,6 @@
 """Benchmark: kdops.fgd_feature_pass forward + backward (every output feeding the loss, as in FGDLoss),
-box masks from ~10 boxes per image. Its fused backends: "cpu" only (on GPUs FGDLoss composes the per-op
-kernels); the reference composes the reference focal loss and two GcBlock context poolings."""
+box masks from ~10 boxes per image. Its fused backends: every one in OP_SPEC.backends (cpu; cuda and triton on a
+GPU); the reference composes the reference focal loss and two GcBlock context poolings."""
 
 import itertools
 

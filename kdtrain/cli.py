@@ -1,5 +1,5 @@
 """Command line: ``python -m kdtrain [--debug] [COMMAND] ...``, COMMAND one of train, eval, predict,
-pseudo-label, two-step, demo, benchmark, visualize, plot.
+pseudo-label, two-step, demo, benchmark, visualize, plot, yolo.
 
 No subcommand runs the demo. This module builds the parser and imports no torch, so ``--help``
 answers at once; kdtrain/commands.py loads the heavy modules after parsing. Each default shown
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 
 from kdtrain import commands
+from kdtrain.arg_types import key_value
 from kdtrain.architectures import ARCHITECTURES
 from kdtrain.config import (CACHE_DIR_ENV, CHOICES, DEFAULT_ITERATIONS, DEMO_OUTPUT_DIRS, BenchmarkConfig,
                             DemoConfig, PlotConfig, PseudoLabelConfig, TrainConfig, TwoStepConfig,
@@ -21,6 +21,7 @@ from kdtrain.config import (CACHE_DIR_ENV, CHOICES, DEFAULT_ITERATIONS, DEMO_OUT
 from kdtrain.dependencies import missing_dependency
 from kdtrain.distill.recipes import DEFAULT_WEIGHTS, RECIPES
 from kdtrain.errors import UsageError
+from kdtrain.yolo.cli import add_yolo_parser
 
 S = argparse.SUPPRESS  # train flags not given stay absent, so config-file values survive
 
@@ -58,17 +59,6 @@ def add(group, flag: str, help: str, config=None, field: str | None = None, **kw
     if value not in (None, S, [], (), {}) and kw.get("action") not in ("store_true", "store_false"):
         help = f"{help} (default: {show_default(value)})"
     return group.add_argument(flag, help=help, **kw)
-
-
-def _kv(text: str) -> tuple:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        value = json.loads(value)
-    except json.JSONDecodeError:
-        pass  # plain string
-    return key, value
 
 
 def _int_list(text: str) -> tuple:
@@ -129,7 +119,7 @@ def _add_train_arguments(p):
     add(g, "--min-size", "shorter image side after resize; unset: the architecture's", T, type=int)
     add(g, "--max-size", "longer image side cap after resize; unset: the architecture's", T, type=int)
     add(g, "--model-arg", "extra torchvision constructor argument, e.g. box_batch_size_per_image=128 (repeatable)",
-        dest="model_kwargs_list", action="append", type=_kv, metavar="KEY=VALUE")
+        dest="model_kwargs_list", action="append", type=key_value, metavar="KEY=VALUE")
     g = p.add_argument_group("teacher and distillation")
     add(g, "--teacher", "teacher: a kdtrain checkpoint (model_final.pth)", T, metavar="CKPT")
     add(g, "--teacher-arch", "teacher built from torchvision instead of --teacher", T, choices=ARCHITECTURES)
@@ -400,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add_parser in (_add_train_parser, _add_eval_parser, _add_predict_parser, _add_pseudo_label_parser,
                        _add_two_step_parser, _add_demo_parser, _add_benchmark_parser, _add_visualize_parser,
-                       _add_plot_parser):
+                       _add_plot_parser, lambda sub: add_yolo_parser(sub, add)):
         add_parser(sub)
     return parser
 

@@ -3,8 +3,11 @@
 import pytest
 import torch
 
+import cuda_emu
 import kdops
 from kdops import _backend
+
+cuda_emu.install()  # backend="cuda_emu": the CUDA kernels on CPU tensors, test-only (docs/cuda_emulator.md)
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -12,10 +15,12 @@ CUDA = torch.cuda.is_available()
 
 
 def backend_params():
-    """(backend, device) pairs of every fused backend, each skipped where it cannot run."""
+    """(backend, device) pairs of every fused backend, each skipped where it cannot run.
+
+    ("cuda_emu", "cpu"): the CUDA kernels executed by the SIMT emulator (tests/cuda_emu.py)."""
     params = []
-    for backend, device, marks in (("cpu", "cpu", ()), ("triton", "cpu", (pytest.mark.triton,)),
-                                   ("cuda", "cuda", (pytest.mark.cuda,)),
+    for backend, device, marks in (("cpu", "cpu", ()), ("cuda_emu", "cpu", ()),
+                                   ("triton", "cpu", (pytest.mark.triton,)), ("cuda", "cuda", (pytest.mark.cuda,)),
                                    ("triton", "cuda", (pytest.mark.cuda, pytest.mark.triton))):
         reason = _why_not(backend, device)
         marks = marks + ((pytest.mark.skip(reason=reason),) if reason else ())
@@ -24,6 +29,8 @@ def backend_params():
 
 
 def _why_not(backend, device):
+    if backend == "cuda_emu":
+        return cuda_emu.why_not()
     if device == "cuda" and not CUDA:
         return "no CUDA device"
     if backend == "triton" and device == "cpu" and CUDA:
@@ -73,10 +80,12 @@ __all__ = ["kdops", "backend_params", "tolerance", "assert_close", "randn", "non
 
 
 def backends_on_cpu():
-    """Every backend that runs on CPU tensors in this session (the Triton one through the interpreter)."""
+    """Every backend that runs on CPU tensors in this session (the Triton one through the interpreter, the
+    CUDA kernels through the emulator)."""
     import kdops
 
-    return [b for b in ("reference", "cpu", "triton") if kdops._backend._why_not(b, torch.device("cpu")) is None]
+    backends = [b for b in ("reference", "cpu", "triton") if kdops._backend._why_not(b, torch.device("cpu")) is None]
+    return backends + ([cuda_emu.NAME] if cuda_emu.why_not() is None else [])
 
 
 def assert_compiles_like_eager(loss_fn, leaf, *rest):
@@ -92,8 +101,8 @@ def assert_compiles_like_eager(loss_fn, leaf, *rest):
 
 
 def parity_shapes(backend, device, shapes, small_shapes):
-    """The shapes a parity test runs: the small set under the (slow) Triton interpreter on CPU."""
-    return small_shapes if backend == "triton" and device == "cpu" else shapes
+    """The shapes a parity test runs: the small set under the (slow) Triton interpreter and CUDA emulator."""
+    return small_shapes if backend in ("triton", "cuda_emu") and device == "cpu" else shapes
 
 
 def float64_loss_and_grad(loss_fn, student, grad_out):

@@ -32,7 +32,7 @@ def _expected(feat, temperature, seed):
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,))
 @pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
 def test_matches_reference(backend, device, dtype, layout):
     for i, shape in enumerate(_shapes(backend, device)):
@@ -46,8 +46,8 @@ def test_matches_reference(backend, device, dtype, layout):
         exp_s, exp_c, exp_g = _expected(feat, temperature, seed)
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         assert spatial.dtype == channel.dtype == acc
-        assert_close(spatial, exp_s, torch.float32)
-        assert_close(channel, exp_c, torch.float32)
+        assert_close(spatial, exp_s, acc)
+        assert_close(channel, exp_c, acc)
         _weighted(spatial, channel, seed).backward()
         assert feat.grad.dtype == dtype and feat.grad.shape == feat.shape
         assert_close(feat.grad, exp_g, dtype, scale=10)

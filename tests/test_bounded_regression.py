@@ -43,7 +43,7 @@ def _expected(student, teacher, target, margin, weight, grad_out):
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,))
 @pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
 def test_matches_reference(backend, device, dtype, layout):
     shapes = parity_shapes(backend, device, SHAPES, SMALL_SHAPES)
@@ -57,8 +57,9 @@ def test_matches_reference(backend, device, dtype, layout):
         w = None if weight is None else weight.float()
         out = kdops.bounded_regression(student, teacher, target=target, weight=w, margin=margin, backend=backend)
         exp, exp_grad = _expected(student, teacher, target, margin, w, grad_out)
-        assert out.shape == () and out.dtype == torch.float32
-        assert_close(out, exp, torch.float32, scale=10)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        assert out.shape == () and out.dtype == acc
+        assert_close(out, exp, acc, scale=10)
         (out * grad_out).backward()
         assert student.grad.dtype == dtype
         assert_close(student.grad, exp_grad, dtype)

@@ -104,8 +104,8 @@ def test_stride_of_a_ceil_rounded_map():
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k if isinstance(k, str) else f"{k[0]}-{sorted(k[1])}")
 def test_each_kind_equals_its_module_on_the_same_maps(kind):
     """pair_by='order' with a size mismatch (student stride 8 -> teacher stride 4) and a channel mismatch;
-    the value is weight * the kdops.nn module on the resized, adapted student map; gradients reach the
-    student and the distiller but not the teacher."""
+    the value is weight * the kdops.nn module on the resized, adapted student map (PKD: adapted, then
+    resized by PKDLoss); gradients reach the student and the distiller but not the teacher."""
     student, teacher = models()
     teacher.train()
     x = torch.randn(2, 3, 64, 64)
@@ -125,11 +125,11 @@ def test_each_kind_equals_its_module_on_the_same_maps(kind):
         t_maps = teacher.maps(x)
     expected = []
     for i, (s, t, stride, w) in enumerate([(s_maps[1], t_maps[0], 4.0, 0.5), (s_maps[0], t_maps[1], 8.0, 1.0)]):
-        if s.shape[-2:] != t.shape[-2:]:
+        name = kind if isinstance(kind, str) else kind[0]
+        if s.shape[-2:] != t.shape[-2:] and name != "pkd":
             s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
         s, fn = d.adapt[i](s), d.losses[i]
         boxes = [b / stride for b in BOXES]
-        name = kind if isinstance(kind, str) else kind[0]
         if name == "fgd":
             value = fn(s, t, boxes)
         elif kind == KINDS[1]:
@@ -148,6 +148,73 @@ def test_each_kind_equals_its_module_on_the_same_maps(kind):
     conv = m.adapt if isinstance(m, kdops.nn.HintLoss) else m.align if isinstance(m, kdops.nn.FGDLoss) else a
     assert conv.weight.shape == (32, 8, 1, 1) and conv.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k if isinstance(k, str) else f"{k[0]}-{sorted(k[1])}")
+def test_from_levels_distils_maps_the_caller_passes_as_the_hooks_do(kind):
+    """A trainer that computes the maps itself: from_levels builds the hook distiller's pairs and modules
+    (the same state_dict layout), and distil on its maps gives the hook path's losses and gradients."""
+    student, teacher = models()
+    x = torch.randn(2, 3, 64, 64)
+    hooked = kdops.nn.FeatureDistiller(student, teacher, ["stages.0", "stages.1"],
+                                       ["stages.0", "stages.1", "stages.2"], example_inputs=(x,), loss=kind,
+                                       weights={"stages.1": 0.5})
+    student(x)
+    hooked.teacher_forward(x)
+    expected = hooked(boxes=BOXES)
+    levels = {"stages.0": (8, 4), "stages.1": kdops.nn.distiller.Level(16, 8.0)}
+    teacher_levels = {"stages.0": (16, 4), "stages.1": (32, 8), "stages.2": (64, 16)}
+    plain = kdops.nn.FeatureDistiller.from_levels(levels, teacher_levels, loss=kind, weights={"stages.1": 0.5})
+    assert plain.pairs == hooked.pairs
+    plain.load_state_dict(hooked.state_dict())
+    s_maps = student.maps(x)
+    with torch.no_grad():
+        t_maps = teacher.maps(x)
+    out = plain.distil({f"stages.{i}": m for i, m in enumerate(s_maps)},
+                       {f"stages.{i}": m for i, m in enumerate(t_maps)}, boxes=BOXES)
+    assert out.keys() == expected.keys()
+    for k in out:
+        torch.testing.assert_close(out[k], expected[k], rtol=0, atol=0)
+    g_plain = torch.autograd.grad(out["total"], list(plain.parameters()))
+    g_hooked = torch.autograd.grad(expected["total"], list(hooked.parameters()))
+    for a, b in zip(g_plain, g_hooked, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="built by from_levels and has no hooks; pass the maps to distil"):
+        plain()
+    with pytest.raises(KeyError, match="no teacher map for level 'stages.1'"):
+        plain.distil({f"stages.{i}": m for i, m in enumerate(s_maps)}, {"stages.0": t_maps[0]}, boxes=BOXES)
+    hooked.remove()
+
+
+def test_ties_and_reduction():
+    """Two student and two teacher levels of one stride: "in_order" pairs them k-th with k-th, "first"
+    both students with the first teacher level; reduction="mean" averages the weighted pair losses."""
+    student = {"a": (4, 8), "b": (4, 8), "c": (4, 16)}
+    teacher = {"x": (6, 8), "y": (6, 8), "z": (6, 16)}
+    make = kdops.nn.FeatureDistiller.from_levels
+    assert [(p.student, p.teacher) for p in make(student, teacher).pairs] == [("a", "x"), ("b", "y"), ("c", "z")]
+    assert [(p.student, p.teacher) for p in make(student, teacher, tie="first").pairs] == [
+        ("a", "x"), ("b", "x"), ("c", "z")]
+    assert kdops.nn.distiller.pair_levels({"a": 8, "b": 8, "c": 8}, {"x": 8, "y": 8}) == [
+        ("a", "x"), ("b", "y"), ("c", "y")]  # more students than teachers: the rest take the last
+    torch.manual_seed(0)
+    summed = make(student, teacher, loss="cwd", weights={"c": 2.0})
+    averaged = make(student, teacher, loss="cwd", weights={"c": 2.0}, reduction="mean")
+    averaged.load_state_dict(summed.state_dict())
+    g = torch.Generator().manual_seed(1)
+    s_maps = {k: torch.randn(2, 4, 32 // s, 32 // s, generator=g) for k, (_, s) in student.items()}
+    t_maps = {k: torch.randn(2, 6, 32 // s, 32 // s, generator=g) for k, (_, s) in teacher.items()}
+    total = summed.distil(s_maps, t_maps)
+    torch.testing.assert_close(averaged.distil(s_maps, t_maps)["total"], total["total"] / 3)
+    torch.testing.assert_close(total["total"], total["a"] + total["b"] + total["c"])
+    with pytest.raises(ValueError, match="tie must be one of"):
+        make(student, teacher, tie="last")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        make(student, teacher, reduction="max")
+    with pytest.raises(ValueError, match="the teacher's level 'x' has no stride; the boxes of fgd"):
+        make(student, {"x": 6}, loss="fgd", pair_by="order")
+    with pytest.raises(TypeError, match="student's level 'a' must be a Level"):
+        make({"a": "wide"}, teacher)
 
 
 def test_teacher_runs_frozen_in_eval_mode_and_stops_after_its_last_level():

@@ -1,5 +1,5 @@
-"""kdops.fgd_feature_pass (docs/math.md §3-§4): the CPU and Triton kernels against the reference (fgd_focal_loss and
-two gc_context calls), gradients, registration, bad input, and FGDLoss taking it on CPU tensors."""
+"""kdops.fgd_feature_pass (docs/math.md §3-§4): every fused kernel against the reference (fgd_focal_loss and two
+gc_context calls), gradients, registration, bad input, and FGDLoss taking it on every backend."""
 
 import pytest
 import torch
@@ -7,7 +7,6 @@ from torch.library import opcheck
 
 import kdops
 import kdops.nn.fgd
-import kdops.ops.fgd_feature_pass
 from fgd_inputs import focal_inputs, random_boxes
 from kdops.reference import fgd_feature_pass as reference
 from support import (
@@ -16,10 +15,17 @@ from support import (
 pytestmark = pytest.mark.skipif(kdops.available_backends()["cpu"] != "available",
                                 reason="the C++ extension is not built")
 
-# The last two cut each image into several CPU pixel blocks, the last one partial (fp32: 127 and 436 pixels).
-SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (3, 257, 1, 1), (2, 7, 37, 41), (2, 1030, 9, 31), (2, 300, 23, 29)]
-SMALL_SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (2, 33, 13, 11)]  # for the Triton interpreter: several tiles of 128
-FUSED = [p for p in backend_params() if p.values[0] != "cuda"]  # no CUDA kernel yet
+# (2, 1030, 9, 31) and (2, 300, 23, 29) cut each image into several CPU pixel blocks, the last one partial
+# (fp32: 127 and 436 pixels). CUDA tiles are 64 pixels (two per lane) with the channels split over 8 warps:
+# fewer channels than warps, a partial last tile, exactly two tiles, a second tile or lane slot with one pixel,
+# and (1, 2, 97, 89) / (2, 2, 97, 89): more tiles than a merge warp has lanes, more pixels than a row block has
+# threads.
+SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (3, 257, 1, 1), (2, 7, 37, 41), (2, 1030, 9, 31), (2, 300, 23, 29),
+          (2, 9, 8, 16), (1, 16, 4, 8), (1, 5, 5, 13), (1, 2, 97, 89), (2, 2, 97, 89)]
+# For the Triton interpreter (several tiles of 128) and the CUDA emulator: a partial last tile with fewer channels
+# than warps; one pixel; uneven channels per warp and a last tile whose second lane slots are empty; more channels
+# than a row block has threads; 34 tiles (more than a warp's lanes) and more pixels than a row block's threads.
+SMALL_SHAPES = [(2, 3, 13, 21), (1, 1, 1, 1), (2, 33, 13, 11), (1, 257, 1, 1), (1, 2, 47, 45)]
 WEIGHTS = (1.5, 0.7, 2.0)  # alpha, beta, gamma: all terms matter in the gradient
 
 
@@ -54,7 +60,7 @@ def _expected(student, teacher, fg, bg, convs, temperature, seed):
     return [o.detach() for o in out], [leaves[i].grad for i in (0, 1, 3)]
 
 
-@pytest.mark.parametrize("backend,device", FUSED)
+@pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
 def test_matches_reference(backend, device, dtype, layout):
@@ -90,7 +96,7 @@ def test_gradcheck_float64():
         (student.requires_grad_(), ws, wt))
 
 
-@pytest.mark.parametrize("backend,device", FUSED)
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] != "cuda_emu"])  # test-only op
 def test_opcheck(backend, device):
     op = torch.ops.kdops_triton.fgd_feature_pass if backend == "triton" else torch.ops.kdops.fgd_feature_pass
     student, teacher, fg, bg = focal_inputs((2, 3, 4, 5), torch.float32, device, 7, 0.5)
@@ -110,13 +116,16 @@ def test_compile_fullgraph():
     assert_compiles_like_eager(loss_fn, student.requires_grad_(), teacher, fg, bg)
 
 
-def test_empty_batch_gives_zeros():
-    empty = torch.zeros(0, 4, 3, 5, requires_grad=True)
-    masks = torch.zeros(0, 3, 5)
-    for backend in ("reference", "cpu"):
-        convs = (torch.ones(4), None, torch.ones(4), None)
-        out = kdops.fgd_feature_pass(empty, empty.detach(), **_args(masks, masks, convs), backend=backend)
-        assert out.loss.item() == 0 and out.diff_sq.item() == 0 and out.ctx_s.shape == (0, 4)
+@pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference")] + backend_params())
+def test_empty_batch_gives_zeros(backend, device):
+    empty = torch.zeros(0, 4, 3, 5, device=device, requires_grad=True)
+    masks = torch.zeros(0, 3, 5, device=device)
+    convs = (torch.ones(4, device=device, requires_grad=True), None, torch.ones(4, device=device), None)
+    out = kdops.fgd_feature_pass(empty, empty.detach(), **_args(masks, masks, convs), backend=backend)
+    assert out.loss.item() == 0 and out.diff_sq.item() == 0 and out.ctx_s.shape == (0, 4)
+    assert torch.equal(out.terms.cpu(), torch.zeros(3))
+    grad_s, grad_w = torch.autograd.grad(_objective(out, 3), (empty, convs[0]))
+    assert grad_s.shape == empty.shape and torch.equal(grad_w.cpu(), torch.zeros(4))
 
 
 def test_same_bits_on_one_and_several_threads():
@@ -137,31 +146,48 @@ def test_same_bits_on_one_and_several_threads():
         assert torch.equal(a, b)
 
 
-def test_fgd_loss_takes_one_pass_on_cpu(monkeypatch):
-    """FGDLoss on CPU tensors reads the features once each way (no per-op fgd_focal_loss / gc_context calls),
-    and agrees with the reference backend."""
+def _consumers(root, leaf):
+    """How many autograd nodes reachable from `root` take `leaf` as an input (each makes a leaf-sized gradient)."""
+    seen, stack, count = set(), [root], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for next_node, _ in node.next_functions:
+            count += getattr(next_node, "variable", None) is leaf
+            stack.append(next_node)
+    return count
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_fgd_loss_takes_one_pass(monkeypatch, backend, device):
+    """FGDLoss reads the features through one fgd_feature_pass call (no per-op fgd_focal_loss / gc_context
+    calls), so the student gets one feature-sized gradient, and it agrees with the reference backend."""
     calls = []
-    real = kdops.nn.fgd.feature_pass
-    monkeypatch.setattr(kdops.nn.fgd, "feature_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
-    for module, unused in ((kdops.nn.fgd, "gc_context"), (kdops.ops.fgd_feature_pass, "gc_context"),
-                           (kdops.ops.fgd_feature_pass, "fgd_focal_loss")):
-        monkeypatch.setattr(module, unused, lambda *a, name=unused, **k: pytest.fail(f"{name} was called"))
-    fgd = kdops.nn.FGDLoss(6, 8).double()
+    real = kdops.nn.fgd.fgd_feature_pass
+    monkeypatch.setattr(kdops.nn.fgd, "fgd_feature_pass", lambda *a, **k: calls.append(k["backend"]) or real(*a, **k))
+    monkeypatch.setattr(kdops.nn.fgd, "gc_context", lambda *a, **k: pytest.fail("gc_context was called"))
+    dtype = torch.float64 if backend != "triton" else torch.float32  # the Triton parity tests cover float32
+    fgd = kdops.nn.FGDLoss(8, 8, backend=backend).to(device=device, dtype=dtype)
     with torch.no_grad():
         for p in fgd.parameters():  # non-zero last convs, so the relation loss uses every term
             p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype))
-    student = randn((2, 6, 9, 11), torch.float64, "cpu", 14, requires_grad=True)
-    teacher = randn((2, 8, 9, 11), torch.float64, "cpu", 15)
-    boxes = random_boxes(2, 9, 11, 16, dtype=torch.float64)
+    student = randn((2, 8, 9, 11), dtype, device, 14, requires_grad=True)
+    teacher = randn((2, 8, 9, 11), dtype, device, 15)
+    boxes = random_boxes(2, 9, 11, 16, dtype=dtype, device=device)
     total = fgd(student, teacher, boxes)
-    assert calls == [1]
+    assert calls == [backend]
+    assert _consumers(total.grad_fn, student) == 1
     grads = torch.autograd.grad(total, (student, *fgd.parameters()))
     monkeypatch.undo()
     fgd.backend = fgd.student_gc.backend = fgd.teacher_gc.backend = "reference"
     expected = fgd(student, teacher, boxes)
-    torch.testing.assert_close(total, expected)
+    assert _consumers(expected.grad_fn, student) > 1  # the reference composes the per-op functions
+    rtol, atol = (1e-9, 1e-12) if dtype == torch.float64 else (1e-4, 1e-6)
+    torch.testing.assert_close(total, expected, rtol=rtol, atol=atol)
     for a, b in zip(grads, torch.autograd.grad(expected, (student, *fgd.parameters()))):
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
 
 
 def _bad(**change):
@@ -181,7 +207,7 @@ def _bad(**change):
     (_bad(teacher_gc_weight=torch.ones(3, dtype=torch.long)), {}, TypeError, "teacher_gc_weight must be float16"),
     (_bad(teacher=torch.randn(2, 3, 4, 6)), {}, ValueError, "must have the same shape"),
     (_bad(), {"temperature": -1.0}, ValueError, "temperature must be a number > 0"),
-    (_bad(), {"backend": "cuda"}, kdops.BackendUnavailableError, "has only the 'reference', 'cpu' and 'triton' backends"),
+    (_bad(), {"backend": "cuda"}, kdops.BackendUnavailableError, "the 'cuda' backend needs CUDA tensors"),
 ])
 def test_bad_input(args, kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -28,7 +28,7 @@ def _expected(feat, weight, bias, grad_out):
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,))
 @pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
 def test_matches_reference(backend, device, dtype, layout):
     shapes = parity_shapes(backend, device, SHAPES, SMALL_SHAPES)
@@ -42,12 +42,13 @@ def test_matches_reference(backend, device, dtype, layout):
         grad_out = randn(shape[:2], torch.float64, device, seed + 4)
         context = kdops.gc_context(feat, weight, bias, backend=backend)
         exp_ctx, exp_gf, exp_gw = _expected(feat, weight, bias, grad_out)
-        assert context.shape == shape[:2] and context.dtype == torch.float32
-        assert_close(context, exp_ctx, torch.float32, scale=10)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        assert context.shape == shape[:2] and context.dtype == acc
+        assert_close(context, exp_ctx, acc, scale=10)
         (context.double() * grad_out).sum().backward()
         assert feat.grad.dtype == dtype
         assert_close(feat.grad, exp_gf, dtype, scale=10)
-        assert_close(weight.grad.reshape(-1), exp_gw, torch.float32, scale=100)
+        assert_close(weight.grad.reshape(-1), exp_gw, weight.dtype, scale=100)
         assert torch.equal(bias.grad, torch.zeros_like(bias))  # softmax is shift-invariant
 
 

@@ -37,7 +37,7 @@ def _expected(student, teacher, target, temperature, grad_out):
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,))
 @pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
 def test_matches_reference(backend, device, dtype, layout):
     shapes = parity_shapes(backend, device, SHAPES, SMALL_SHAPES)
@@ -51,8 +51,9 @@ def test_matches_reference(backend, device, dtype, layout):
         out = kdops.soft_binary_cross_entropy(student, teacher, temperature=temperature, target=target, mu=MU,
                                               backend=backend, **WEIGHTS)
         exp, exp_grad = _expected(student, teacher, target, temperature, grad_out)
-        assert out.shape == () and out.dtype == torch.float32
-        assert_close(out, exp, torch.float32, scale=10)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        assert out.shape == () and out.dtype == acc
+        assert_close(out, exp, acc, scale=10)
         (out * grad_out).backward()
         assert student.grad.dtype == dtype
         assert_close(student.grad, exp_grad, dtype)

@@ -4,8 +4,13 @@
   session may run the interpreter) and its Triton IR must widen each program id to int64 before any
   arithmetic (kdops.triton._common.program_id64), so tile * BLOCK, row * HW and n * C * HW never wrap;
   the PTX must never multiply or shift %ctaid.x in 32 bits.
+  Every strided loop over a runtime size counts in int64 (an int32 counter wraps at its last step when
+  the size is just under 2^31), and no float argument is an .f32 parameter (float64 kernels would get
+  float32 scalars).
 * The box-mask kernels run on one tile of a 46341 x 46341 map (2^31 + 4633 pixels) and on per-tile
   counts that add past 2^31 - 1: H * W and the background count must not wrap.
+* Every op, forward and backward, on meta tensors of huge shapes: each launch grid is captured instead of
+  run and must fit CUDA's limits (axis 0 below 2^31, axes 1 and 2 at most 65535).
 """
 
 import json
@@ -86,6 +91,32 @@ def test_program_ids_are_int64_in_every_kernel(compiled):
     assert not failures, json.dumps(failures, indent=1)
 
 
+def _narrow_strided_loops(ttir: str):
+    """int32 scf.for loops with a runtime upper bound and a step other than 1: the counter passes the bound by up to
+    step - 1, which wraps negative (and never ends) when the bound is within a step of 2^31."""
+    loops = re.findall(r"scf\.for %\S+ = \S+ to (%[\w.$-]+) step (%[\w.$-]+).*?: i32\b", ttir)
+    return [(bound, step) for bound, step in loops if not re.match(r"%c\d+_i32$", bound) and step != "%c1_i32"]
+
+
+def test_strided_loops_count_in_int64(compiled):
+    failures = {}
+    for kernel, versions in compiled.items():
+        for ttir, _ in versions:
+            # the loop syntax _narrow_strided_loops parses is still Triton's
+            assert "scf.for" not in ttir or re.search(r"scf\.for .*: i(32|64)\b", ttir), ttir
+            if bad := _narrow_strided_loops(ttir):
+                failures[kernel] = bad[:3]
+    assert not failures, json.dumps(failures, indent=1)
+
+
+def test_float_arguments_are_float64_parameters(compiled):
+    # A Python float becomes an .f32 parameter unless the argument is annotated tl.float64 (_common.acc_scalar).
+    failures = {kernel: re.findall(r"\.param \.f32 \w+", ptx) for kernel, versions in compiled.items()
+                for _, ptx in versions if ".param .f32" in ptx}
+    assert not failures, json.dumps(failures, indent=1)
+    assert any(".param .f64" in ptx for versions in compiled.values() for _, ptx in versions)
+
+
 def test_background_count_is_int64(compiled):
     for ttir, _ in compiled["kdops.triton.box_masks._bg_kernel"]:
         reduce_ = re.search(r'"tt\.reduce".*?tt\.reduce\.return [^:]*: (\w+)', ttir, re.S)
@@ -125,3 +156,77 @@ def test_background_count_past_2_31():
     box_masks._bg_kernel[(1, 1)](fg, zeros, bg, block, tiles, BLOCK_P=block, BLOCK_T=16,
                                  ACC=box_masks.tl_acc(torch.float64))
     assert torch.equal(bg.cpu(), torch.full((block,), 1.0 / (3 * 2 ** 30), dtype=torch.float64))
+
+
+# CUDA's grid limits: 2^31 - 1 programs on axis 0, 65535 on axes 1 and 2.
+GRID_LIMITS = (2 ** 31 - 1, 65535, 65535)
+# 67.2M pixels per plane: more than 65535 tiles of 1024; 2^22 rows of 1000 classes; 2^31 + 40 anchors.
+HUGE_FEATURES = [(2, 3, 8200, 8200), (1024, 2048, 3, 5)]
+HUGE_ROWS = [(2 ** 22, 1000), (2 ** 31 + 40, 1)]
+
+
+def _meta(*shape, dtype=torch.float32):
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def _feature_ops(shape):
+    """Each feature op's forward, then its backward on the forward's outputs, on meta tensors."""
+    from kdops.triton import (attention_masks, box_masks, cwd_loss, feature_imitation, fgd_feature_pass,
+                              fgd_focal_loss, gc_context, pkd_loss, relation_mse)
+
+    n, c, h, w = shape
+    s, t, scalar, mask = _meta(*shape), _meta(*shape), _meta(), _meta(n, h, w)
+    fg, bg = box_masks.forward(_meta(5, 4), _meta(5, dtype=torch.int64), n, h, w)
+    spatial, channel = attention_masks.forward(s, 0.5)
+    attention_masks.backward(spatial, channel, s, spatial, channel, 0.5)
+    _, stats = cwd_loss.forward(s, t, 2.0)
+    cwd_loss.backward(scalar, s, t, stats, 2.0)
+    _, norm = feature_imitation.forward(s, t, mask, 0, 1)
+    feature_imitation.backward(scalar, s, t, mask, norm, 0)
+    _, terms, t_sp, t_ch, pixel, chan = fgd_focal_loss.forward(s, t, fg, bg, 0.5, 1.0, 0.5, 0.1)
+    fgd_focal_loss.backward(scalar, terms, s, t, fg, bg, t_sp, t_ch, pixel, chan, 1.0, 0.5, 0.1)
+    weight, bias = _meta(1, c, 1, 1), _meta(1)
+    context, probs = gc_context.forward(s, weight, bias)
+    gc_context.backward(context, s, weight, context, probs, True)
+    out = fgd_feature_pass.forward(s, t, fg, bg, weight, bias, weight, bias, 0.5, 1.0, 0.5, 0.1)
+    loss, terms, ctx_s, ctx_t, diff_sq, diff_sum, *rest = out
+    fgd_feature_pass.backward(loss, terms, ctx_s, ctx_t, diff_sq, diff_sum, s, t, fg, bg, weight, weight, ctx_s, ctx_t,
+                              *rest, 1.0, 0.5, 0.1)
+    _, stats = pkd_loss.forward(s, t)
+    pkd_loss.backward(scalar, s, t, stats)
+    delta = _meta(n, c)
+    relation_mse.forward(s, t, delta, delta)
+    relation_mse.backward(scalar, s, t, delta, delta)
+
+
+def _row_ops(shape):
+    from kdops.triton import bounded_regression, soft_binary_cross_entropy, soft_cross_entropy
+
+    rows, classes = shape
+    s, t, scalar, target = _meta(rows, classes), _meta(rows, classes), _meta(), _meta(rows, dtype=torch.int64)
+    _, norm, stats = soft_cross_entropy.forward(s, t, _meta(classes), target, 2.0, 0.5, -1)
+    soft_cross_entropy.backward(scalar, s, t, _meta(classes), target, norm, stats, 2.0, 0.5, -1)
+    _, norm = soft_binary_cross_entropy.forward(s, t, None, 1.0, 1.0, 2.0, 0.0, -1)
+    soft_binary_cross_entropy.backward(scalar, s, t, None, norm, 1.0, 1.0, 2.0, 0.0, -1)
+    box = _meta(rows, 4)
+    _, norm = bounded_regression.forward(box, box, box, _meta(rows), 0.1)
+    bounded_regression.backward(scalar, box, box, box, _meta(rows), norm, 0.1)
+
+
+@pytest.mark.parametrize("ops,shape", [(_feature_ops, s) for s in HUGE_FEATURES] + [(_row_ops, s) for s in HUGE_ROWS])
+def test_launch_grids_fit_cuda_limits(monkeypatch, ops, shape):
+    from triton.runtime.jit import KernelInterface
+
+    grids = []
+
+    def capture(kernel, grid):
+        def launch(*args, **kwargs):
+            name = f"{kernel.fn.__module__}.{kernel.fn.__name__}"
+            grids.append((name, tuple(grid(kwargs) if callable(grid) else grid)))
+        return launch
+
+    monkeypatch.setattr(KernelInterface, "__getitem__", capture)
+    ops(shape)
+    assert len({name for name, _ in grids}) >= (30 if ops is _feature_ops else 7), grids
+    too_big = [(name, grid) for name, grid in grids if any(g > limit for g, limit in zip(grid, GRID_LIMITS))]
+    assert not too_big, too_big

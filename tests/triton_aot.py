@@ -8,6 +8,7 @@ backend="triton" on CPU tensors, forward and backward, in each dtype: exactly th
 constexprs a GPU run builds. Triton's bundled ptxas then reports registers, spills and shared memory.
 
     python tests/triton_aot.py --arch 90 80 --out build/triton_aot.json     (CI; exit 1 on any error)
+    python tests/triton_aot.py --arch 90 --dtypes fp64 --ops soft_ce bounded  (a few ops while tuning)
 
 Test infrastructure only: never imported by kdops.
 """
@@ -196,7 +197,7 @@ def _resources(ptx: str, capability: int, ptxas: str) -> dict:
             "spill_loads": number(r"(\d+) bytes spill loads"), "shared": number(r"(\d+) bytes smem")}
 
 
-def compile_all(capabilities, dtypes):
+def compile_all(capabilities, dtypes, ops=None):
     _backend.triton_interpreting = lambda: True  # let backend="triton" take CPU tensors
     report, errors = [], []
     ptxas = _ptxas()
@@ -204,6 +205,8 @@ def compile_all(capabilities, dtypes):
         driver.set_active(AheadOfTimeDriver(capability))
         with Recorder() as recorder:
             for name, case in _cases():
+                if ops and not name.startswith(tuple(ops)):
+                    continue
                 for dtype_name in dtypes:
                     recorder.context = f"{name} {dtype_name}"
                     try:
@@ -227,9 +230,11 @@ def main(argv=None):
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="compute capabilities, e.g. 90 80")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--out", default="build/triton_aot.json", help="JSON report")
+    parser.add_argument("--ops", nargs="+", help="only the cases whose name starts with one of these, e.g. soft_ce "
+                        "bounded (default: all)")
     args = parser.parse_args(argv)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    report, errors = compile_all(args.arch, args.dtypes)
+    report, errors = compile_all(args.arch, args.dtypes, args.ops)
     with open(args.out, "w") as f:
         json.dump({"kernels": report, "errors": errors}, f, indent=1)
     per_kernel = collections.defaultdict(lambda: [0, 0, 0])

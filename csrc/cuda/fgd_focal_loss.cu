@@ -14,6 +14,7 @@
 
 #include "kdops/math/fgd_focal_loss.h"
 #include "../ops/fgd_focal_loss.h"
+#include "fgd_attention.cuh"
 #include "rows.cuh"
 #include "reduce.cuh"
 
@@ -51,37 +52,6 @@ __global__ void stats_kernel(const scalar_t* __restrict__ s, const scalar_t* __r
     ms[n * HW + hw] = m_s;
     mt[n * HW + hw] = m_t;
   }
-}
-
-// Returns (to every thread) sum |a_s - a_t| over one row and writes
-// out = d(sum |a_s - a_t| / N)/d(logits) * post_scale through a_s = len * softmax(logits / temp).
-template <typename acc>
-__device__ acc l1_softmax_grad_row(const acc* a_s, const acc* a_t, acc* out, int64_t len, acc inv_n, acc inv_temp,
-                                   acc post_scale) {
-  KahanSum<acc> local_l1, weighted;
-  for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
-    local_l1 += fabs(a_s[i] - a_t[i]);
-    weighted += a_s[i] * focal::l1_grad(a_s[i], a_t[i], inv_n);
-  }
-  const acc l1 = block_sum(local_l1.value());
-  const acc mean = block_sum(weighted.value()) / static_cast<acc>(len);
-  for (int64_t i = threadIdx.x; i < len; i += blockDim.x)
-    out[i] = attention::scaled_softmax_grad<acc>(a_s[i], focal::l1_grad(a_s[i], a_t[i], inv_n), mean, inv_temp) *
-             post_scale;
-  return l1;
-}
-
-template <typename acc>
-__global__ void attention_kernel(const acc* __restrict__ s_sp, const acc* __restrict__ t_sp,
-                                 const acc* __restrict__ s_ch, const acc* __restrict__ t_ch, acc* __restrict__ pixel_att,
-                                 acc* __restrict__ channel_att, acc* __restrict__ att_part, int64_t C, int64_t HW,
-                                 acc inv_n, acc inv_temp) {
-  const int64_t n = blockIdx.x;
-  const acc l1_c = l1_softmax_grad_row<acc>(s_ch + n * C, t_ch + n * C, channel_att + n * C, C, inv_n, inv_temp,
-                                            acc(1) / static_cast<acc>(HW));
-  const acc l1_s = l1_softmax_grad_row<acc>(s_sp + n * HW, t_sp + n * HW, pixel_att + n * HW, HW, inv_n, inv_temp,
-                                            acc(1) / static_cast<acc>(C));
-  if (threadIdx.x == 0) att_part[n] = l1_c + l1_s;
 }
 
 // Rows (n * C + c) along blockIdx.y, pixels along blockIdx.x and the threads; one partial per block.
@@ -167,20 +137,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     sum_partials_kernel<acc><<<N, 256, 0, stream>>>(kt_part.const_data_ptr<acc>(), t_channel.data_ptr<acc>(),
                                                     partials, C);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const acc channel_scale = inv_temp / static_cast<acc>(HW), pixel_scale = inv_temp / static_cast<acc>(C);
-    scaled_softmax_rows_kernel<acc><<<N, 256, 0, stream>>>(s_channel.data_ptr<acc>(), C, channel_scale);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    scaled_softmax_rows_kernel<acc><<<N, 256, 0, stream>>>(t_channel.data_ptr<acc>(), C, channel_scale);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    scaled_softmax_rows_kernel<acc><<<N, 1024, 0, stream>>>(s_spatial.data_ptr<acc>(), HW, pixel_scale);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    scaled_softmax_rows_kernel<acc><<<N, 1024, 0, stream>>>(t_spatial.data_ptr<acc>(), HW, pixel_scale);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    attention_kernel<acc><<<N, 1024, 0, stream>>>(
-        s_spatial.const_data_ptr<acc>(), t_spatial.const_data_ptr<acc>(), s_channel.const_data_ptr<acc>(),
-        t_channel.const_data_ptr<acc>(), pixel_att.data_ptr<acc>(), channel_att.data_ptr<acc>(),
-        att_part.data_ptr<acc>(), C, HW, acc(1) / static_cast<acc>(N), inv_temp);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_attention<acc>(s_spatial.data_ptr<acc>(), t_spatial.data_ptr<acc>(), s_channel.data_ptr<acc>(),
+                          t_channel.data_ptr<acc>(), pixel_att.data_ptr<acc>(), channel_att.data_ptr<acc>(),
+                          att_part.data_ptr<acc>(), N, C, HW, inv_temp, stream);
     feature_kernel<scalar_t, acc><<<rows_grid, kThreads, 0, stream>>>(
         s.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), fg.const_data_ptr<acc>(), bg.const_data_ptr<acc>(),
         t_spatial.const_data_ptr<acc>(), t_channel.const_data_ptr<acc>(), fg_part.data_ptr<acc>(),

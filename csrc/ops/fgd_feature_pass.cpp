@@ -1,6 +1,6 @@
 // Schema of the FGD feature pass: every (N, C, H, W)-sized part of one FGD level (docs/math.md §3-§4) in one
-// pass over S and T each way. Kernel: cpu/fgd_feature_pass.cpp (its Triton twin: kdops/triton/; no CUDA
-// kernel yet: on the cuda backend kdops.ops.fgd_feature_pass composes the per-op kernels). Outputs:
+// pass over S and T each way. Kernels: cpu/fgd_feature_pass.cpp, cuda/fgd_feature_pass.cu (their Triton twin:
+// kdops/triton/fgd_feature_pass.py). Outputs:
 //   loss, terms      as fgd_focal_loss (the weighted focal loss and the unweighted L_fg, L_bg, L_att);
 //   ctx_s, ctx_t     the student and teacher GcBlock contexts (gc_context with each side's weight, bias);
 //   diff_sq          sum (S - T)^2 (0-dim) and diff_sum[n, c] = sum_hw (S - T): with d = delta_s - delta_t,

@@ -1,4 +1,4 @@
-// Argument checks of fgd_feature_pass (its CPU kernel: cpu/fgd_feature_pass.cpp).
+// Argument checks of fgd_feature_pass (its kernels: cpu/fgd_feature_pass.cpp, cuda/fgd_feature_pass.cu).
 #pragma once
 #include <vector>
 

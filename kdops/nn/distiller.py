@@ -4,7 +4,7 @@
 import math
 import weakref
 from collections.abc import Mapping
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Hashable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,8 @@ OPTIONS = {
     "pkd": (),
 }
 PAIR_BY = ("stride", "size", "order")
+TIES = ("in_order", "first")
+REDUCTIONS = ("sum", "mean")
 
 Selector = Union[str, Sequence[str], Callable[[str, nn.Module], bool]]
 LossSpec = Union[str, Tuple[str, dict]]
@@ -36,6 +38,15 @@ class Pair(NamedTuple):
     stride: Optional[float]
     kind: str
     options: dict
+
+
+class Level(NamedTuple):
+    """A level given to `FeatureDistiller.from_levels`: its channel count, its stride in the teacher's
+    input pixels (for pair_by="stride" and for the boxes of fgd and masked imitation) and its (H, W)
+    (for pair_by="size")."""
+    channels: int
+    stride: Optional[float] = None
+    size: Optional[Tuple[int, int]] = None
 
 
 class _Stop(Exception):
@@ -107,18 +118,21 @@ class FeatureDistiller(nn.Module):
     (a backbone returning a dict gives the levels "0", "1", ...). A callable
     `select(path, module) -> bool` picks modules instead of naming them.
 
-    Pairing (`pair_by`): "stride" pairs each student level with the teacher level of the same stride
-    (the k-th student level of a stride with the k-th teacher level of it, or its last); student levels
-    without one are left out (see `pairs`). "size" does the same by (H, W). "order" pairs the two lists
-    in order. One probe forward of each model on `example_inputs` (eval mode, no_grad) finds the
-    channels, sizes and strides: stride = image size / map size, to the nearest power of two when
-    the map was ceil-rounded (a 100 px side at stride 8 has 13 cells). Strides are in the teacher's
-    input pixels: a student on half-size inputs (`teacher_example_inputs` at full size, Chen 2017's
-    low-resolution student) pairs its stride-s levels with the teacher's stride-2s levels.
+    Pairing (`pair_by`): "stride" pairs each student level with the teacher level of the same stride;
+    student levels without one are left out (see `pairs`). When several levels share a stride, `tie`
+    "in_order" pairs the k-th student level of it with the k-th teacher level of it (or its last),
+    "first" every student level of it with the first teacher level of it. "size" does the same by
+    (H, W). "order" pairs the two lists in order. One probe forward of each model on `example_inputs`
+    (eval mode, no_grad) finds the channels, sizes and strides: stride = image size / map size, to the
+    nearest power of two when the map was ceil-rounded (a 100 px side at stride 8 has 13 cells).
+    Strides are in the teacher's input pixels: a student on half-size inputs (`teacher_example_inputs`
+    at full size, Chen 2017's low-resolution student) pairs its stride-s levels with the teacher's
+    stride-2s levels.
 
-    Adaptation: a student map of another size than its teacher's is resized bilinearly to it; a 1x1
-    conv maps the student's channels to the teacher's (HintLoss' own `adapt`, FGDLoss' own `align`,
-    `adapt[i]` for CWD and PKD, which only have one when the channel counts differ).
+    Adaptation: a student map of another size than its teacher's is resized bilinearly to it (PKDLoss
+    resizes its input itself, after the adaptation, as mmrazor's does); a 1x1 conv maps the student's
+    channels to the teacher's (HintLoss' own `adapt`, FGDLoss' own `align`, `adapt[i]` for CWD and PKD,
+    which only have one when the channel counts differ).
 
     Loss per pair (`loss`): a kind, or (kind, options), for every pair, or a dict level -> either, by
     student level name:
@@ -127,7 +141,14 @@ class FeatureDistiller(nn.Module):
         "fgd": kdops.nn.FGDLoss; options family ("two_stage", "retinanet", "fcos": FGDLoss.preset)
             and the hyper-parameters temperature, alpha, beta, gamma, lambda_.
         "cwd": kdops.nn.CWDLoss; option tau.        "pkd": kdops.nn.PKDLoss.
-    `weights`: one float for every pair, or a dict student level -> float (default 1.0).
+    `weights`: one float for every pair, or a dict student level -> float (default 1.0). `reduction`:
+    "total" is the "sum" of the weighted pair losses or their "mean".
+
+    Maps the training loop already has (a trainer that runs the backbones itself):
+    `FeatureDistiller.from_levels(student_levels, teacher_levels, ...)` builds the same pairs,
+    adaptation layers and losses from each side's {level: Level(channels, stride, size)}, without
+    models or hooks, and `distiller.distil(student_maps, teacher_maps, boxes)` returns the losses of
+    two {level: map} dicts. The hook path computes its losses with `distil` too.
 
     Boxes (FGD, imitation with mask="boxes"): one (K_i, 4) tensor per image, (x1, y1, x2, y2) in the
     pixels of the teacher's input as its layers see it (for a torchvision detector: after its
@@ -149,7 +170,7 @@ class FeatureDistiller(nn.Module):
         example_inputs: positional arguments of one forward of both models (a tuple, or one tensor).
         teacher_example_inputs: the teacher's, when it sees other inputs than the student.
         loss, weights: see above.
-        pair_by: "stride", "size" or "order".
+        pair_by: "stride", "size" or "order"; tie: "in_order" or "first"; reduction: "sum" or "mean".
         image_size: (H, W) of the teacher's input as its layers see it in the probe; default: the last
             two dims of the first tensor in its example inputs with >= 3 dims. Set it when the model
             resizes its input.
@@ -159,11 +180,10 @@ class FeatureDistiller(nn.Module):
     def __init__(self, student: nn.Module, teacher: nn.Module, student_layers: Selector,
                  teacher_layers: Optional[Selector] = None, *, example_inputs, teacher_example_inputs=None,
                  loss: Union[LossSpec, Dict[str, LossSpec]] = "imitation",
-                 weights: Union[float, Dict[str, float]] = 1.0, pair_by: str = "stride",
-                 image_size: Optional[Sequence[int]] = None, backend: Optional[str] = None):
+                 weights: Union[float, Dict[str, float]] = 1.0, pair_by: str = "stride", tie: str = "in_order",
+                 reduction: str = "sum", image_size: Optional[Sequence[int]] = None, backend: Optional[str] = None):
         super().__init__()
-        if pair_by not in PAIR_BY:
-            raise ValueError(f"FeatureDistiller: pair_by must be one of {PAIR_BY}, got {pair_by!r}")
+        _check_choices(pair_by, tie, reduction)
         student, teacher = _unwrap(student), _unwrap(teacher)
         if student is teacher:
             raise ValueError("FeatureDistiller: student and teacher are the same module; the teacher's hooks would "
@@ -192,25 +212,9 @@ class FeatureDistiller(nn.Module):
                      for level in t_levels}
         s_strides = {level: self._stride(image_size, s_shapes[level], "student", level, pair_by == "stride")
                      for level in s_levels}
-        matched = _pair(s_levels, t_levels, pair_by, s_strides, t_strides, s_shapes, t_shapes)
-        if not matched:
-            raise ValueError(f"FeatureDistiller: no student level pairs with a teacher level by {pair_by}: student "
-                             f"{_levels_info(s_levels, s_shapes, s_strides)}, teacher "
-                             f"{_levels_info(t_levels, t_shapes, t_strides)}")
-        unspecified = [s for s, _ in matched if s not in specs]
-        if unspecified:
-            raise ValueError(f"FeatureDistiller: loss gives no kind for the paired student levels {unspecified} "
-                             f"(paired: {[s for s, _ in matched]})")
-        self.pairs: List[Pair] = [Pair(s, t, t_strides[t], *specs[s]) for s, t in matched]
-        self.weights = self._weights(weights)
-        self.backend = backend
-        self.losses = nn.ModuleList()
-        self.adapt = nn.ModuleList()
-        for pair in self.pairs:
-            module, adapt = _build(pair.kind, pair.options, s_shapes[pair.student][0], t_shapes[pair.teacher][0],
-                                   backend)
-            self.losses.append(module)
-            self.adapt.append(adapt)
+        self._setup({lv: Level(s_shapes[lv][0], s_strides[lv], s_shapes[lv][1:]) for lv in s_levels},
+                    {lv: Level(t_shapes[lv][0], t_strides[lv], t_shapes[lv][1:]) for lv in t_levels},
+                    specs, weights, pair_by, tie, reduction, backend)
         # Hook only the modules of paired levels.
         used = {p.student for p in self.pairs}, {p.teacher for p in self.pairs}
         handles = []
@@ -220,6 +224,58 @@ class FeatureDistiller(nn.Module):
             named = dict(recorder.model.named_modules())
             handles += [named[path].register_forward_hook(recorder.hook(path)) for path in recorder.modules]
         self._finalizer = weakref.finalize(self, _remove_all, handles)
+
+    @classmethod
+    def from_levels(cls, student_levels: Mapping, teacher_levels: Mapping, *,
+                    loss: Union[LossSpec, Dict[str, LossSpec]] = "imitation",
+                    weights: Union[float, Dict[str, float]] = 1.0, pair_by: str = "stride", tie: str = "in_order",
+                    reduction: str = "sum", backend: Optional[str] = None) -> "FeatureDistiller":
+        """A distiller without models or hooks, for maps the caller computes: {level name: Level} of each
+        side (or a tuple (channels, stride[, size]), or the channel count alone for pair_by="order"), in
+        the order the levels pair in. Its losses come from `distil(student_maps, teacher_maps, boxes)`."""
+        _check_choices(pair_by, tie, reduction)
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._models = [None, None]
+        self._student = self._teacher = None
+        self._finalizer = None
+        s_levels = {name: _as_level(v, "student", name) for name, v in _level_items(student_levels, "student")}
+        t_levels = {name: _as_level(v, "teacher", name) for name, v in _level_items(teacher_levels, "teacher")}
+        specs = cls._loss_specs(loss, list(s_levels))
+        boxes = any(_needs_boxes(kind, opts) for kind, opts in specs.values())
+        for side, levels in (("student", s_levels), ("teacher", t_levels)):
+            need = {"stride": "pair_by='stride'" if pair_by == "stride" else
+                    "the boxes of fgd or masked imitation" if boxes and side == "teacher" else None,
+                    "size": "pair_by='size'" if pair_by == "size" else None}
+            for name, level in levels.items():
+                for field, why in need.items():
+                    if why and getattr(level, field) is None:
+                        raise ValueError(f"FeatureDistiller.from_levels: the {side}'s level {name!r} has no {field}; "
+                                         f"{why} needs one")
+        self._setup(s_levels, t_levels, specs, weights, pair_by, tie, reduction, backend)
+        return self
+
+    def _setup(self, s_levels: Dict[str, Level], t_levels: Dict[str, Level], specs, weights, pair_by: str,
+               tie: str, reduction: str, backend) -> None:
+        """Pairs, weights, losses and adaptation layers: what both constructors share."""
+        matched = _pair(s_levels, t_levels, pair_by, tie)
+        if not matched:
+            raise ValueError(f"FeatureDistiller: no student level pairs with a teacher level by {pair_by}: student "
+                             f"{_levels_info(s_levels)}, teacher {_levels_info(t_levels)}")
+        unspecified = [s for s, _ in matched if s not in specs]
+        if unspecified:
+            raise ValueError(f"FeatureDistiller: loss gives no kind for the paired student levels {unspecified} "
+                             f"(paired: {[s for s, _ in matched]})")
+        self.pairs: List[Pair] = [Pair(s, t, t_levels[t].stride, *specs[s]) for s, t in matched]
+        self.weights = self._weights(weights)
+        self.reduction, self.backend = reduction, backend
+        self.losses = nn.ModuleList()
+        self.adapt = nn.ModuleList()
+        for pair in self.pairs:
+            module, adapt = _build(pair.kind, pair.options, s_levels[pair.student].channels,
+                                   t_levels[pair.teacher].channels, backend)
+            self.losses.append(module)
+            self.adapt.append(adapt)
 
     # ---- training-step API ------------------------------------------------------------------------
     @property
@@ -241,46 +297,58 @@ class FeatureDistiller(nn.Module):
         self._teacher.run(*inputs, **kwargs)
 
     def forward(self, boxes: Optional[Sequence[Tensor]] = None) -> Dict[str, Tensor]:
-        """The weighted loss of each pair, keyed by the student level, and "total" (their sum). Needs
-        a student forward and a teacher_forward since the last call; drops the recorded maps."""
+        """`distil` on the recorded maps. Needs a student forward and a teacher_forward since the last
+        call; drops the recorded maps."""
         self._check_hooked("forward")
         try:
-            student_maps, teacher_maps = self._student.maps, self._teacher.maps
-            out: Dict[str, Tensor] = {}
-            for i, pair in enumerate(self.pairs):
-                s = _recorded(student_maps, pair.student, "student", "run the student forward")
-                t = _recorded(teacher_maps, pair.teacher, "teacher", "call teacher_forward")
-                if s.shape[0] != t.shape[0]:
-                    raise ValueError(f"FeatureDistiller: student level {pair.student!r} has batch size {s.shape[0]} "
-                                     f"but teacher level {pair.teacher!r} has {t.shape[0]}; run both on the same "
-                                     "inputs")
-                if s.shape[-2:] != t.shape[-2:]:
-                    # Before the 1x1 adaptation, which commutes with bilinear resizing.
-                    s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
-                s = self.adapt[i](s)
-                fn = self.losses[i]
-                if pair.kind == "fgd":
-                    value = fn(s, t, self._level_boxes(boxes, pair, s.shape[0]))
-                elif pair.kind == "imitation" and _needs_boxes(pair.kind, pair.options):
-                    fg, _ = box_masks(self._level_boxes(boxes, pair, s.shape[0]), tuple(t.shape[-2:]),
-                                      backend=self.backend)
-                    value = fn(s, t, fg > 0)
-                else:
-                    value = fn(s, t)
-                out[pair.student] = self.weights[i] * value
-            out["total"] = sum(out.values())
-            return out
+            for pair in self.pairs:
+                _recorded(self._student.maps, pair.student, "student", "run the student forward")
+                _recorded(self._teacher.maps, pair.teacher, "teacher", "call teacher_forward")
+            return self.distil(self._student.maps, self._teacher.maps, boxes)
         finally:
             self.clear()
 
+    def distil(self, student_maps: Mapping[str, Tensor], teacher_maps: Mapping[str, Tensor],
+               boxes: Optional[Sequence[Tensor]] = None) -> Dict[str, Tensor]:
+        """The weighted loss of each pair, keyed by the student level, and "total" (their sum or mean,
+        `reduction`), from {level: (N, C, H, W) map} of each side. The teacher's maps are constants
+        (detached here); boxes as for forward."""
+        out: Dict[str, Tensor] = {}
+        for i, pair in enumerate(self.pairs):
+            s = _level_map(student_maps, pair.student, "student")
+            t = _level_map(teacher_maps, pair.teacher, "teacher").detach()
+            if s.shape[0] != t.shape[0]:
+                raise ValueError(f"FeatureDistiller: student level {pair.student!r} has batch size {s.shape[0]} "
+                                 f"but teacher level {pair.teacher!r} has {t.shape[0]}; run both on the same "
+                                 "inputs")
+            if pair.kind != "pkd":  # PKDLoss resizes the adapted map itself
+                s = match_size(s, t)
+            s = self.adapt[i](s)
+            fn = self.losses[i]
+            if pair.kind == "fgd":
+                value = fn(s, t, self._level_boxes(boxes, pair, s.shape[0]))
+            elif pair.kind == "imitation" and _needs_boxes(pair.kind, pair.options):
+                fg, _ = box_masks(self._level_boxes(boxes, pair, s.shape[0]), tuple(t.shape[-2:]),
+                                  backend=self.backend)
+                value = fn(s, t, fg > 0)
+            else:
+                value = fn(s, t)
+            out[pair.student] = value if self.weights[i] == 1.0 else self.weights[i] * value
+        total = sum(out.values())
+        out["total"] = total / len(self.pairs) if self.reduction == "mean" else total
+        return out
+
     def clear(self) -> None:
         """Drop the recorded maps (and the student's graph they hold)."""
+        if self._student is None:  # from_levels: nothing is recorded
+            return
         self._student.maps.clear()
         self._teacher.maps.clear()
 
     def remove(self) -> None:
         """Remove every hook and drop the recorded maps."""
-        self._finalizer()
+        if self._finalizer is not None:
+            self._finalizer()
         self.clear()
 
     def __enter__(self) -> "FeatureDistiller":
@@ -386,6 +454,9 @@ class FeatureDistiller(nn.Module):
         return [b / pair.stride for b in boxes]
 
     def _check_hooked(self, what: str) -> None:
+        if self._finalizer is None:
+            raise RuntimeError(f"FeatureDistiller.{what}: this distiller was built by from_levels and has no hooks; "
+                               "pass the maps to distil()")
         if not self._finalizer.alive:
             raise RuntimeError(f"FeatureDistiller.{what}: the hooks were removed (remove() or the end of a with block)")
 
@@ -477,25 +548,72 @@ def _stride_of(image_size, size) -> Optional[float]:
     return None
 
 
-def _pair(s_levels, t_levels, pair_by, s_strides, t_strides, s_shapes, t_shapes) -> List[Tuple[str, str]]:
+def match_size(student: Tensor, teacher: Tensor) -> Tensor:
+    """The student's map resized bilinearly to the teacher's (H, W) when they differ (a low-resolution
+    student, a ceil-rounded level). Resizing before a 1x1 adaptation conv equals resizing after it: the
+    conv is affine per pixel and each bilinear output is a convex combination of input pixels."""
+    if student.shape[-2:] != teacher.shape[-2:]:
+        student = F.interpolate(student, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
+    return student
+
+
+def pair_levels(student: Mapping[str, Hashable], teacher: Mapping[str, Hashable],
+                tie: str = "in_order") -> List[Tuple[str, str]]:
+    """(student level, teacher level) of equal keys (strides or sizes), in the student's order; student
+    levels without a teacher level of their key are left out. On a tie, "in_order" pairs the k-th
+    student level of a key with the k-th teacher level of it (or its last), "first" every student
+    level of a key with the first teacher level of it."""
+    groups: Dict[Hashable, List[str]] = {}
+    for level, key in teacher.items():
+        groups.setdefault(key, []).append(level)
+    pairs, seen = [], {}
+    for level, key in student.items():
+        group = groups.get(key)
+        if group:
+            k = seen.get(key, 0) if tie == "in_order" else 0
+            seen[key] = k + 1
+            pairs.append((level, group[min(k, len(group) - 1)]))
+    return pairs
+
+
+def _pair(s_levels: Dict[str, Level], t_levels: Dict[str, Level], pair_by: str, tie: str) -> List[Tuple[str, str]]:
     if pair_by == "order":
         if len(s_levels) != len(t_levels):
             raise ValueError(f"FeatureDistiller: pair_by='order' needs as many student levels as teacher levels, "
-                             f"got {s_levels} and {t_levels}")
+                             f"got {list(s_levels)} and {list(t_levels)}")
         return list(zip(s_levels, t_levels))
-    s_key = (lambda lv: s_strides[lv]) if pair_by == "stride" else (lambda lv: s_shapes[lv][1:])
-    t_key = (lambda lv: t_strides[lv]) if pair_by == "stride" else (lambda lv: t_shapes[lv][1:])
-    groups: Dict[object, List[str]] = {}
-    for level in t_levels:
-        groups.setdefault(t_key(level), []).append(level)
-    pairs, seen = [], {}
-    for level in s_levels:
-        group = groups.get(s_key(level))
-        if group:
-            k = seen.get(s_key(level), 0)
-            seen[s_key(level)] = k + 1
-            pairs.append((level, group[min(k, len(group) - 1)]))
-    return pairs
+    key = (lambda lv: lv.stride) if pair_by == "stride" else (lambda lv: tuple(lv.size))
+    return pair_levels({n: key(lv) for n, lv in s_levels.items()}, {n: key(lv) for n, lv in t_levels.items()}, tie)
+
+
+def _check_choices(pair_by: str, tie: str, reduction: str) -> None:
+    for arg, value, choices in (("pair_by", pair_by, PAIR_BY), ("tie", tie, TIES),
+                                ("reduction", reduction, REDUCTIONS)):
+        if value not in choices:
+            raise ValueError(f"FeatureDistiller: {arg} must be one of {choices}, got {value!r}")
+
+
+def _level_items(levels, side: str):
+    if not isinstance(levels, Mapping) or not levels:
+        raise TypeError(f"FeatureDistiller.from_levels: the {side}'s levels must be a non-empty dict "
+                        f"{{name: Level}}, got {levels!r}")
+    return levels.items()
+
+
+def _as_level(value, side: str, name: str) -> Level:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,)
+    if isinstance(value, tuple) and 1 <= len(value) <= 3:
+        level = Level(*value)
+        if isinstance(level.channels, int) and not isinstance(level.channels, bool) and level.channels >= 1 \
+                and (level.stride is None or (isinstance(level.stride, (int, float)) and level.stride > 0)) \
+                and (level.size is None or len(level.size) == 2):
+            if name == "total":
+                raise ValueError("FeatureDistiller: a level cannot be named 'total' (the key of the losses' sum)")
+            return Level(level.channels, None if level.stride is None else float(level.stride),
+                         None if level.size is None else tuple(int(n) for n in level.size))
+    raise TypeError(f"FeatureDistiller.from_levels: the {side}'s level {name!r} must be a Level(channels, stride, "
+                    f"size), a tuple of them or a channel count, got {value!r}")
 
 
 def _image_size(example_inputs) -> Tuple[int, int]:
@@ -510,10 +628,16 @@ def _image_size(example_inputs) -> Tuple[int, int]:
                      "pass image_size=")
 
 
-def _recorded(maps: Dict[str, Tensor], level: str, side: str, hint: str) -> Tensor:
+def _recorded(maps: Dict[str, Tensor], level: str, side: str, hint: str) -> None:
     if level not in maps:
         raise RuntimeError(f"FeatureDistiller: no {side} map recorded for level {level!r}; {hint} before "
                            "computing the loss (the maps are dropped after each loss)")
+
+
+def _level_map(maps: Mapping[str, Tensor], level: str, side: str) -> Tensor:
+    if not isinstance(maps, Mapping) or level not in maps:
+        keys = list(maps) if isinstance(maps, Mapping) else type(maps).__name__
+        raise KeyError(f"FeatureDistiller.distil: no {side} map for level {level!r} (got {keys})")
     return maps[level]
 
 
@@ -535,6 +659,6 @@ def _nearby(path: str, named: dict) -> List[str]:
     return children[:12] or [p for p in named if p][:12]
 
 
-def _levels_info(levels, shapes, strides) -> str:
-    return ", ".join(f"{lv} {shapes[lv][1]}x{shapes[lv][2]}"
-                     + (f" stride {strides[lv]:g}" if strides.get(lv) is not None else "") for lv in levels)
+def _levels_info(levels: Dict[str, Level]) -> str:
+    return ", ".join(name + (f" {lv.size[0]}x{lv.size[1]}" if lv.size is not None else "")
+                     + (f" stride {lv.stride:g}" if lv.stride is not None else "") for name, lv in levels.items())

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from kdops._layout import acc_dtype
 from kdops.ops.box_masks import box_masks
-from kdops.ops.fgd_feature_pass import feature_pass
+from kdops.ops.fgd_feature_pass import fgd_feature_pass
 from kdops.ops.gc_context import gc_context
 
 # Official per-family hyper-parameters (temperature, alpha, beta, gamma, lambda_), docs/math.md §4.
@@ -129,14 +129,13 @@ class FGDLoss(nn.Module):
                                backend=self.backend)
         else:
             fg, bg = box_masks(boxes, student.shape[-2:], backend=self.backend)
-        # kdops.fgd_feature_pass reads S and T once each way (backends without its kernel compose the per-op
-        # kernels); the relation loss is then (N, C)-sized work: sum (S + d - T)^2 = diff_sq + 2 sum(d * diff_sum)
-        # + H*W sum(d^2), with d = delta_s - delta_t.
+        # kdops.fgd_feature_pass reads S and T once each way on every backend; the relation loss is then
+        # (N, C)-sized work: sum (S + d - T)^2 = diff_sq + 2 sum(d * diff_sum) + H*W sum(d^2), d = delta_s - delta_t.
         s_mask, t_mask = self.student_gc.conv_mask, self.teacher_gc.conv_mask
-        out = feature_pass(student, teacher, fg=fg, bg=bg, student_gc_weight=s_mask.weight,
-                           student_gc_bias=s_mask.bias, teacher_gc_weight=t_mask.weight, teacher_gc_bias=t_mask.bias,
-                           temperature=self.temperature, alpha=self.alpha, beta=self.beta, gamma=self.gamma,
-                           backend=self.backend)
+        out = fgd_feature_pass(student, teacher, fg=fg, bg=bg, student_gc_weight=s_mask.weight,
+                               student_gc_bias=s_mask.bias, teacher_gc_weight=t_mask.weight,
+                               teacher_gc_bias=t_mask.bias, temperature=self.temperature, alpha=self.alpha,
+                               beta=self.beta, gamma=self.gamma, backend=self.backend)
         d = (self.student_gc.transform(out.ctx_s) - self.teacher_gc.transform(out.ctx_t)).to(out.diff_sum.dtype)
         n, hw = student.shape[0], student.shape[2] * student.shape[3]
         relation = (out.diff_sq + 2 * (d * out.diff_sum).sum() + hw * (d * d).sum()) / max(n, 1)

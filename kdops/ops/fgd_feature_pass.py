@@ -2,9 +2,8 @@
 
 The per-op kernels (fgd_focal_loss, two gc_context calls, relation_mse) read S and T eight times forward
 and six times backward, and autograd adds three student gradients (three feature-sized buffers alive at
-once); on a CPU that memory traffic is most of an FGD step. OP_SPEC.backends lists the backends with a
-one-pass kernel; on the others (no CUDA kernel yet) `feature_pass`, kdops.nn.FGDLoss' entry, gives the
-same outputs from the per-op kernels.
+once); that memory traffic is most of an FGD step. Every backend has the one-pass kernel, and
+kdops.nn.FGDLoss takes it on all of them.
 """
 
 from typing import NamedTuple, Optional
@@ -16,8 +15,6 @@ from kdops import _backend, _checks, _registry
 from kdops._layout import acc_dtype
 from kdops._registry import acc_empty
 from kdops.ops.fgd_focal_loss import check_args as check_focal_args
-from kdops.ops.fgd_focal_loss import fgd_focal_loss
-from kdops.ops.gc_context import gc_context
 from kdops.reference import fgd_feature_pass as reference
 
 OP = "fgd_feature_pass"
@@ -74,8 +71,7 @@ OP_SPEC = _registry.define(_registry.Op(
     saved=("student", "teacher", "fg", "bg", "student_gc_weight", "teacher_gc_weight", "ctx_s", "ctx_t") + _STATS,
     non_differentiable=_STATS, backward=_backward,
     fake_backward=lambda a: (torch.empty_like(a.student, memory_format=torch.contiguous_format),
-                             torch.empty_like(a.student_gc_weight), torch.empty_like(a.teacher_gc_weight)),
-    backends=("reference", "cpu", "triton")))
+                             torch.empty_like(a.student_gc_weight), torch.empty_like(a.teacher_gc_weight))))
 
 
 def fgd_feature_pass(student: Tensor, teacher: Tensor, *, fg: Tensor, bg: Tensor, student_gc_weight: Tensor,
@@ -96,38 +92,19 @@ def fgd_feature_pass(student: Tensor, teacher: Tensor, *, fg: Tensor, bg: Tensor
         student, teacher, fg, bg, temperature, alpha, beta, gamma: as kdops.fgd_focal_loss.
         student_gc_weight, student_gc_bias, teacher_gc_weight, teacher_gc_bias: each side's GcBlock
             mask conv (C -> 1), as kdops.gc_context's weight and bias (a bias may be None).
-        backend: None (automatic), "reference", "cpu" or "triton" (no "cuda" kernel yet).
+        backend: None (automatic), "reference", "cpu", "cuda" or "triton".
 
     Returns:
         FeaturePass(loss, terms, ctx_s, ctx_t, diff_sq, diff_sum), float32 (float64 for float64
         features). An empty batch (N = 0) gives zeros.
     """
-    return feature_pass(student, teacher, fg=fg, bg=bg, student_gc_weight=student_gc_weight,
-                        student_gc_bias=student_gc_bias, teacher_gc_weight=teacher_gc_weight,
-                        teacher_gc_bias=teacher_gc_bias, temperature=temperature, alpha=alpha, beta=beta, gamma=gamma,
-                        backend=backend, supported=OP_SPEC.backends)
-
-
-def feature_pass(student: Tensor, teacher: Tensor, *, backend: Optional[str] = None, supported=_backend.BACKENDS,
-                 **arguments) -> FeaturePass:
-    """kdops.fgd_feature_pass on any of `supported` (default: every backend, kdops.nn.FGDLoss' entry).
-
-    A backend without a one-pass kernel (not in OP_SPEC.backends) gives the same outputs from the per-op
-    kernels: fgd_focal_loss, two gc_context calls, and the two feature sums in PyTorch.
-    """
-    a = dict(arguments)
+    a = dict(student_gc_weight=student_gc_weight, student_gc_bias=student_gc_bias,
+             teacher_gc_weight=teacher_gc_weight, teacher_gc_bias=teacher_gc_bias)
     a["fg"], a["bg"], a["temperature"], a["alpha"], a["beta"], a["gamma"] = check_focal_args(
-        OP, student, teacher, a["fg"], a["bg"], a["temperature"], a["alpha"], a["beta"], a["gamma"])
+        OP, student, teacher, fg, bg, temperature, alpha, beta, gamma)
     acc = acc_dtype(student.dtype)
     for side in ("student_gc_", "teacher_gc_"):
         a[side + "weight"], a[side + "bias"] = _checks.gc_conv(a[side + "weight"], a[side + "bias"], student, acc, OP,
                                                                side)
-    which = _backend.resolve(OP, student.device, backend, supported=supported)
-    if which in OP_SPEC.backends:
-        return FeaturePass(*OP_SPEC(which, student=student, teacher=teacher, **a)[:6])
-    weights = dict(temperature=a["temperature"], alpha=a["alpha"], beta=a["beta"], gamma=a["gamma"])
-    loss, terms = fgd_focal_loss(student, teacher, fg=a["fg"], bg=a["bg"], **weights, return_terms=True,
-                                 backend=which)
-    ctx_s = gc_context(student, a["student_gc_weight"], a["student_gc_bias"], backend=which)
-    ctx_t = gc_context(teacher, a["teacher_gc_weight"], a["teacher_gc_bias"], backend=which)
-    return FeaturePass(loss, terms, ctx_s, ctx_t, *reference.relation_sums(student, teacher))
+    which = _backend.resolve(OP, student.device, backend)
+    return FeaturePass(*OP_SPEC(which, student=student, teacher=teacher, **a)[:6])

@@ -5,7 +5,6 @@ import triton
 import triton.language as tl
 
 from kdops._layout import acc_dtype  # noqa: F401  (the kernels' modules import it from here)
-from kdops.triton._reduce import kahan_add, kahan_total
 
 
 def layout_constants(columns):
@@ -18,10 +17,10 @@ def tl_acc(dtype: torch.dtype):
     return tl.float64 if acc_dtype(dtype) == torch.float64 else tl.float32
 
 
-def warps_for(block: int) -> int:
-    """Warps for a loop over [block] tiles: at most 8 lanes per thread, so that kahan_add's accumulators (two
-    registers per lane each) stay in registers."""
-    return max(4, block // 256)
+def warps_for(block: int, acc: torch.dtype = torch.float32) -> int:
+    """Warps for a loop over [block] tiles: at most 8 lanes per thread (4 in float64, whose values take two
+    registers), so that kahan_add's accumulators (two values per lane each) stay in registers."""
+    return max(4, block // (128 if acc == torch.float64 else 256))
 
 
 def block_for(n: int, cap: int) -> int:
@@ -37,8 +36,50 @@ def program_id64(axis: tl.constexpr):
 
 
 @triton.jit
+def kahan_add(total, comp, x):
+    """total + x with Kahan compensation, per lane; returns the new (total, comp).
+
+    `comp` is what rounding added too much, so the sum is total - comp (kahan_total). Start both at 0.
+    """
+    y = x - comp
+    t = total + y
+    # Where the total is inf or NaN there is no low part: inf and NaN then come out as a plain sum's.
+    comp = tl.where(tl.abs(t) < float("inf"), (t - total) - y, 0.0)
+    return t, comp
+
+
+@triton.jit
+def kahan_total(total, comp):
+    """The compensated per-lane sums of a [BLOCK] accumulator, added over the lanes."""
+    return tl.sum(total - comp, axis=0)
+
+
+@triton.jit
+def row_tile(tiles):
+    """(row, tile) of a 1-D grid of rows * tiles programs. CUDA caps grid axes 1 and 2 at 65535 programs (a
+    [rows, tiles] grid fails to launch past 65535 * BLOCK pixels) and axis 0 at 2^31 - 1."""
+    pid = program_id64(0)
+    return pid // tiles, pid % tiles
+
+
+@triton.jit
+def size64(n):
+    """A size argument as int64, for `range(0, n, BLOCK)`: an int32 counter wraps negative at its last step when
+    2^31 - BLOCK < n < 2^31 (Triton passes sizes >= 2^31 as int64 already) and the loop never ends."""
+    return tl.cast(n, tl.int64)
+
+
+@triton.jit
+def acc_scalar(x, ACC: tl.constexpr):
+    """A float argument in the accumulation type. Float arguments are annotated tl.float64: a Python float is
+    otherwise an .f32 parameter, and float64 kernels would get a float32 temperature, weight or 1/n on a GPU."""
+    return tl.full([], x, ACC)
+
+
+@triton.jit
 def scaled_softmax_row(x_ptr, out_ptr, length, scale, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """out = length * softmax(x * scale) over one row of `length` values, in three streaming passes."""
+    length = size64(length)
     offs = tl.arange(0, BLOCK)
     row_max = tl.full([BLOCK], float("-inf"), ACC)
     for start in range(0, length, BLOCK):
@@ -63,6 +104,7 @@ def scaled_softmax_row(x_ptr, out_ptr, length, scale, BLOCK: tl.constexpr, ACC: 
 def scaled_softmax_grad_row(a_ptr, g_ptr, out_ptr, length, inv_temp, post_scale, BLOCK: tl.constexpr,
                             ACC: tl.constexpr):
     """out = inv_temp * a * (g - sum(a * g) / length) * post_scale: the backward of length * softmax."""
+    length = size64(length)
     offs = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], ACC)
     comp = tl.zeros([BLOCK], ACC)

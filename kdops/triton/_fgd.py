@@ -5,7 +5,7 @@ softmax and the weight-gradient sum)."""
 import triton
 import triton.language as tl
 
-from kdops.triton._common import program_id64
+from kdops.triton._common import acc_scalar, program_id64, size64
 from kdops.triton._reduce import kahan_add, kahan_total
 
 
@@ -14,6 +14,7 @@ def _l1_softmax_grad_row(s_ptr, t_ptr, out_ptr, length, inv_n, inv_temp, post_sc
                          ACC: tl.constexpr):
     """Returns sum |a_s - a_t| and writes out = d(sum |a_s - a_t| / N)/d(logits) * post_scale through
     a_s = length * softmax(logits / temp)."""
+    length = size64(length)
     offs = tl.arange(0, BLOCK)
     l1 = tl.zeros([BLOCK], ACC)
     l1_c = tl.zeros([BLOCK], ACC)
@@ -37,13 +38,16 @@ def _l1_softmax_grad_row(s_ptr, t_ptr, out_ptr, length, inv_n, inv_temp, post_sc
 
 
 @triton.jit
-def attention_kernel(s_sp_ptr, t_sp_ptr, s_ch_ptr, t_ch_ptr, pixel_ptr, channel_ptr, att_part_ptr, C, HW, inv_n,
-                     inv_temp, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+def attention_kernel(s_sp_ptr, t_sp_ptr, s_ch_ptr, t_ch_ptr, pixel_ptr, channel_ptr, att_part_ptr, C, HW,
+                     inv_n: tl.float64, inv_temp: tl.float64, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+                     ACC: tl.constexpr):
     n = program_id64(0)
+    inv_n, inv_temp = acc_scalar(inv_n, ACC), acc_scalar(inv_temp, ACC)
+    # 1.0 / HW on an int argument would be a float32 division
     l1 = _l1_softmax_grad_row(s_ch_ptr + n * C, t_ch_ptr + n * C, channel_ptr + n * C, C, inv_n, inv_temp,
-                              1.0 / HW, BLOCK_C, ACC)
+                              1.0 / tl.cast(HW, ACC), BLOCK_C, ACC)
     l1 += _l1_softmax_grad_row(s_sp_ptr + n * HW, t_sp_ptr + n * HW, pixel_ptr + n * HW, HW, inv_n, inv_temp,
-                               1.0 / C, BLOCK_HW, ACC)
+                               1.0 / tl.cast(C, ACC), BLOCK_HW, ACC)
     tl.store(att_part_ptr + n, l1)
 
 
@@ -52,12 +56,12 @@ def merged_max_and_sum(max_ptr, sum_ptr, stride, tiles, BLOCK_T: tl.constexpr, A
     """An image's softmax max and normaliser from its tiles' (max, sum) pairs, at max_ptr and sum_ptr + t * stride."""
     t = tl.arange(0, BLOCK_T)
     mx_acc = tl.full([BLOCK_T], float("-inf"), ACC)
-    for t0 in range(0, tiles, BLOCK_T):
+    for t0 in range(0, size64(tiles), BLOCK_T):
         mx_acc = tl.maximum(mx_acc, tl.load(max_ptr + (t0 + t) * stride, mask=t0 + t < tiles, other=float("-inf")))
     mx = tl.max(mx_acc, axis=0)
     z_acc = tl.zeros([BLOCK_T], ACC)
     z_comp = tl.zeros([BLOCK_T], ACC)
-    for t0 in range(0, tiles, BLOCK_T):
+    for t0 in range(0, size64(tiles), BLOCK_T):
         ok = t0 + t < tiles
         m = tl.load(max_ptr + (t0 + t) * stride, mask=ok, other=0.0)
         z = tl.load(sum_ptr + (t0 + t) * stride, mask=ok, other=0.0)
@@ -81,6 +85,6 @@ def sum_rows_kernel(part_ptr, out_ptr, rows, C, BLOCK_C: tl.constexpr, ACC: tl.c
     c = program_id64(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     total = tl.zeros([BLOCK_C], ACC)
     comp = tl.zeros([BLOCK_C], ACC)
-    for r in range(0, rows):
+    for r in range(0, size64(rows)):  # r * C passes 2^31 - 1 on large maps (rows = N * tiles)
         total, comp = kahan_add(total, comp, tl.load(part_ptr + r * C + c, mask=c < C, other=0.0))
     tl.store(out_ptr + c, total - comp, mask=c < C)

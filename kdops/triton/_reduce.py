@@ -12,24 +12,8 @@ order, so the result is deterministic (no atomics) and nothing is read back on t
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def kahan_add(total, comp, x):
-    """total + x with Kahan compensation, per lane; returns the new (total, comp).
-
-    `comp` is what rounding added too much, so the sum is total - comp (kahan_total). Start both at 0.
-    """
-    y = x - comp
-    t = total + y
-    # Where the total is inf or NaN there is no low part: inf and NaN then come out as a plain sum's.
-    comp = tl.where(tl.abs(t) < float("inf"), (t - total) - y, 0.0)
-    return t, comp
-
-
-@triton.jit
-def kahan_total(total, comp):
-    """The compensated per-lane sums of a [BLOCK] accumulator, added over the lanes."""
-    return tl.sum(total - comp, axis=0)
+# kahan_add and kahan_total live in _common (its softmax rows use them); the kernels import them from either.
+from kdops.triton._common import acc_scalar, kahan_add, kahan_total, size64  # noqa: F401
 
 
 @triton.jit
@@ -38,7 +22,7 @@ def sum_column(ptr, count, stride, col, BLOCK: tl.constexpr, ACC: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], ACC)
     comp = tl.zeros([BLOCK], ACC)
-    for start in range(0, count, BLOCK):
+    for start in range(0, size64(count), BLOCK):
         idx = start + offs
         acc, comp = kahan_add(acc, comp, tl.load(ptr + idx * stride + col, mask=idx < count, other=0.0).to(ACC))
     return kahan_total(acc, comp)
@@ -54,6 +38,7 @@ def mean_kernel(partial_ptr, programs, out_ptr, norm_ptr, BLOCK: tl.constexpr, A
 
 
 @triton.jit
-def scaled_sum_kernel(partial_ptr, programs, stride, col, scale, out_ptr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+def scaled_sum_kernel(partial_ptr, programs, stride, col, scale: tl.float64, out_ptr, BLOCK: tl.constexpr,
+                      ACC: tl.constexpr):
     """out = scale * sum of column `col` of the (programs, stride) partials."""
-    tl.store(out_ptr, scale * sum_column(partial_ptr, programs, stride, col, BLOCK, ACC))
+    tl.store(out_ptr, acc_scalar(scale, ACC) * sum_column(partial_ptr, programs, stride, col, BLOCK, ACC))

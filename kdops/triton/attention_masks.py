@@ -9,8 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kdops.triton._common import (acc_dtype, block_for, program_id64, scaled_softmax_grad_row, scaled_softmax_row,
-                                    tl_acc)
+from kdops.triton._common import (acc_dtype, acc_scalar, block_for, program_id64, row_tile, scaled_softmax_grad_row,
+                                    scaled_softmax_row, size64, tl_acc)
 from kdops.triton._reduce import kahan_add
 
 
@@ -22,7 +22,7 @@ def _stats_kernel(f_ptr, m_ptr, k_part_ptr, C, HW, tiles, BLOCK_C: tl.constexpr,
     hw = tile * BLOCK_HW + tl.arange(0, BLOCK_HW)
     hw_ok = hw < HW
     m = tl.zeros([BLOCK_HW], ACC)
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in range(0, size64(C), BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_ok = c < C
         ptrs = f_ptr + (n * C + c[:, None]) * HW + hw[None, :]
@@ -33,9 +33,10 @@ def _stats_kernel(f_ptr, m_ptr, k_part_ptr, C, HW, tiles, BLOCK_C: tl.constexpr,
 
 
 @triton.jit
-def _channel_kernel(k_part_ptr, k_ptr, out_ptr, C, tiles, scale, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+def _channel_kernel(k_part_ptr, k_ptr, out_ptr, C, tiles, scale: tl.float64, BLOCK_C: tl.constexpr,
+                    ACC: tl.constexpr):
     n = program_id64(0)
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in range(0, size64(C), BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         k = tl.zeros([BLOCK_C], ACC)
         comp = tl.zeros([BLOCK_C], ACC)
@@ -43,13 +44,13 @@ def _channel_kernel(k_part_ptr, k_ptr, out_ptr, C, tiles, scale, BLOCK_C: tl.con
             k, comp = kahan_add(k, comp, tl.load(k_part_ptr + (n * tiles + t) * C + c, mask=c < C, other=0.0))
         tl.store(k_ptr + n * C + c, k - comp, mask=c < C)
     tl.debug_barrier()  # the softmax below reads what other threads of this program just stored
-    scaled_softmax_row(k_ptr + n * C, out_ptr + n * C, C, scale, BLOCK_C, ACC)
+    scaled_softmax_row(k_ptr + n * C, out_ptr + n * C, C, acc_scalar(scale, ACC), BLOCK_C, ACC)
 
 
 @triton.jit
-def _spatial_kernel(m_ptr, out_ptr, HW, scale, BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _spatial_kernel(m_ptr, out_ptr, HW, scale: tl.float64, BLOCK: tl.constexpr, ACC: tl.constexpr):
     n = program_id64(0)
-    scaled_softmax_row(m_ptr + n * HW, out_ptr + n * HW, HW, scale, BLOCK, ACC)
+    scaled_softmax_row(m_ptr + n * HW, out_ptr + n * HW, HW, acc_scalar(scale, ACC), BLOCK, ACC)
 
 
 def forward(feat: torch.Tensor, temperature: float):
@@ -75,17 +76,17 @@ def forward(feat: torch.Tensor, temperature: float):
 
 
 @triton.jit
-def _softmax_grad_kernel(a_ptr, g_ptr, out_ptr, length, inv_temp, post_scale, BLOCK: tl.constexpr,
-                         ACC: tl.constexpr):
+def _softmax_grad_kernel(a_ptr, g_ptr, out_ptr, length, inv_temp: tl.float64, post_scale: tl.float64,
+                         BLOCK: tl.constexpr, ACC: tl.constexpr):
     row = program_id64(0)
-    scaled_softmax_grad_row(a_ptr + row * length, g_ptr + row * length, out_ptr + row * length, length, inv_temp,
-                            post_scale, BLOCK, ACC)
+    scaled_softmax_grad_row(a_ptr + row * length, g_ptr + row * length, out_ptr + row * length, length,
+                            acc_scalar(inv_temp, ACC), acc_scalar(post_scale, ACC), BLOCK, ACC)
 
 
 @triton.jit
-def _feature_grad_kernel(f_ptr, gm_ptr, gk_ptr, out_ptr, C, HW, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    row = program_id64(0)  # row = n * C + c
-    j = program_id64(1) * BLOCK + tl.arange(0, BLOCK)
+def _feature_grad_kernel(f_ptr, gm_ptr, gk_ptr, out_ptr, C, HW, tiles, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    row, tile = row_tile(tiles)  # row = n * C + c
+    j = tile * BLOCK + tl.arange(0, BLOCK)
     ok = j < HW
     f = tl.load(f_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
     gm = tl.load(gm_ptr + (row // C) * HW + j, mask=ok, other=0.0)
@@ -109,5 +110,6 @@ def backward(grad_spatial, grad_channel, feat, spatial, channel, temperature: fl
     _softmax_grad_kernel[(n,)](sp, g_sp, gm, hw, inv_temp, 1.0 / c, BLOCK=block_for(hw, 1024), ACC=tl_acc(acc))
     _softmax_grad_kernel[(n,)](ch, g_ch, gk, c, inv_temp, 1.0 / hw, BLOCK=block_for(c, 1024), ACC=tl_acc(acc))
     block = block_for(hw, 1024)
-    _feature_grad_kernel[(n * c, triton.cdiv(hw, block))](feat, gm, gk, grad, c, hw, BLOCK=block, ACC=tl_acc(acc))
+    tiles = triton.cdiv(hw, block)
+    _feature_grad_kernel[(n * c * tiles,)](feat, gm, gk, grad, c, hw, tiles, BLOCK=block, ACC=tl_acc(acc))
     return grad

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kdops.triton._common import acc_dtype, block_for, program_id64, tl_acc
+from kdops.triton._common import acc_dtype, block_for, program_id64, size64, tl_acc
 
 
 @triton.jit
@@ -34,7 +34,7 @@ def _fg_kernel(boxes_ptr, index_ptr, fg_ptr, zeros_ptr, K, H, W, HW, tiles, BLOC
     last_w = W * 1.0 - 1.0  # W, H may arrive as compile-time ints (Triton specialises 1)
     last_h = H * 1.0 - 1.0
     best = tl.zeros([BLOCK_P], ACC)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(0, size64(K), BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < K
         x1 = tl.load(boxes_ptr + 4 * k, mask=k_ok, other=0.0).to(ACC)
@@ -67,7 +67,7 @@ def _bg_kernel(fg_ptr, zeros_ptr, bg_ptr, HW, tiles, BLOCK_P: tl.constexpr, BLOC
     tile = program_id64(0)
     n = program_id64(1)
     count = tl.zeros([BLOCK_T], tl.int64)  # an image's background pixels can pass 2^31 - 1
-    for t0 in range(0, tiles, BLOCK_T):
+    for t0 in range(0, size64(tiles), BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
         count += tl.load(zeros_ptr + n * tiles + t, mask=t < tiles, other=0).to(tl.int64)
     total = tl.sum(count, axis=0).to(ACC)

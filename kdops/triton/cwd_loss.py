@@ -9,7 +9,8 @@ import triton
 import triton.language as tl
 
 from kdops._layout import CWD_STATS
-from kdops.triton._common import acc_dtype, block_for, layout_constants, program_id64, tl_acc, warps_for
+from kdops.triton._common import (acc_dtype, acc_scalar, block_for, layout_constants, program_id64, row_tile, size64,
+                                    tl_acc, warps_for)
 from kdops.triton._reduce import kahan_add, kahan_total, scaled_sum_kernel
 
 ROW_STATS, MAX_S, LOG_SUM_S, MAX_T, LOG_SUM_T, NEAR, SHIFT = layout_constants(CWD_STATS)
@@ -44,7 +45,9 @@ def _log1p_series(u, FIRST: tl.constexpr):
 
 
 @triton.jit
-def _row_kernel(s_ptr, t_ptr, stats_ptr, kl_ptr, HW, tau, inv_tau, BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _row_kernel(s_ptr, t_ptr, stats_ptr, kl_ptr, HW, tau: tl.float64, inv_tau: tl.float64, BLOCK: tl.constexpr,
+                ACC: tl.constexpr):
+    tau, inv_tau, HW = acc_scalar(tau, ACC), acc_scalar(inv_tau, ACC), size64(HW)
     row = program_id64(0)
     offs = tl.arange(0, BLOCK)
     ms = tl.full([BLOCK], float("-inf"), ACC)
@@ -99,18 +102,20 @@ def forward(student, teacher, tau: float):
     stats = torch.empty((rows, len(CWD_STATS)), dtype=acc, device=s.device)
     kl = torch.zeros(max(rows, 1), dtype=acc, device=s.device)
     if rows > 0:
-        block = block_for(hw, 2048)
+        # float64: 1024 lanes at 8 warps (at 16 warps a thread gets at most 128 registers, and the loop spills)
+        block = block_for(hw, 1024 if acc == torch.float64 else 2048)
         _row_kernel[(rows,)](s, t, stats, kl, hw, tau, 1.0 / tau, BLOCK=block, ACC=tl_acc(acc),
-                             num_warps=warps_for(block))
+                             num_warps=warps_for(block, acc))
     scaled_sum_kernel[(1,)](kl, rows, 1, 0, 1.0 / max(rows, 1), out, BLOCK=1024, ACC=tl_acc(acc))
     return out, stats
 
 
 @triton.jit
-def _grad_kernel(grad_ptr, s_ptr, t_ptr, stats_ptr, out_ptr, HW, tau, inv_tau, scale, BLOCK: tl.constexpr,
-                 ACC: tl.constexpr):
-    row = program_id64(0)
-    j = program_id64(1) * BLOCK + tl.arange(0, BLOCK)
+def _grad_kernel(grad_ptr, s_ptr, t_ptr, stats_ptr, out_ptr, HW, tiles, tau: tl.float64, inv_tau: tl.float64,
+                 scale: tl.float64, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    tau, inv_tau, scale = acc_scalar(tau, ACC), acc_scalar(inv_tau, ACC), acc_scalar(scale, ACC)
+    row, tile = row_tile(tiles)
+    j = tile * BLOCK + tl.arange(0, BLOCK)
     ok = j < HW
     coef = tl.load(grad_ptr).to(ACC) * scale
     s = tl.load(s_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
@@ -137,6 +142,7 @@ def backward(grad, student, teacher, row_stats, tau: float):
     hw = h * w
     acc = acc_dtype(s.dtype)
     block = block_for(hw, 1024)
-    _grad_kernel[(n * c, triton.cdiv(hw, block))](grad.to(acc).reshape(1), s, t, row_stats.contiguous(), out, hw,
-                                                   tau, 1.0 / tau, 1.0 / (n * c), BLOCK=block, ACC=tl_acc(acc))
+    tiles = triton.cdiv(hw, block)
+    _grad_kernel[(n * c * tiles,)](grad.to(acc).reshape(1), s, t, row_stats.contiguous(), out, hw, tiles, tau,
+                                   1.0 / tau, 1.0 / (n * c), BLOCK=block, ACC=tl_acc(acc))
     return out

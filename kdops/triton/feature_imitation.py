@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from kdops._layout import NORMALIZERS
-from kdops.triton._common import acc_dtype, block_for, program_id64, tl_acc, warps_for
+from kdops.triton._common import acc_dtype, acc_scalar, block_for, program_id64, row_tile, size64, tl_acc, warps_for
 from kdops.triton._reduce import kahan_add, kahan_total
 
 
@@ -38,7 +38,7 @@ def _row_kernel(s_ptr, t_ptr, m_ptr, partial_ptr, C, HW, HAS_MASK: tl.constexpr,
     offs = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], ACC)
     comp = tl.zeros([BLOCK], ACC)
-    for start in range(0, HW, BLOCK):
+    for start in range(0, size64(HW), BLOCK):
         j = start + offs
         ok = j < HW
         s = tl.load(s_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
@@ -51,23 +51,23 @@ def _row_kernel(s_ptr, t_ptr, m_ptr, partial_ptr, C, HW, HAS_MASK: tl.constexpr,
 
 
 @triton.jit
-def _finalize_kernel(partial_ptr, rows, m_ptr, mask_len, z_fixed, C, out_ptr, norm_ptr, FROM_MASK: tl.constexpr,
-                     BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _finalize_kernel(partial_ptr, rows, m_ptr, mask_len, z_fixed: tl.float64, C, out_ptr, norm_ptr,
+                     FROM_MASK: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], ACC)
     comp = tl.zeros([BLOCK], ACC)
-    for start in range(0, rows, BLOCK):
+    for start in range(0, size64(rows), BLOCK):
         acc, comp = kahan_add(acc, comp, tl.load(partial_ptr + start + offs, mask=start + offs < rows, other=0.0))
     total = kahan_total(acc, comp)
     if FROM_MASK:
         macc = tl.zeros([BLOCK], ACC)
         mcomp = tl.zeros([BLOCK], ACC)
-        for start in range(0, mask_len, BLOCK):
+        for start in range(0, size64(mask_len), BLOCK):
             macc, mcomp = kahan_add(macc, mcomp,
                                     tl.load(m_ptr + start + offs, mask=start + offs < mask_len, other=0.0).to(ACC))
         z = C * kahan_total(macc, mcomp)
     else:
-        z = tl.zeros([BLOCK], ACC).sum(axis=0) + z_fixed
+        z = acc_scalar(z_fixed, ACC)
     safe_z = tl.where(z == 0, 1.0, z)
     tl.store(out_ptr, tl.where(z == 0, 0.0, total / safe_z))
     tl.store(norm_ptr, z)
@@ -88,7 +88,7 @@ def forward(student, teacher, mask, loss: int, normalize: int):
     if rows > 0 and hw > 0:
         block = block_for(hw, 2048)
         _row_kernel[(rows,)](s, t, m if m is not None else s, partial, c, hw, HAS_MASK=m is not None,
-                             LOSS=loss, BLOCK=block, ACC=tl_acc(acc), num_warps=warps_for(block))
+                             LOSS=loss, BLOCK=block, ACC=tl_acc(acc), num_warps=warps_for(block, acc))
     from_mask = normalize == "mask" and m is not None
     z_fixed = {"batch": float(n), "mean": float(n * c * hw), "mask": float(c * n * hw)}[normalize]
     _finalize_kernel[(1,)](partial, rows, m if from_mask else partial, n * hw, z_fixed, c, out, norm,
@@ -97,10 +97,10 @@ def forward(student, teacher, mask, loss: int, normalize: int):
 
 
 @triton.jit
-def _grad_kernel(grad_ptr, norm_ptr, s_ptr, t_ptr, m_ptr, out_ptr, C, HW, HAS_MASK: tl.constexpr,
+def _grad_kernel(grad_ptr, norm_ptr, s_ptr, t_ptr, m_ptr, out_ptr, C, HW, tiles, HAS_MASK: tl.constexpr,
                  LOSS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    row = program_id64(0)
-    j = program_id64(1) * BLOCK + tl.arange(0, BLOCK)
+    row, tile = row_tile(tiles)
+    j = tile * BLOCK + tl.arange(0, BLOCK)
     ok = j < HW
     z = tl.load(norm_ptr).to(ACC)
     coef = tl.where(z == 0, 0.0, tl.load(grad_ptr).to(ACC) / tl.where(z == 0, 1.0, z))
@@ -122,7 +122,8 @@ def backward(grad, student, teacher, mask, norm, loss: int):
     hw = h * w
     acc = acc_dtype(s.dtype)
     block = block_for(hw, 1024)
-    _grad_kernel[(n * c, triton.cdiv(hw, block))](
-        grad.to(acc).reshape(1), norm.to(acc).reshape(1), s, t, m if m is not None else s, out, c, hw,
+    tiles = triton.cdiv(hw, block)
+    _grad_kernel[(n * c * tiles,)](
+        grad.to(acc).reshape(1), norm.to(acc).reshape(1), s, t, m if m is not None else s, out, c, hw, tiles,
         HAS_MASK=m is not None, LOSS=loss, BLOCK=block, ACC=tl_acc(acc))
     return out

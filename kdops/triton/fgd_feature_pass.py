@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 
 from kdops._layout import FEATURE_PASS_PARTIALS, FEATURE_PASS_SOFTMAXES
-from kdops.triton._common import (acc_dtype, block_for, layout_constants, program_id64, scaled_softmax_row,
-                                    tl_acc)
+from kdops.triton._common import (acc_dtype, acc_scalar, block_for, layout_constants, program_id64,
+                                    scaled_softmax_row, size64, tl_acc)
 from kdops.triton._fgd import attention_kernel, merged_max_and_sum, probs_kernel, sum_rows_kernel
 from kdops.triton._reduce import kahan_add, sum_column
 
@@ -50,7 +50,7 @@ def _load_chunk(s_ptr, t_ptr, n, c0, j, j_ok, C, HW, BLOCK_C: tl.constexpr, ACC:
 
 @triton.jit
 def _partial_kernel(s_ptr, t_ptr, fg_ptr, bg_ptr, ws_ptr, bs_ptr, wt_ptr, bt_ptr, ms_ptr, mt_ptr, ls_ptr, lt_ptr,
-                    part_ptr, stat_ptr, sq_ptr, C, HW, tiles, att_scale, BLOCK_C: tl.constexpr,
+                    part_ptr, stat_ptr, sq_ptr, C, HW, tiles, att_scale: tl.float64, BLOCK_C: tl.constexpr,
                     BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
     tile = program_id64(0)
     n = program_id64(1)
@@ -63,7 +63,7 @@ def _partial_kernel(s_ptr, t_ptr, fg_ptr, bg_ptr, ws_ptr, bs_ptr, wt_ptr, bt_ptr
     lt = tl.zeros([BLOCK_HW], ACC) + tl.load(bt_ptr)
     sq = tl.zeros([BLOCK_HW], ACC)
     part = part_ptr + task * PARTIALS * C
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in range(0, size64(C), BLOCK_C):
         c, c_ok, both, offsets, x, y = _load_chunk(s_ptr, t_ptr, n, c0, j, j_ok, C, HW, BLOCK_C, ACC)
         d = x - y
         ms += tl.sum(tl.abs(x), axis=0)
@@ -80,12 +80,12 @@ def _partial_kernel(s_ptr, t_ptr, fg_ptr, bg_ptr, ws_ptr, bs_ptr, wt_ptr, bt_ptr
     tl.store(lt_ptr + n * HW + j, lt, mask=j_ok)
     tl.store(sq_ptr + task, tl.sum(sq, axis=0))
     stats = stat_ptr + task * SOFTMAX_STATS
-    e_att = _tile_softmax(mt * att_scale, j_ok, stats + 2 * ATT)
+    e_att = _tile_softmax(mt * acc_scalar(att_scale, ACC), j_ok, stats + 2 * ATT)
     w_fg = e_att * tl.load(fg_ptr + n * HW + j, mask=j_ok, other=0.0)
     w_bg = e_att * tl.load(bg_ptr + n * HW + j, mask=j_ok, other=0.0)
     e_s = _tile_softmax(ls, j_ok, stats + 2 * GC_S)
     e_t = _tile_softmax(lt, j_ok, stats + 2 * GC_T)
-    for c0 in range(0, C, BLOCK_C):  # the tile is in cache now
+    for c0 in range(0, size64(C), BLOCK_C):  # the tile is in cache now
         c, c_ok, both, offsets, x, y = _load_chunk(s_ptr, t_ptr, n, c0, j, j_ok, C, HW, BLOCK_C, ACC)
         d2 = (x - y) * (x - y)
         tl.store(part + FG * C + c, tl.sum(d2 * w_fg[None, :], axis=1), mask=c_ok)
@@ -135,10 +135,11 @@ def _merge_kernel(part_ptr, stat_ptr, ks_ptr, kt_ptr, dsum_ptr, fg_ptr, bg_ptr, 
 
 
 @triton.jit
-def _masks_kernel(ms_ptr, mt_ptr, ks_ptr, kt_ptr, C, HW, pixel_scale, channel_scale, BLOCK_HW: tl.constexpr,
-                  BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+def _masks_kernel(ms_ptr, mt_ptr, ks_ptr, kt_ptr, C, HW, pixel_scale: tl.float64, channel_scale: tl.float64,
+                  BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
     """The four attention masks of one image, in place over the sums."""
     n = program_id64(0)
+    pixel_scale, channel_scale = acc_scalar(pixel_scale, ACC), acc_scalar(channel_scale, ACC)
     scaled_softmax_row(ms_ptr + n * HW, ms_ptr + n * HW, HW, pixel_scale, BLOCK_HW, ACC)
     scaled_softmax_row(mt_ptr + n * HW, mt_ptr + n * HW, HW, pixel_scale, BLOCK_HW, ACC)
     scaled_softmax_row(ks_ptr + n * C, ks_ptr + n * C, C, channel_scale, BLOCK_C, ACC)
@@ -146,8 +147,10 @@ def _masks_kernel(ms_ptr, mt_ptr, ks_ptr, kt_ptr, C, HW, pixel_scale, channel_sc
 
 
 @triton.jit
-def _finalize_kernel(t_ch_ptr, fg_ptr, bg_ptr, att_z_ptr, att_part_ptr, sq_part_ptr, N, C, HW, tasks, alpha, beta,
-                     gamma, loss_ptr, terms_ptr, sq_ptr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _finalize_kernel(t_ch_ptr, fg_ptr, bg_ptr, att_z_ptr, att_part_ptr, sq_part_ptr, N, C, HW, tasks,
+                     alpha: tl.float64, beta: tl.float64, gamma: tl.float64, loss_ptr, terms_ptr, sq_ptr,
+                     BLOCK: tl.constexpr, ACC: tl.constexpr):
+    alpha, beta, gamma, C = acc_scalar(alpha, ACC), acc_scalar(beta, ACC), acc_scalar(gamma, ACC), size64(C)
     offs = tl.arange(0, BLOCK)
     l_fg = tl.zeros([BLOCK], ACC)
     l_bg = tl.zeros([BLOCK], ACC)
@@ -177,6 +180,10 @@ def _tiles(c, hw):
     return block_hw, block_c, triton.cdiv(hw, block_hw)
 
 
+def _warps(acc):
+    return 8 if acc == torch.float64 else 4  # float64 spills at 4 warps
+
+
 def forward(student, teacher, fg, bg, weight_s, bias_s, weight_t, bias_t, temperature: float, alpha: float,
             beta: float, gamma: float):
     s, t = student.contiguous(), teacher.contiguous()
@@ -204,7 +211,7 @@ def forward(student, teacher, fg, bg, weight_s, bias_s, weight_t, bias_t, temper
     _partial_kernel[(tiles, n)](s, t, fg.contiguous(), bg.contiguous(), weight_s.contiguous(), bias_s.contiguous(),
                                 weight_t.contiguous(), bias_t.contiguous(), s_spatial, t_spatial, probs_s, probs_t,
                                 part, stats, sq_part, c, hw, tiles, 1.0 / (c * temperature), BLOCK_C=block_c,
-                                BLOCK_HW=block_hw, ACC=ACC)
+                                BLOCK_HW=block_hw, ACC=ACC, num_warps=_warps(acc))
     merge_c = block_for(c, 128)
     _merge_kernel[(n, triton.cdiv(c, merge_c))](part, stats, s_channel, t_channel, diff_sum, fg_c, bg_c, ctx_s, ctx_t,
                                                 gc_s, gc_t, att_z, c, tiles, BLOCK_T=block_for(tiles, 1024),
@@ -226,8 +233,10 @@ def forward(student, teacher, fg, bg, weight_s, bias_s, weight_t, bias_t, temper
 @triton.jit
 def _grad_kernel(grads_ptr, g_s_ptr, g_t_ptr, shift_ptr, s_ptr, t_ptr, fg_ptr, bg_ptr, ws_ptr, ctx_s_ptr, ctx_t_ptr,
                  t_sp_ptr, pixel_ptr, p_s_ptr, p_t_ptr, t_ch_ptr, channel_ptr, out_ptr, dw_s_ptr, dw_t_ptr, C, HW,
-                 tiles, two_over_n, alpha, beta, gamma, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
-                 ACC: tl.constexpr):
+                 tiles, two_over_n: tl.float64, alpha: tl.float64, beta: tl.float64, gamma: tl.float64,
+                 BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
+    two_over_n, alpha, beta, gamma = (acc_scalar(two_over_n, ACC), acc_scalar(alpha, ACC), acc_scalar(beta, ACC),
+                                      acc_scalar(gamma, ACC))
     tile = program_id64(0)
     n = program_id64(1)
     j = tile * BLOCK_HW + tl.arange(0, BLOCK_HW)
@@ -242,7 +251,7 @@ def _grad_kernel(grads_ptr, g_s_ptr, g_t_ptr, shift_ptr, s_ptr, t_ptr, fg_ptr, b
     u_t = tl.zeros([BLOCK_HW], ACC)
     ubar_s = tl.zeros([BLOCK_C], ACC)
     ubar_t = tl.zeros([BLOCK_C], ACC)
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in range(0, size64(C), BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_ok = c < C
         both = c_ok[:, None] & j_ok[None, :]
@@ -261,7 +270,7 @@ def _grad_kernel(grads_ptr, g_s_ptr, g_t_ptr, shift_ptr, s_ptr, t_ptr, fg_ptr, b
                                                                                      other=0.0)
     pixel_weight = two_over_n * m * tl.load(t_sp_ptr + n * HW + j, mask=j_ok, other=0.0)
     pixel_att = c_att * tl.load(pixel_ptr + n * HW + j, mask=j_ok, other=0.0)
-    for c0 in range(0, C, BLOCK_C):  # the tile is in cache now
+    for c0 in range(0, size64(C), BLOCK_C):  # the tile is in cache now
         c, c_ok, both, offsets, x, y = _load_chunk(s_ptr, t_ptr, n, c0, j, j_ok, C, HW, BLOCK_C, ACC)
         channel_weight = tl.load(t_ch_ptr + n * C + c, mask=c_ok, other=0.0)
         channel_att = c_att * tl.load(channel_ptr + n * C + c, mask=c_ok, other=0.0)
@@ -297,7 +306,7 @@ def backward(grad_loss, grad_terms, grad_ctx_s, grad_ctx_t, grad_diff_sq, grad_d
     _grad_kernel[(tiles, n)](scalars, grad_ctx_s, grad_ctx_t, grad_diff_sum, s, t, fg.contiguous(), bg.contiguous(),
                              weight_s.contiguous(), ctx_s.contiguous(), ctx_t.contiguous(), t_spatial, pixel_att,
                              probs_s, probs_t, t_channel, channel_att, out, dw_s, dw_t, c, hw, tiles, 2.0 / n, alpha,
-                             beta, gamma, BLOCK_C=block_c, BLOCK_HW=block_hw, ACC=tl_acc(acc))
+                             beta, gamma, BLOCK_C=block_c, BLOCK_HW=block_hw, ACC=tl_acc(acc), num_warps=_warps(acc))
     block = block_for(c, 256)
     for part, total in ((dw_s, grad_ws), (dw_t, grad_wt)):
         sum_rows_kernel[(triton.cdiv(c, block),)](part, total, n * tiles, c, BLOCK_C=block, ACC=tl_acc(acc))

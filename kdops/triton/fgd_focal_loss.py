@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from kdops.triton import attention_masks
-from kdops.triton._common import acc_dtype, block_for, program_id64, tl_acc
+from kdops.triton._common import acc_dtype, acc_scalar, block_for, program_id64, row_tile, size64, tl_acc
 from kdops.triton._fgd import attention_kernel
 from kdops.triton._reduce import kahan_add, kahan_total, sum_column
 
@@ -26,7 +26,7 @@ def _feature_kernel(s_ptr, t_ptr, fg_ptr, bg_ptr, t_sp_ptr, t_ch_ptr, fg_part_pt
     sf_c = tl.zeros([BLOCK], ACC)
     sb = tl.zeros([BLOCK], ACC)
     sb_c = tl.zeros([BLOCK], ACC)
-    for start in range(0, HW, BLOCK):
+    for start in range(0, size64(HW), BLOCK):
         j = start + offs
         ok = j < HW
         s = tl.load(s_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
@@ -41,8 +41,10 @@ def _feature_kernel(s_ptr, t_ptr, fg_ptr, bg_ptr, t_sp_ptr, t_ch_ptr, fg_part_pt
 
 
 @triton.jit
-def _finalize_kernel(fg_part_ptr, bg_part_ptr, rows, att_part_ptr, N, inv_n, alpha, beta, gamma, loss_ptr,
-                     terms_ptr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _finalize_kernel(fg_part_ptr, bg_part_ptr, rows, att_part_ptr, N, inv_n: tl.float64, alpha: tl.float64,
+                     beta: tl.float64, gamma: tl.float64, loss_ptr, terms_ptr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    inv_n, alpha, beta, gamma = (acc_scalar(inv_n, ACC), acc_scalar(alpha, ACC), acc_scalar(beta, ACC),
+                                 acc_scalar(gamma, ACC))
     l_fg = sum_column(fg_part_ptr, rows, 1, 0, BLOCK, ACC) * inv_n
     l_bg = sum_column(bg_part_ptr, rows, 1, 0, BLOCK, ACC) * inv_n
     l_att = sum_column(att_part_ptr, N, 1, 0, BLOCK, ACC) * inv_n
@@ -81,10 +83,12 @@ def forward(student, teacher, fg, bg, temperature: float, alpha: float, beta: fl
 
 @triton.jit
 def _grad_kernel(grad_loss_ptr, grad_terms_ptr, s_ptr, t_ptr, fg_ptr, bg_ptr, t_sp_ptr, t_ch_ptr, pixel_ptr,
-                 channel_ptr, out_ptr, C, HW, two_over_n, alpha, beta, gamma, BLOCK: tl.constexpr,
-                 ACC: tl.constexpr):
-    row = program_id64(0)  # row = n * C + c
-    j = program_id64(1) * BLOCK + tl.arange(0, BLOCK)
+                 channel_ptr, out_ptr, C, HW, tiles, two_over_n: tl.float64, alpha: tl.float64, beta: tl.float64,
+                 gamma: tl.float64, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    two_over_n, alpha, beta, gamma = (acc_scalar(two_over_n, ACC), acc_scalar(alpha, ACC), acc_scalar(beta, ACC),
+                                      acc_scalar(gamma, ACC))
+    row, tile = row_tile(tiles)  # row = n * C + c
+    j = tile * BLOCK + tl.arange(0, BLOCK)
     ok = j < HW
     pixels = (row // C) * HW
     gl = tl.load(grad_loss_ptr).to(ACC)
@@ -111,8 +115,9 @@ def backward(grad_loss, grad_terms, student, teacher, fg, bg, t_spatial, t_chann
     hw = h * w
     acc = acc_dtype(s.dtype)
     block = block_for(hw, 1024)
-    _grad_kernel[(n * c, triton.cdiv(hw, block))](
+    tiles = triton.cdiv(hw, block)
+    _grad_kernel[(n * c * tiles,)](
         grad_loss.to(acc).reshape(1), grad_terms.to(acc).contiguous(), s, t, fg.contiguous(), bg.contiguous(),
         t_spatial.contiguous(), t_channel.contiguous(), pixel_att.contiguous(), channel_att.contiguous(), out, c, hw,
-        2.0 / n, alpha, beta, gamma, BLOCK=block, ACC=tl_acc(acc))
+        tiles, 2.0 / n, alpha, beta, gamma, BLOCK=block, ACC=tl_acc(acc))
     return out

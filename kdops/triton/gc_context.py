@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kdops.triton._common import acc_dtype, block_for, program_id64, tl_acc
+from kdops.triton._common import acc_dtype, block_for, program_id64, size64, tl_acc
 from kdops.triton._fgd import merged_max_and_sum, probs_kernel, sum_rows_kernel
 from kdops.triton._reduce import kahan_add
 
@@ -24,7 +24,7 @@ def _partial_kernel(f_ptr, w_ptr, b_ptr, logit_ptr, ctx_part_ptr, tile_max_ptr, 
     j = tile * BLOCK_HW + tl.arange(0, BLOCK_HW)
     j_ok = j < HW
     logits = tl.zeros([BLOCK_HW], ACC) + tl.load(b_ptr)
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in range(0, size64(C), BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_ok = c < C
         f = tl.load(f_ptr + (n * C + c[:, None]) * HW + j[None, :], mask=c_ok[:, None] & j_ok[None, :],
@@ -36,7 +36,7 @@ def _partial_kernel(f_ptr, w_ptr, b_ptr, logit_ptr, ctx_part_ptr, tile_max_ptr, 
     e = tl.where(j_ok, tl.exp(logits - mx), 0.0)
     tl.store(tile_max_ptr + n * tiles + tile, mx)
     tl.store(tile_sum_ptr + n * tiles + tile, tl.sum(e, axis=0))
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in range(0, size64(C), BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_ok = c < C
         f = tl.load(f_ptr + (n * C + c[:, None]) * HW + j[None, :], mask=c_ok[:, None] & j_ok[None, :],
@@ -49,7 +49,7 @@ def _merge_kernel(ctx_part_ptr, tile_max_ptr, tile_sum_ptr, ctx_ptr, stats_ptr, 
                   BLOCK_C: tl.constexpr, ACC: tl.constexpr):
     n = program_id64(0)
     mx, z = merged_max_and_sum(tile_max_ptr + n * tiles, tile_sum_ptr + n * tiles, 1, tiles, BLOCK_T, ACC)
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in range(0, size64(C), BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         ctx = tl.zeros([BLOCK_C], ACC)
         comp = tl.zeros([BLOCK_C], ACC)
@@ -95,7 +95,7 @@ def _grad_kernel(g_ptr, f_ptr, w_ptr, ctx_ptr, p_ptr, df_ptr, dw_part_ptr, C, HW
     j_ok = j < HW
     ubar_acc = tl.zeros([BLOCK_C], ACC)
     u = tl.zeros([BLOCK_HW], ACC)
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in range(0, size64(C), BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_ok = c < C
         g = tl.load(g_ptr + n * C + c, mask=c_ok, other=0.0)
@@ -105,7 +105,7 @@ def _grad_kernel(g_ptr, f_ptr, w_ptr, ctx_ptr, p_ptr, df_ptr, dw_part_ptr, C, HW
         u += tl.sum(g[:, None] * f, axis=0)
     p = tl.load(p_ptr + n * HW + j, mask=j_ok, other=0.0)
     dl = p * (u - tl.sum(ubar_acc, axis=0))
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in range(0, size64(C), BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_ok = c < C
         both = c_ok[:, None] & j_ok[None, :]
@@ -133,7 +133,8 @@ def backward(grad_context, feat, weight, context, probs, need_feat: bool):
     dw_part = torch.empty((n * tiles, c), dtype=acc, device=f.device)
     _grad_kernel[(tiles, n)](grad_context.to(acc).contiguous(), f, weight.contiguous(), context.contiguous(),
                              probs.contiguous(), grad_feat if need_feat else f, dw_part, c, hw, tiles,
-                             NEED_FEAT=need_feat, BLOCK_C=block_c, BLOCK_HW=block_hw, ACC=tl_acc(acc))
+                             NEED_FEAT=need_feat, BLOCK_C=block_c, BLOCK_HW=block_hw, ACC=tl_acc(acc),
+                             num_warps=8 if acc == torch.float64 else 4)  # float64 spills at 4 warps
     block = block_for(c, 256)
     sum_rows_kernel[(triton.cdiv(c, block),)](dw_part, grad_weight, n * tiles, c, BLOCK_C=block, ACC=tl_acc(acc))
     return grad_feat, grad_weight

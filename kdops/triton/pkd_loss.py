@@ -10,7 +10,8 @@ import triton.language as tl
 
 from kdops._layout import PKD_STATS
 from kdops.reference import pkd_loss as reference
-from kdops.triton._common import acc_dtype, block_for, layout_constants, program_id64, tl_acc, warps_for
+from kdops.triton._common import (acc_dtype, acc_scalar, block_for, layout_constants, program_id64, row_tile, size64,
+                                    tl_acc, warps_for)
 from kdops.triton._reduce import kahan_add, kahan_total, scaled_sum_kernel
 
 CHANNEL_STATS, MEAN_S, STD_S, MEAN_T, STD_T, SQUARED_DIFF = layout_constants(PKD_STATS)
@@ -20,6 +21,7 @@ EPS = tl.constexpr(reference.EPS)  # a plain Python global is a NameError in a c
 @triton.jit
 def _channel_kernel(s_ptr, t_ptr, stats_ptr, N, C, HW, M, BLOCK: tl.constexpr, ACC: tl.constexpr):
     c = program_id64(0)
+    HW = size64(HW)
     offs = tl.arange(0, BLOCK)
     m = M  # N * H * W from the host: N * HW in the kernel would be int32 and wrap at 2^31 values
     zero = tl.zeros([BLOCK], ACC)
@@ -70,17 +72,19 @@ def forward(student, teacher):
     out = torch.empty((), dtype=acc, device=s.device)
     stats = torch.empty((c, len(PKD_STATS)), dtype=acc, device=s.device)
     block = block_for(hw, 2048)
-    _channel_kernel[(c,)](s, t, stats, n, c, hw, n * hw, BLOCK=block, ACC=tl_acc(acc), num_warps=warps_for(block))
+    _channel_kernel[(c,)](s, t, stats, n, c, hw, n * hw, BLOCK=block, ACC=tl_acc(acc),
+                          num_warps=warps_for(block, acc))
     scaled_sum_kernel[(1,)](stats, c, len(PKD_STATS), PKD_STATS.index("squared_diff"), 1.0 / (2.0 * c * n * hw), out,
                             BLOCK=1024, ACC=tl_acc(acc))
     return out, stats
 
 
 @triton.jit
-def _grad_kernel(grad_ptr, s_ptr, t_ptr, stats_ptr, out_ptr, C, HW, m, scale, BLOCK: tl.constexpr,
-                 ACC: tl.constexpr):
-    row = program_id64(0)
-    j = program_id64(1) * BLOCK + tl.arange(0, BLOCK)
+def _grad_kernel(grad_ptr, s_ptr, t_ptr, stats_ptr, out_ptr, C, HW, tiles, m: tl.float64, scale: tl.float64,
+                 BLOCK: tl.constexpr, ACC: tl.constexpr):
+    m, scale = acc_scalar(m, ACC), acc_scalar(scale, ACC)
+    row, tile = row_tile(tiles)
+    j = tile * BLOCK + tl.arange(0, BLOCK)
     ok = j < HW
     st = stats_ptr + (row % C) * CHANNEL_STATS
     mean_x, std_x, mean_y, std_y = tl.load(st + MEAN_S), tl.load(st + STD_S), tl.load(st + MEAN_T), tl.load(st + STD_T)
@@ -105,6 +109,7 @@ def backward(grad, student, teacher, channel_stats):
     acc = acc_dtype(s.dtype)
     block = block_for(hw, 1024)
     m = n * hw
-    _grad_kernel[(n * c, triton.cdiv(hw, block))](grad.to(acc).reshape(1), s, t, channel_stats.contiguous(), out, c,
-                                                   hw, float(m), 1.0 / (c * m), BLOCK=block, ACC=tl_acc(acc))
+    tiles = triton.cdiv(hw, block)
+    _grad_kernel[(n * c * tiles,)](grad.to(acc).reshape(1), s, t, channel_stats.contiguous(), out, c, hw, tiles,
+                                   float(m), 1.0 / (c * m), BLOCK=block, ACC=tl_acc(acc))
     return out

@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kdops.triton._common import acc_dtype, block_for, program_id64, tl_acc, warps_for
+from kdops.triton._common import acc_dtype, acc_scalar, block_for, program_id64, row_tile, size64, tl_acc, warps_for
 from kdops.triton._reduce import kahan_add, kahan_total, scaled_sum_kernel
 
 
@@ -21,7 +21,7 @@ def _row_kernel(s_ptr, t_ptr, ds_ptr, dt_ptr, row_sum_ptr, row_sq_ptr, HW, BLOCK
     total_c = tl.zeros([BLOCK], ACC)
     sq = tl.zeros([BLOCK], ACC)
     sq_c = tl.zeros([BLOCK], ACC)
-    for start in range(0, HW, BLOCK):
+    for start in range(0, size64(HW), BLOCK):
         j = start + offs
         ok = j < HW
         s = tl.load(s_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
@@ -45,18 +45,18 @@ def forward(student, teacher, delta_s, delta_t):
     row_sq = torch.empty((n, c), dtype=acc, device=s.device)
     block = block_for(h * w, 2048)
     _row_kernel[(n * c,)](s, t, ds, dt, row_sum, row_sq, h * w, BLOCK=block, ACC=tl_acc(acc),
-                          num_warps=warps_for(block))
+                          num_warps=warps_for(block, acc))
     scaled_sum_kernel[(1,)](row_sq, n * c, 1, 0, 1.0 / n, loss, BLOCK=1024, ACC=tl_acc(acc))
     return loss, row_sum
 
 
 @triton.jit
-def _grad_kernel(grad_ptr, s_ptr, t_ptr, ds_ptr, dt_ptr, out_ptr, HW, two_over_n, BLOCK: tl.constexpr,
-                 ACC: tl.constexpr):
-    row = program_id64(0)
-    j = program_id64(1) * BLOCK + tl.arange(0, BLOCK)
+def _grad_kernel(grad_ptr, s_ptr, t_ptr, ds_ptr, dt_ptr, out_ptr, HW, tiles, two_over_n: tl.float64,
+                 BLOCK: tl.constexpr, ACC: tl.constexpr):
+    row, tile = row_tile(tiles)
+    j = tile * BLOCK + tl.arange(0, BLOCK)
     ok = j < HW
-    coef = tl.load(grad_ptr).to(ACC) * two_over_n
+    coef = tl.load(grad_ptr).to(ACC) * acc_scalar(two_over_n, ACC)
     delta = tl.load(ds_ptr + row) - tl.load(dt_ptr + row)
     s = tl.load(s_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
     t = tl.load(t_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
@@ -71,7 +71,7 @@ def backward(grad, student, teacher, delta_s, delta_t):
     n, c, h, w = s.shape
     acc = acc_dtype(s.dtype)
     block = block_for(h * w, 1024)
-    _grad_kernel[(n * c, triton.cdiv(h * w, block))](grad.to(acc).reshape(1), s, t, delta_s.contiguous(),
-                                                     delta_t.contiguous(), out, h * w, 2.0 / n, BLOCK=block,
-                                                     ACC=tl_acc(acc))
+    tiles = triton.cdiv(h * w, block)
+    _grad_kernel[(n * c * tiles,)](grad.to(acc).reshape(1), s, t, delta_s.contiguous(), delta_t.contiguous(), out,
+                                   h * w, tiles, 2.0 / n, BLOCK=block, ACC=tl_acc(acc))
     return out

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kdops.triton._common import acc_dtype, program_id64, tl_acc
+from kdops.triton._common import acc_dtype, acc_scalar, program_id64, tl_acc
 from kdops.triton._reduce import mean_kernel
 
 BLOCK = 1024
@@ -39,8 +39,10 @@ def _load(s_ptr, t_ptr, y_ptr, idx, n, ignore_index, HAS_TARGET: tl.constexpr, A
 
 
 @triton.jit
-def _forward_kernel(s_ptr, t_ptr, y_ptr, partial_ptr, n, wp, wn, inv_t, mu, ignore_index,
-                    HAS_TARGET: tl.constexpr, UNIT_T: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _forward_kernel(s_ptr, t_ptr, y_ptr, partial_ptr, n, wp: tl.float64, wn: tl.float64, inv_t: tl.float64,
+                    mu: tl.float64, ignore_index, HAS_TARGET: tl.constexpr, UNIT_T: tl.constexpr, BLOCK: tl.constexpr,
+                    ACC: tl.constexpr):
+    wp, wn, inv_t, mu = acc_scalar(wp, ACC), acc_scalar(wn, ACC), acc_scalar(inv_t, ACC), acc_scalar(mu, ACC)
     pid = program_id64(0)
     idx = pid * BLOCK + tl.arange(0, BLOCK)
     ok, zs, zt, label = _load(s_ptr, t_ptr, y_ptr, idx, n, ignore_index, HAS_TARGET, ACC)
@@ -81,8 +83,10 @@ def forward(student, teacher, target, pos_weight: float, neg_weight: float, temp
 
 
 @triton.jit
-def _backward_kernel(grad_ptr, norm_ptr, s_ptr, t_ptr, y_ptr, out_ptr, n, wp, wn, inv_t, mu, ignore_index,
-                     HAS_TARGET: tl.constexpr, UNIT_T: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _backward_kernel(grad_ptr, norm_ptr, s_ptr, t_ptr, y_ptr, out_ptr, n, wp: tl.float64, wn: tl.float64,
+                     inv_t: tl.float64, mu: tl.float64, ignore_index, HAS_TARGET: tl.constexpr, UNIT_T: tl.constexpr,
+                     BLOCK: tl.constexpr, ACC: tl.constexpr):
+    wp, wn, inv_t, mu = acc_scalar(wp, ACC), acc_scalar(wn, ACC), acc_scalar(inv_t, ACC), acc_scalar(mu, ACC)
     idx = program_id64(0) * BLOCK + tl.arange(0, BLOCK)
     ok, zs, zt, label = _load(s_ptr, t_ptr, y_ptr, idx, n, ignore_index, HAS_TARGET, ACC)
     count = tl.load(norm_ptr).to(ACC)

@@ -11,21 +11,26 @@ import triton
 import triton.language as tl
 
 from kdops._layout import SOFT_CE_STATS
-from kdops.triton._common import acc_dtype, block_for, layout_constants, program_id64, tl_acc
+from kdops.triton._common import acc_dtype, acc_scalar, layout_constants, program_id64, size64, tl_acc
 from kdops.triton._reduce import mean_kernel
+
+WARPS = 8
 
 ROW_STATS, MAX_S, LOG_SUM_S, MAX_T, LOG_SUM_T, LOG_SUM_1, WEIGHT = layout_constants(SOFT_CE_STATS)
 
 
 def _tiles(classes: int):
-    block_c = block_for(classes, 1024)
-    return max(2, 4096 // block_c), block_c
+    """(rows, classes) per tile: 1024 values, 4 per thread of WARPS warps, so that a loop's live values (s, t, their
+    exps, the weights, the rows' statistics) stay in registers, also in float64."""
+    block_c = min(1024, triton.next_power_of_2(max(classes, 1)))
+    return 1024 // block_c, block_c
 
 
 @triton.jit
-def _forward_kernel(s_ptr, t_ptr, w_ptr, y_ptr, stats_ptr, partial_ptr, rows, C, inv_t, mu, ignore_index,
-                    HAS_W: tl.constexpr, HAS_TARGET: tl.constexpr, SEPARATE_SUM1: tl.constexpr,
+def _forward_kernel(s_ptr, t_ptr, w_ptr, y_ptr, stats_ptr, partial_ptr, rows, C, inv_t: tl.float64, mu: tl.float64,
+                    ignore_index, HAS_W: tl.constexpr, HAS_TARGET: tl.constexpr, SEPARATE_SUM1: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    inv_t, mu, C = acc_scalar(inv_t, ACC), acc_scalar(mu, ACC), size64(C)
     pid = program_id64(0)
     r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     r_ok = r < rows
@@ -104,15 +109,16 @@ def forward(student, teacher, class_weight, target, temperature: float, mu: floa
         _forward_kernel[(programs,)](s, t, w, y, stats, partial, rows, classes, 1.0 / temperature, mu, ignore_index,
                                      HAS_W=class_weight is not None, HAS_TARGET=target is not None,
                                      SEPARATE_SUM1=target is not None and temperature != 1.0,
-                                     BLOCK_R=block_r, BLOCK_C=block_c, ACC=tl_acc(acc))
+                                     BLOCK_R=block_r, BLOCK_C=block_c, ACC=tl_acc(acc), num_warps=WARPS)
     mean_kernel[(1,)](partial, programs, out, norm, BLOCK=1024, ACC=tl_acc(acc))
     return out, norm, stats
 
 
 @triton.jit
-def _backward_kernel(grad_ptr, norm_ptr, s_ptr, t_ptr, w_ptr, y_ptr, stats_ptr, out_ptr, rows, C, inv_t, mu,
-                     ignore_index, HAS_W: tl.constexpr, HAS_TARGET: tl.constexpr, BLOCK_R: tl.constexpr,
-                     BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+def _backward_kernel(grad_ptr, norm_ptr, s_ptr, t_ptr, w_ptr, y_ptr, stats_ptr, out_ptr, rows, C, inv_t: tl.float64,
+                     mu: tl.float64, ignore_index, HAS_W: tl.constexpr, HAS_TARGET: tl.constexpr,
+                     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    inv_t, mu, C = acc_scalar(inv_t, ACC), acc_scalar(mu, ACC), size64(C)
     r = program_id64(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_ok = r < rows
     n = tl.load(norm_ptr).to(ACC)
@@ -163,5 +169,5 @@ def backward(grad, student, teacher, class_weight, target, norm, row_stats, temp
     _backward_kernel[(triton.cdiv(rows, block_r),)](
         grad.to(acc).reshape(1), norm.to(acc).reshape(1), s, t, w, y, row_stats.contiguous(), out, rows, classes,
         1.0 / temperature, mu, ignore_index, HAS_W=class_weight is not None, HAS_TARGET=target is not None,
-        BLOCK_R=block_r, BLOCK_C=block_c, ACC=tl_acc(acc))
+        BLOCK_R=block_r, BLOCK_C=block_c, ACC=tl_acc(acc), num_warps=WARPS)
     return out

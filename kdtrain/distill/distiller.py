@@ -17,14 +17,18 @@ from torchvision.models import detection
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import box_iou
 
+from kdops.nn.distiller import Level
 from kdtrain.distill import recipes, terms as T
 from kdtrain.distill.auto_weights import DEFAULT_ITERS, DEFAULT_RATIO, AutoWeights
 from kdtrain.distill.context import DistillContext, RoiOutputs, RpnPair
-from kdtrain.distill.levels import pair_levels
+from kdtrain.distill.levels import image_strides, pair_levels
 from kdtrain.distill.probe import probe_levels
 from kdtrain.distill.rpn import anchor_layout_mismatch, rpn_forward_with_logits, teacher_rpn_outputs
 from kdtrain.errors import UsageError
 from kdtrain.models import detector_family, input_side, needs_own_transform
+
+
+FEATURE_TERMS = ("imitation", "fgd", "cwd", "pkd")
 
 
 def _as_dict(features) -> "OrderedDict[str, torch.Tensor]":
@@ -82,15 +86,20 @@ class Distiller(nn.Module):
         self.pairs = pair_levels(s_strides, t_strides, student_input_scale=scale)
         log(f"[kdtrain] level pairs (student->teacher @stride): "
             + ", ".join(f"{p.student}->{p.teacher}@{p.stride}" for p in self.pairs))
+        # The feature terms pair these levels again the same way (kdops.nn.FeatureDistiller.from_levels).
+        s_levels = {k: Level(s_channels[k], s) for k, s in image_strides(s_strides, scale).items()}
+        t_levels = {k: Level(t_channels[k], s) for k, s in t_strides.items()}
         for name in self.term_names:
+            if name in FEATURE_TERMS and not self.pairs:
+                raise UsageError(f"{name}: no student level shares a stride with a teacher level")
             if name == "imitation":
-                self.terms[name] = T.ImitationTerm(self.pairs, s_channels, t_channels, mask=imitation_mask)
+                self.terms[name] = T.ImitationTerm(s_levels, t_levels, mask=imitation_mask)
             elif name == "fgd":
-                self.terms[name] = T.FGDTerm(self.pairs, s_channels, t_channels, family=self.family)
+                self.terms[name] = T.FGDTerm(s_levels, t_levels, family=self.family)
             elif name == "cwd":
-                self.terms[name] = T.CWDTerm(self.pairs, s_channels, t_channels)
+                self.terms[name] = T.CWDTerm(s_levels, t_levels)
             elif name == "pkd":
-                self.terms[name] = T.PKDTerm(self.pairs, s_channels, t_channels)
+                self.terms[name] = T.PKDTerm(s_levels, t_levels)
             elif name in ("chen_rcn", "chen_rpn"):
                 self._check_two_stage_pair(name)
                 if name == "chen_rpn":

@@ -11,6 +11,8 @@ import dataclasses
 import math
 from collections import OrderedDict
 
+from kdops.nn.distiller import pair_levels as kdops_pair_levels
+
 
 @dataclasses.dataclass(frozen=True)
 class LevelPair:
@@ -32,22 +34,23 @@ def level_strides(features: "OrderedDict[str, object]", padded_hw: tuple[int, in
     return strides
 
 
-def pair_levels(student_strides: dict, teacher_strides: dict, student_input_scale: float = 1.0) -> list[LevelPair]:
-    """Each student level with the teacher level of the same stride in image pixels.
+def image_strides(student_strides: dict, student_input_scale: float = 1.0) -> "OrderedDict[str, int]":
+    """The student's level strides in the teacher's (input image) pixels.
 
     ``student_input_scale`` is the student's input side over the teacher's: < 1 for the
     low-resolution student (Chen 2017 §4.1), where a stride-s student level at scale 0.5
     covers 2s teacher pixels; 320/160 = 2 for SSDlite's fixed 320 px input next to a 160 px
     teacher. The stride in teacher pixels is rounded to a power of two (SSDlite at 320 px by a
     teacher at 800: stride 16 covers 40 teacher pixels, paired at 32; the student map is then
-    resized to the teacher's). Two student levels of one stride both pair with that teacher level.
+    resized to the teacher's).
     """
-    by_stride = {}
-    for name, stride in teacher_strides.items():
-        by_stride.setdefault(stride, name)  # first (finest-named) level wins on a tie
-    pairs = []
-    for name, stride in student_strides.items():
-        image_stride = 2 ** int(round(math.log2(stride / student_input_scale)))
-        if image_stride in by_stride:
-            pairs.append(LevelPair(name, by_stride[image_stride], image_stride))
-    return pairs
+    return OrderedDict((name, 2 ** int(round(math.log2(stride / student_input_scale))))
+                       for name, stride in student_strides.items())
+
+
+def pair_levels(student_strides: dict, teacher_strides: dict, student_input_scale: float = 1.0) -> list[LevelPair]:
+    """Each student level with the teacher level of the same stride in image pixels (``image_strides``),
+    by kdops.nn.FeatureDistiller's pairing: on a tie, every student level of a stride takes the first
+    teacher level of it, so two student levels of one stride both pair with that teacher level."""
+    strides = image_strides(student_strides, student_input_scale)
+    return [LevelPair(s, t, strides[s]) for s, t in kdops_pair_levels(strides, teacher_strides, tie="first")]

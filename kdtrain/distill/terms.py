@@ -1,7 +1,8 @@
 """Distillation loss terms, composed from the kdops.nn modules.
 
-A term owns its trainable pieces (one kdops.nn module per paired level: adaptation layers,
-GcBlocks) and returns raw, unweighted losses keyed by name; the Distiller weights and logs them.
+A term owns its trainable pieces (the feature terms: a kdops.nn.FeatureDistiller with one module per
+paired level, adaptation layers and GcBlocks) and returns raw, unweighted losses keyed by name; the
+Distiller weights and logs them.
 What each term does next to its paper and official code: docs/recipes.md.
 """
 
@@ -9,90 +10,72 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from kdops import box_masks
-from kdops.nn import (BoundedRegressionLoss, CWDLoss, DistillBinaryCrossEntropy, DistillCrossEntropy, FGDLoss,
-                      HintLoss, PKDLoss)
-from kdtrain.distill.boxes import boxes_on_level
+from kdops.nn import BoundedRegressionLoss, DistillBinaryCrossEntropy, DistillCrossEntropy
+from kdops.nn.distiller import FeatureDistiller, match_size as matched_student_feature  # noqa: F401 (visualize)
 from kdtrain.distill.context import DistillContext
 from kdtrain.distill.levels import LevelPair
-from kdtrain.errors import UsageError
 
 
-def _pair_key(pair: LevelPair) -> str:
-    return f"s{pair.student}_t{pair.teacher}"  # ModuleDict keys cannot contain '.'
+class FeatureTerm(nn.Module):
+    """A feature recipe: kdops.nn.FeatureDistiller on the backbones' levels, which kdtrain computes itself.
 
-
-def matched_student_feature(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Resize the student's map to the teacher's (bilinear) when they differ.
-
-    Happens for a low-resolution student (Chen 2017 §4.1) and when ceil-rounded coarse levels
-    differ by a cell. Resizing before a 1x1 adaptation conv equals resizing after it: the conv is
-    affine per pixel and each bilinear output is a convex combination of input pixels.
-    """
-    if student.shape[-2:] != teacher.shape[-2:]:
-        student = F.interpolate(student, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
-    return student
-
-
-class PairedFeatureTerm(nn.Module):
-    """Base for terms applied on each (student level, teacher level) pair.
-
-    The pair losses are summed (``level_reduction = "sum"``), as the official FGD, CWD and PKD
-    configs add one loss per FPN level; ImitationTerm averages them (docs/recipes.md).
+    ``student_levels``/``teacher_levels``: {level: kdops.nn.distiller.Level(channels, stride)}, the strides
+    in the teacher's input pixels. Levels pair by stride; every student level of a stride takes the
+    teacher's first level of it (a MobileNetV3-FPN teacher's two stride-32 levels: the first). The
+    pair losses are summed, as the official FGD, CWD and PKD configs add one loss per FPN level;
+    ImitationTerm averages them (docs/recipes.md).
     """
 
     name = ""
-    level_reduction = "sum"
+    reduction = "sum"
+    needs_boxes = False
 
-    def __init__(self, pairs: list[LevelPair], student_channels: dict, teacher_channels: dict):
+    def __init__(self, student_levels: dict, teacher_levels: dict, **options):
         super().__init__()
-        if not pairs:
-            raise UsageError(f"{self.name}: no student level shares a stride with a teacher level")
-        self.pairs = list(pairs)
-        self.per_pair = nn.ModuleDict(
-            {_pair_key(p): self.make_pair_module(student_channels[p.student], teacher_channels[p.teacher])
-             for p in self.pairs}
-        )
-
-    def make_pair_module(self, s_channels: int, t_channels: int) -> nn.Module:
-        raise NotImplementedError
-
-    def pair_loss(self, module, student, teacher, pair: LevelPair, ctx: DistillContext) -> torch.Tensor:
-        raise NotImplementedError
+        self.distiller = FeatureDistiller.from_levels(student_levels, teacher_levels, loss=(self.name, options),
+                                                      pair_by="stride", tie="first", reduction=self.reduction)
+        self.pairs = [LevelPair(p.student, p.teacher, int(p.stride)) for p in self.distiller.pairs]
+        self._register_load_state_dict_pre_hook(self._load_old_layout)
 
     def forward(self, ctx: DistillContext) -> dict:
-        total = sum(self.pair_loss(self.per_pair[_pair_key(p)], ctx.student_features[p.student],
-                                   ctx.teacher_features[p.teacher], p, ctx) for p in self.pairs)
-        return {self.name: total / len(self.pairs) if self.level_reduction == "mean" else total}
+        # Boxes in the teacher's padded pixels; FeatureDistiller divides them by each pair's stride.
+        boxes = [t["boxes"] for t in ctx.targets] if self.needs_boxes else None
+        return {self.name: self.distiller.distil(ctx.student_features, ctx.teacher_features, boxes)["total"]}
+
+    def _load_old_layout(self, state_dict, prefix, *args) -> None:
+        """Checkpoints written before the terms used FeatureDistiller hold each pair's module under
+        ``per_pair.s<student>_t<teacher>``: HintLoss or FGDLoss itself (now ``losses.<i>``), or for CWD
+        and PKD ``adapt`` and ``loss`` (now ``adapt.<i>`` and ``losses.<i>``)."""
+        index = {f"s{p.student}_t{p.teacher}": i for i, p in enumerate(self.pairs)}
+        old = prefix + "per_pair."
+        for key in [k for k in state_dict if k.startswith(old)]:
+            pair, _, rest = key[len(old):].partition(".")
+            if pair not in index:
+                continue  # left for load_state_dict to report as unexpected
+            i = index[pair]
+            if self.name in ("cwd", "pkd"):
+                part, _, rest = rest.partition(".")
+                new = f"adapt.{i}.{rest}" if part == "adapt" else f"losses.{i}.{rest}"
+            else:
+                new = f"losses.{i}.{rest}"
+            state_dict[f"{prefix}distiller.{new}"] = state_dict.pop(key)
 
 
-class ImitationTerm(PairedFeatureTerm):
+class ImitationTerm(FeatureTerm):
     """Hint learning with a 1x1 adaptation (Chen 2017 §3.4), optional box mask (docs/math.md §5).
 
     Averaged over levels: Chen 2017 imitates one hint layer, so the term keeps one layer's weight.
     """
 
     name = "imitation"
-    level_reduction = "mean"
+    reduction = "mean"
 
-    def __init__(self, pairs, student_channels, teacher_channels, loss="mse", normalize="mean", mask="none"):
+    def __init__(self, student_levels, teacher_levels, loss="mse", normalize="mean", mask="none"):
         if mask not in ("none", "boxes"):
             raise ValueError(f"imitation mask must be 'none' or 'boxes', got {mask!r}")
-        self.loss, self.normalize, self.mask = loss, normalize, mask
-        super().__init__(pairs, student_channels, teacher_channels)
-
-    def make_pair_module(self, s_channels, t_channels):
-        return HintLoss(s_channels, t_channels, loss=self.loss, normalize=self.normalize, adapt=True)
-
-    def pair_loss(self, module, student, teacher, pair, ctx):
-        mask = None
-        if self.mask == "boxes":
-            # 0/1 mask of the (ground-truth or pseudo-label) boxes on this level.
-            fg, _bg = box_masks(boxes_on_level(ctx.targets, pair.stride), tuple(teacher.shape[-2:]))
-            mask = (fg > 0).to(teacher.dtype)
-        return module(matched_student_feature(student, teacher), teacher, mask=mask)
+        self.needs_boxes = mask == "boxes"  # 0/1 mask of the (ground-truth or pseudo-label) boxes on each level
+        super().__init__(student_levels, teacher_levels, loss=loss, normalize=normalize, adapt=True, mask=mask)
 
 
 def fgd_preset(family: str) -> str:
@@ -101,7 +84,7 @@ def fgd_preset(family: str) -> str:
     return "retinanet" if family == "ssd" else family
 
 
-class FGDTerm(PairedFeatureTerm):
+class FGDTerm(FeatureTerm):
     """Focal and global distillation (Yang 2022) with kdops' per-family preset weights.
 
     After each call ``last_terms`` holds the weighted parts summed over levels (detached tensors,
@@ -109,65 +92,36 @@ class FGDTerm(PairedFeatureTerm):
     """
 
     name = "fgd"
+    needs_boxes = True
 
-    def __init__(self, pairs, student_channels, teacher_channels, family="two_stage"):
+    def __init__(self, student_levels, teacher_levels, family="two_stage"):
         self.family = fgd_preset(family)
-        super().__init__(pairs, student_channels, teacher_channels)
+        super().__init__(student_levels, teacher_levels, family=self.family)
         self.last_terms: dict = {}
 
-    def make_pair_module(self, s_channels, t_channels):
-        return FGDLoss.preset(self.family, s_channels, t_channels)
-
-    def pair_loss(self, module, student, teacher, pair, ctx):
-        loss = module(matched_student_feature(student, teacher), teacher, boxes_on_level(ctx.targets, pair.stride))
-        for k, v in module.last_terms.items():
-            self.last_terms[f"fgd_{k}"] = self.last_terms.get(f"fgd_{k}", 0) + v
-        return loss
-
     def forward(self, ctx):
+        out = super().forward(ctx)
         self.last_terms = {}
-        return super().forward(ctx)
+        for module in self.distiller.losses:
+            for k, v in module.last_terms.items():
+                self.last_terms[f"fgd_{k}"] = self.last_terms.get(f"fgd_{k}", 0) + v
+        return out
 
 
-class AdaptedLoss(nn.Module):
-    """``loss(adapt(student), teacher)``; the 1x1 ``adapt`` conv exists only when the channel counts
-    differ (mmrazor's CWD and PKD detection configs distil equal-width FPNs without one)."""
-
-    def __init__(self, loss: nn.Module, s_channels: int, t_channels: int):
-        super().__init__()
-        self.adapt = nn.Conv2d(s_channels, t_channels, kernel_size=1) if s_channels != t_channels else None
-        self.loss = loss
-
-    def forward(self, student, teacher):
-        return self.loss(student if self.adapt is None else self.adapt(student), teacher)
-
-
-class CWDTerm(PairedFeatureTerm):
-    """Channel-wise distillation, kdops.nn.CWDLoss (docs/math.md §6)."""
+class CWDTerm(FeatureTerm):
+    """Channel-wise distillation, kdops.nn.CWDLoss (docs/math.md §6); a 1x1 adaptation conv only when
+    the channel counts differ (mmrazor's CWD and PKD detection configs distil equal-width FPNs without one)."""
 
     name = "cwd"
 
-    def __init__(self, pairs, student_channels, teacher_channels, tau=1.0):
-        self.tau = tau
-        super().__init__(pairs, student_channels, teacher_channels)
-
-    def make_pair_module(self, s_channels, t_channels):
-        return AdaptedLoss(CWDLoss(tau=self.tau), s_channels, t_channels)
-
-    def pair_loss(self, module, student, teacher, pair, ctx):
-        return module(matched_student_feature(student, teacher), teacher)
+    def __init__(self, student_levels, teacher_levels, tau=1.0):
+        super().__init__(student_levels, teacher_levels, tau=tau)
 
 
-class PKDTerm(PairedFeatureTerm):
+class PKDTerm(FeatureTerm):
     """Pearson-correlation feature distillation, kdops.nn.PKDLoss, which resizes the student itself."""
 
     name = "pkd"
-
-    def make_pair_module(self, s_channels, t_channels):
-        return AdaptedLoss(PKDLoss(), s_channels, t_channels)
-
-    def pair_loss(self, module, student, teacher, pair, ctx):
-        return module(student, teacher)
 
 
 def bounded_over_rows(loss: BoundedRegressionLoss, student, teacher, target, positive) -> torch.Tensor:

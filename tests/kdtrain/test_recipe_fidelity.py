@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from kdtrain.distill.boxes import boxes_on_level
 from kdtrain.distill.context import DistillContext, RoiOutputs, RpnPair
+from kdops.nn.distiller import Level
 from kdtrain.distill.levels import LevelPair
 from kdtrain.distill.terms import ChenRcnTerm, ChenRpnTerm, CWDTerm, FGDTerm, ImitationTerm, PKDTerm
 
@@ -40,6 +41,10 @@ def _context(s_channels, t_channels, seed=0):
     return DistillContext(feats(s_channels), feats(t_channels), pairs, targets), pairs
 
 
+def _levels(pairs, channels, side="student"):
+    return {getattr(p, side): Level(channels, p.stride) for p in pairs}
+
+
 def _randomise(module, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # non-zero GcBlock last convs, so the global loss is not plain MSE
@@ -51,13 +56,12 @@ def _randomise(module, seed):
 @pytest.mark.parametrize("channels", [(6, 6), (4, 6)])
 def test_fgd_total_is_the_sum_of_the_official_per_level_losses(family, channels):
     ctx, pairs = _context(*channels)
-    term = FGDTerm(pairs, {p.student: channels[0] for p in pairs}, {p.teacher: channels[1] for p in pairs},
-                   family=family).double()
+    term = FGDTerm(_levels(pairs, channels[0]), _levels(pairs, channels[1], "teacher"), family=family).double()
     _randomise(term, 1)
     total = term(ctx)["fgd"]
-    official = [official_from(term.per_pair[f"s{p.student}_t{p.teacher}"])(
+    official = [official_from(term.distiller.losses[i])(
         ctx.student_features[p.student], ctx.teacher_features[p.teacher], boxes_on_level(ctx.targets, p.stride))
-        for p in pairs]
+        for i, p in enumerate(pairs)]
     expected = sum(official)
     torch.testing.assert_close(total, expected, rtol=1e-6, atol=0)
     assert not torch.allclose(total, expected / len(pairs))  # not the mean over levels
@@ -87,23 +91,22 @@ def _mmrazor_pkd(s, t):
 def test_cwd_and_pkd_sum_the_official_per_level_losses_without_an_adapter_at_equal_widths(name):
     ctx, pairs = _context(6, 6)
     make = CWDTerm if name == "cwd" else PKDTerm
-    term = make(pairs, {p.student: 6 for p in pairs}, {p.teacher: 6 for p in pairs}).double()
-    assert not list(term.parameters())  # mmrazor's configs distil equal-width FPNs as they are
     levels = [p for p in pairs if PADDED // p.stride > 1]  # PKD's unbiased std needs 2+ values per channel
-    term.pairs = levels
+    term = make(_levels(levels, 6), _levels(levels, 6, "teacher")).double()
+    assert not list(term.parameters())  # mmrazor's configs distil equal-width FPNs as they are
     ref = (lambda s, t: _mmrazor_cwd(s, t, 1.0)) if name == "cwd" else _mmrazor_pkd
     expected = sum(ref(ctx.student_features[p.student], ctx.teacher_features[p.teacher]) for p in levels)
     torch.testing.assert_close(term(ctx)[name], expected, rtol=1e-9, atol=0)
     # Different widths: a 1x1 adaptation conv per level maps the student to the teacher's channels.
-    narrow = make(pairs, {p.student: 4 for p in pairs}, {p.teacher: 6 for p in pairs})
-    assert [tuple(m.adapt.weight.shape) for m in narrow.per_pair.values()] == [(6, 4, 1, 1)] * len(pairs)
+    narrow = make(_levels(pairs, 4), _levels(pairs, 6, "teacher"))
+    assert [tuple(a.weight.shape) for a in narrow.distiller.adapt] == [(6, 4, 1, 1)] * len(pairs)
 
 
 def test_imitation_averages_the_hint_loss_over_levels():
     ctx, pairs = _context(4, 6)
-    term = ImitationTerm(pairs, {p.student: 4 for p in pairs}, {p.teacher: 6 for p in pairs}).double()
-    per_level = [term.per_pair[f"s{p.student}_t{p.teacher}"](ctx.student_features[p.student],
-                                                               ctx.teacher_features[p.teacher]) for p in pairs]
+    term = ImitationTerm(_levels(pairs, 4), _levels(pairs, 6, "teacher")).double()
+    per_level = [term.distiller.losses[i](ctx.student_features[p.student], ctx.teacher_features[p.teacher])
+                 for i, p in enumerate(pairs)]
     torch.testing.assert_close(term(ctx)["imitation"], sum(per_level) / len(pairs))
 
 
