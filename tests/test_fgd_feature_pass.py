@@ -87,6 +87,24 @@ def test_matches_reference(backend, device, dtype, layout):
         assert torch.equal(convs[1].grad.cpu(), torch.zeros(1))  # softmax is shift-invariant
 
 
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_float64_matches_reference(backend, device):
+    """float64 features and GcBlock weights stay float64 end to end (Triton: float64 scalars as well)."""
+    for i, shape in enumerate(SMALL_SHAPES[:3]):
+        seed = torch.randint(0, 2**31 - 1, ()).item() + i
+        student, teacher, fg, bg = focal_inputs(shape, torch.float64, device, seed, 0.5)
+        student.requires_grad_()
+        convs = _convs(shape[1], torch.float64, seed + 5, device)
+        out = kdops.fgd_feature_pass(student, teacher, **_args(fg, bg, convs, 0.5, WEIGHTS), backend=backend)
+        expected, (exp_gs, exp_gws, exp_gwt) = _expected(student, teacher, fg, bg, convs, 0.5, seed)
+        assert all(o.dtype == torch.float64 for o in out)
+        for actual, exp in zip(out, expected):
+            torch.testing.assert_close(actual.cpu(), exp, rtol=1e-9, atol=1e-12)
+        _objective(out, seed).backward()
+        for actual, exp in ((student.grad, exp_gs), (convs[0].grad, exp_gws), (convs[2].grad, exp_gwt)):
+            torch.testing.assert_close(actual.cpu(), exp, rtol=1e-9, atol=1e-12)
+
+
 def test_gradcheck_float64():
     student, teacher, fg, bg = focal_inputs((2, 3, 4, 5), torch.float64, "cpu", 5, 0.6)
     ws, bs, wt, bt = _convs(3, torch.float64, 6)

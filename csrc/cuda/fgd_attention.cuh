@@ -45,6 +45,17 @@ __global__ void attention_kernel(const acc* __restrict__ s_sp, const acc* __rest
   if (threadIdx.x == 0) att_part[n] = l1_c + l1_s;
 }
 
+// FGD's three focal terms (sums over the batch) divided by N, and the weighted loss; one thread writes them.
+template <typename acc>
+__device__ __forceinline__ void store_focal_loss(acc fg_sum, acc bg_sum, acc att_sum, int64_t N, acc alpha, acc beta,
+                                                 acc gamma, acc* __restrict__ terms, acc* __restrict__ loss) {
+  const acc inv_n = acc(1) / static_cast<acc>(N);
+  terms[0] = fg_sum * inv_n;
+  terms[1] = bg_sum * inv_n;
+  terms[2] = att_sum * inv_n;
+  loss[0] = alpha * terms[0] + beta * terms[1] + gamma * terms[2];
+}
+
 // Host side, shared by both ops: the four masks of each image from their summed logits (softmax rows,
 // in place), then each image's attention part and mask gradients.
 template <typename acc>

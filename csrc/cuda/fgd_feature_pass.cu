@@ -315,11 +315,7 @@ __global__ void finalize_kernel(const acc* __restrict__ t_channel, const acc* __
   const acc att = block_sum(local_a.value());
   const acc sq = block_sum(local_sq.value());
   if (threadIdx.x == 0) {
-    const acc inv_n = acc(1) / static_cast<acc>(N);
-    terms[0] = f * inv_n;
-    terms[1] = b * inv_n;
-    terms[2] = att * inv_n;
-    loss[0] = alpha * terms[0] + beta * terms[1] + gamma * terms[2];
+    store_focal_loss<acc>(f, b, att, N, alpha, beta, gamma, terms, loss);
     diff_sq[0] = sq;
   }
 }

@@ -94,11 +94,7 @@ __global__ void finalize_kernel(const acc* __restrict__ fg_part, const acc* __re
   const acc b = block_sum(local_b.value());
   const acc a = block_sum(local_a.value());
   if (threadIdx.x == 0) {
-    const acc inv_n = acc(1) / static_cast<acc>(N);
-    terms[0] = f * inv_n;
-    terms[1] = b * inv_n;
-    terms[2] = a * inv_n;
-    loss[0] = alpha * terms[0] + beta * terms[1] + gamma * terms[2];
+    store_focal_loss<acc>(f, b, a, N, alpha, beta, gamma, terms, loss);
   }
 }
 
