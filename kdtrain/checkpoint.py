@@ -38,12 +38,6 @@ def atomic_save(obj, path: str) -> None:
         raise
 
 
-# numpy's RNG state as kdtrain versions before weights_only loading wrote it (an ndarray of keys):
-# the only non-container type those checkpoints hold, allowed so they still load.
-_LEGACY_NUMPY_GLOBALS = [np.ndarray, np.dtype, type(np.dtype(np.uint32)),
-                         getattr(np, "_core", getattr(np, "core", None)).multiarray._reconstruct]
-
-
 def rng_state() -> dict:
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     numpy_state = (name, keys.tolist(), pos, has_gauss, gauss)  # plain types: loadable with weights_only
@@ -65,8 +59,7 @@ def set_rng_state(state: dict) -> None:
 def load(path: str, map_location="cpu") -> dict:
     require_file(path, "checkpoint")
     try:
-        with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = _unsafe_globals(path)
         if unsafe:
@@ -89,13 +82,11 @@ def _unreadable(path: str, error: Exception) -> UsageError:
 
 
 def _unsafe_globals(path: str) -> list[str]:
-    """The types a checkpoint asks the unpickler for beyond weights_only's and kdtrain's own."""
+    """The types a checkpoint asks the unpickler for beyond weights_only's."""
     try:
-        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # not a zip checkpoint at all: the caller reports the load error instead
         return []
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _LEGACY_NUMPY_GLOBALS}
-    return [name for name in found if name not in allowed]
 
 
 def remove_torn_writes(folder: str) -> list[str]:

@@ -331,15 +331,15 @@ class PlotConfig:
 
 
 # The efficacy table's rows: RECIPE or RECIPE:WEIGHTS (WEIGHTS as --distill-weights, e.g. fgd:auto).
-BENCHMARK_RECIPES = ("none", "imitation", "fgd", "fgd:auto", "chen2017", "chen2017:auto", "cwd", "pkd")
+EFFICACY_RECIPES = ("none", "imitation", "fgd", "fgd:auto", "chen2017", "chen2017:auto", "cwd", "pkd")
 
 
 @dataclasses.dataclass
-class BenchmarkConfig:
+class EfficacyConfig:
     """Recipes x seeds at one budget; the data, teacher and student settings default to the demo's."""
-    recipes: tuple = BENCHMARK_RECIPES
+    recipes: tuple = EFFICACY_RECIPES
     seeds: tuple = (0, 1, 2)
-    output_dir: str = "kdtrain_benchmark"
+    output_dir: str = "kdtrain_efficacy"
     iterations: int = DemoConfig.student_iterations  # of every student
     # Own COCO-format data (all four, and --teacher); unset: the demo's generated data and its cached teacher.
     train_images: Optional[str] = None
@@ -366,7 +366,7 @@ class BenchmarkConfig:
     progress: bool = True
 
     def demo_config(self) -> DemoConfig:
-        """The demo settings whose data, teacher and student runs the benchmark shares."""
+        """The demo settings whose data, teacher and student runs the efficacy table shares."""
         return DemoConfig(output_dir=self.output_dir, cache_dir=self.cache_dir, image_size=self.image_size,
                           train_images=self.generated_train_images, val_images=self.generated_val_images,
                           teacher_iterations=self.teacher_iterations, student_anchors=tuple(self.student_anchors),
@@ -385,7 +385,7 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return recipe.strip(), (weights.strip() or None)
 
 
-def check_benchmark_config(b: BenchmarkConfig) -> None:
+def check_efficacy_config(b: EfficacyConfig) -> None:
     """UsageError naming the flag for a bad recipe list, seed list or data choice, before anything runs."""
     if not b.recipes:
         raise UsageError("--recipes: give at least one recipe")
@@ -422,3 +422,27 @@ def check_benchmark_config(b: BenchmarkConfig) -> None:
     for name in ("train_ann", "val_ann", "teacher"):
         if getattr(b, name):
             require_file(getattr(b, name), _flag(name))
+
+
+YOLO_RECIPES = ("fgd", "imitation", "cwd", "pkd", "none")  # python -m kdtrain yolo --recipe
+
+
+@dataclasses.dataclass
+class YoloConfig:
+    student: str = "yolov8n.yaml"
+    teacher: Optional[str] = None
+    recipe: str = "fgd"
+    weight: Optional[float] = None
+    data: Optional[str] = None
+    epochs: int = 3
+    imgsz: int = 160
+    batch: int = 16
+    workers: int = 0
+    device: Optional[str] = None
+    seed: int = 0
+    output_dir: str = os.path.join("runs", "kdtrain-yolo")
+    name: Optional[str] = None
+    cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
+    generated_train_images: int = 600
+    generated_val_images: int = 150
+    generated_image_size: int = 160

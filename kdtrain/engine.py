@@ -1,4 +1,11 @@
-"""The training loop: one code path for plain and distilled training, 1 or N processes."""
+"""The training loop: one code path for plain and distilled training, 1 or N processes.
+
+``train`` sets up the process group and ``_train`` reads top to bottom: data, teacher, student,
+Distiller, optimizer and schedule, resume, then the loop (forward of the Distiller with the
+iteration, backward, step, a metrics record every --log-every, a checkpoint every
+--checkpoint-every), the exported student and the final evaluation. The pieces it builds with
+follow it (docs/kdtrain.md).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +22,8 @@ from tqdm import tqdm
 from kdtrain import checkpoint as ckpt_io
 from kdtrain.config import TrainConfig, check_train_config
 from kdtrain.data.batching import TrainBatchStream
-from kdtrain.data.coco import CocoDetection, DatasetError
+from kdtrain.data.coco import CocoDetection, DatasetError, keep_labeled_fraction
 from kdtrain.data.image_check import check_images
-from kdtrain.data.subset import keep_labeled_fraction
 from kdtrain.distill.distiller import Distiller, check_degenerate_boxes
 from kdtrain.distributed import DistInfo, barrier, cleanup, init_distributed
 from kdtrain.errors import UsageError
@@ -27,65 +33,6 @@ from kdtrain.model_args import check_model_args
 from kdtrain.models import ModelSpec, build_detector, count_parameters, load_detector
 from kdtrain.resume import FINAL, load_training_state, restart_metrics, resume_path
 from kdtrain.runtime import amp_dtype, autocast, seed_everything, set_threads
-from kdtrain.schedule import build_scheduler
-from kdtrain.step_window import StepWindow
-
-
-def build_teacher(cfg: TrainConfig, num_classes: int):
-    if cfg.teacher:
-        teacher, _spec, _ = load_detector(cfg.teacher)
-        return teacher
-    if cfg.teacher_arch:
-        return build_detector(ModelSpec(cfg.teacher_arch, num_classes, weights=cfg.teacher_weights,
-                                        min_size=cfg.min_size, max_size=cfg.max_size))
-    return None
-
-
-def student_input_sizes(cfg: TrainConfig, teacher, log) -> tuple:
-    """(min_size, max_size) of the student's transform.
-
-    A low-resolution student (--student-scale s, Chen 2017 §4.1) gets the teacher's
-    sizes times s; the teacher keeps its own transform at full resolution.
-    """
-    if cfg.student_scale == 1.0:
-        return cfg.min_size, cfg.max_size
-    if teacher is None:
-        raise UsageError("--student-scale needs a teacher and a distillation --recipe")
-    t_min, t_max = teacher.transform.min_size[-1], teacher.transform.max_size
-    sizes = (max(1, round(t_min * cfg.student_scale)), max(1, round(t_max * cfg.student_scale)))
-    log(f"[kdtrain] low-resolution student: input {sizes[0]}/{sizes[1]} px (teacher {t_min}/{t_max}, "
-        f"x{cfg.student_scale:g}); --min-size/--max-size apply to the teacher only")
-    return sizes
-
-
-def build_datasets(cfg: TrainConfig):
-    train_set = CocoDetection(cfg.train_images, cfg.train_ann, train=True, hflip_prob=cfg.hflip,
-                              invalid_boxes=cfg.invalid_boxes, category_ids_as_labels=cfg.category_ids_as_labels)
-    keep_labeled_fraction(train_set, cfg.labeled_fraction, cfg.labeled_subset_seed)
-    val_set = None
-    if cfg.val_images and cfg.val_ann and not cfg.no_eval:
-        val_set = CocoDetection(cfg.val_images, cfg.val_ann, train=False, invalid_boxes=cfg.invalid_boxes,
-                                category_ids_as_labels=cfg.category_ids_as_labels, require_annotations=False)
-        if val_set.cat_id_to_label != train_set.cat_id_to_label:
-            raise DatasetError(f"{cfg.val_ann}: categories differ from {cfg.train_ann}")
-    return train_set, val_set
-
-
-def check_dataset_images(datasets, info: DistInfo, progress: bool) -> None:
-    """Decode every image up front (each rank its share), so a bad file fails now and not hours in."""
-    paths = sorted({d.image_path(i) for d in datasets if d is not None for i in range(len(d))})
-    check_images(paths[info.rank::info.world_size], progress and info.is_main)
-
-
-def export_student(student, spec: ModelSpec, dataset, path: str, extra: dict | None = None) -> None:
-    """Student weights only (no adaptation layers): loads into plain torchvision."""
-    ckpt_io.atomic_save({
-        "model_spec": spec.to_dict(),
-        "model_state": student.state_dict(),
-        "categories": dataset.categories,
-        "label_to_cat_id": dataset.label_to_cat_id,
-        **(extra or {}),
-    }, path)
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
@@ -192,9 +139,9 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
         check_degenerate_boxes(targets)  # on the host's copy: no wait for the device
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-        distiller.iteration = iteration
         with autocast(device, dtype):
-            losses = model(images, targets)
+            losses = model(images, targets, iteration)
+        report = distiller.calibration_report(iteration)  # a record in the step that fixes the automatic weights
         loss = sum(losses.values())
         window.add(iteration, {**losses, "loss": loss, **{f"raw_{k}": v for k, v in distiller.raw.items()}})
         optimizer.zero_grad(set_to_none=True)
@@ -210,9 +157,8 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
         for k, v in distiller.term_seconds.items():
             term_seconds_sum[k] = term_seconds_sum.get(k, 0.0) + v
         bar.update(1)
-        if distiller.auto is not None and distiller.auto.pending_report:
-            writer.write(distiller.auto.report)
-            distiller.auto.pending_report = False
+        if report is not None:
+            writer.write(report)
         if iteration % cfg.log_every == 0 or iteration == total:
             window.check_finite()
             record = {"kind": "train", "iteration": iteration, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
@@ -248,3 +194,117 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
             log("[kdtrain] eval: " + "  ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in metrics.items()))
     writer.close()
     return summary
+
+
+def build_teacher(cfg: TrainConfig, num_classes: int):
+    if cfg.teacher:
+        teacher, _spec, _ = load_detector(cfg.teacher)
+        return teacher
+    if cfg.teacher_arch:
+        return build_detector(ModelSpec(cfg.teacher_arch, num_classes, weights=cfg.teacher_weights,
+                                        min_size=cfg.min_size, max_size=cfg.max_size))
+    return None
+
+
+def student_input_sizes(cfg: TrainConfig, teacher, log) -> tuple:
+    """(min_size, max_size) of the student's transform.
+
+    A low-resolution student (--student-scale s, Chen 2017 §4.1) gets the teacher's
+    sizes times s; the teacher keeps its own transform at full resolution.
+    """
+    if cfg.student_scale == 1.0:
+        return cfg.min_size, cfg.max_size
+    if teacher is None:
+        raise UsageError("--student-scale needs a teacher and a distillation --recipe")
+    t_min, t_max = teacher.transform.min_size[-1], teacher.transform.max_size
+    sizes = (max(1, round(t_min * cfg.student_scale)), max(1, round(t_max * cfg.student_scale)))
+    log(f"[kdtrain] low-resolution student: input {sizes[0]}/{sizes[1]} px (teacher {t_min}/{t_max}, "
+        f"x{cfg.student_scale:g}); --min-size/--max-size apply to the teacher only")
+    return sizes
+
+
+def build_datasets(cfg: TrainConfig):
+    train_set = CocoDetection(cfg.train_images, cfg.train_ann, train=True, hflip_prob=cfg.hflip,
+                              invalid_boxes=cfg.invalid_boxes, category_ids_as_labels=cfg.category_ids_as_labels)
+    keep_labeled_fraction(train_set, cfg.labeled_fraction, cfg.labeled_subset_seed)
+    val_set = None
+    if cfg.val_images and cfg.val_ann and not cfg.no_eval:
+        val_set = CocoDetection(cfg.val_images, cfg.val_ann, train=False, invalid_boxes=cfg.invalid_boxes,
+                                category_ids_as_labels=cfg.category_ids_as_labels, require_annotations=False)
+        if val_set.cat_id_to_label != train_set.cat_id_to_label:
+            raise DatasetError(f"{cfg.val_ann}: categories differ from {cfg.train_ann}")
+    return train_set, val_set
+
+
+def check_dataset_images(datasets, info: DistInfo, progress: bool) -> None:
+    """Decode every image up front (each rank its share), so a bad file fails now and not hours in."""
+    paths = sorted({d.image_path(i) for d in datasets if d is not None for i in range(len(d))})
+    check_images(paths[info.rank::info.world_size], progress and info.is_main)
+
+
+def export_student(student, spec: ModelSpec, dataset, path: str, extra: dict | None = None) -> None:
+    """Student weights only (no adaptation layers): loads into plain torchvision."""
+    ckpt_io.atomic_save({
+        "model_spec": spec.to_dict(),
+        "model_state": student.state_dict(),
+        "categories": dataset.categories,
+        "label_to_cat_id": dataset.label_to_cat_id,
+        **(extra or {}),
+    }, path)
+
+
+def lr_factor(it: int, total: int, warmup_iters: int, warmup_factor: float, kind: str,
+              steps: tuple = (), gamma: float = 0.1, min_factor: float = 0.0) -> float:
+    """The learning rate's multiplier at iteration ``it``: linear warm-up, then constant, step or cosine decay."""
+    if kind == "cosine":
+        progress = min(1.0, it / max(1, total))
+        base = min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+    elif kind == "step":
+        base = gamma ** sum(1 for s in steps if it >= s)
+    elif kind == "constant":
+        base = 1.0
+    else:
+        raise ValueError(f"unknown lr schedule {kind!r} (constant, step, cosine)")
+    if it < warmup_iters:
+        alpha = it / warmup_iters
+        base *= warmup_factor * (1 - alpha) + alpha
+    return base
+
+
+def build_scheduler(optimizer, total: int, warmup_iters: int, kind: str, steps=(), gamma=0.1,
+                    warmup_factor: float = 0.001):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: lr_factor(it, total, warmup_iters, warmup_factor, kind, tuple(steps), gamma)
+    )
+
+
+class StepWindow:
+    """The losses of the steps since the last metrics record, kept as tensors on their device.
+
+    Reading a loss (``float``, ``isfinite`` in an ``if``) waits for the device; doing it once per record
+    instead of once per step keeps the training loop free of host syncs.
+    """
+
+    def __init__(self):
+        self.steps: list[tuple[int, dict]] = []  # (iteration, {name: 0-dim tensor})
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def add(self, iteration: int, values: dict) -> None:
+        self.steps.append((iteration, {k: v.detach() for k, v in values.items()}))
+
+    def check_finite(self, key: str = "loss") -> None:
+        """FloatingPointError naming the first step whose ``key`` is not finite, with its values."""
+        if not self.steps:
+            return
+        finite = torch.isfinite(torch.stack([v[key].float() for _, v in self.steps]))
+        if not bool(finite.all()):
+            iteration, values = self.steps[int((~finite).nonzero()[0, 0])]
+            raise FloatingPointError(f"non-finite {key} at iteration {iteration}: "
+                                     + ", ".join(f"{k}={float(v):.4g}" for k, v in values.items() if k != key))
+
+    def means(self) -> dict:
+        """{name: mean over the steps that have it} as floats."""
+        names = dict.fromkeys(k for _, values in self.steps for k in values)
+        return {k: float(torch.stack([v[k].float() for _, v in self.steps if k in v]).mean()) for k in names}

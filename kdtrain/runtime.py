@@ -1,4 +1,4 @@
-"""Threads, seeds and mixed precision: process-wide settings for a run."""
+"""Threads, seeds, the device and mixed precision: process-wide settings for a run."""
 
 from __future__ import annotations
 
@@ -39,3 +39,10 @@ def autocast(device: torch.device, dtype):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device of a single-process command: cuda for cuda, and for auto when a GPU is visible; else cpu."""
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")

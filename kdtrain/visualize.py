@@ -29,7 +29,6 @@ from tqdm import tqdm
 import kdops
 from kdtrain.config import VisualizeConfig
 from kdtrain.data.coco import CocoDetection
-from kdtrain.distill.boxes import boxes_on_level
 from kdtrain.distill.distiller import _as_dict
 from kdtrain.distill.levels import LevelPair, pair_levels
 from kdtrain.distill.probe import probe_levels
@@ -38,6 +37,17 @@ from kdtrain.errors import UsageError
 from kdtrain.models import detector_family, load_detector
 
 PKD_EPS = 1e-6  # kdops.pkd_loss's epsilon on the std, so the map's mean is its loss
+
+
+def boxes_on_level(targets: list[dict], stride: int) -> list[torch.Tensor]:
+    """Map boxes (in padded-batch pixels, as the shared transform returns them) to a level.
+
+    Cell i of a stride-s level covers padded pixels [i*s, (i+1)*s), so the map is
+    box / s, with s the level's stride on the padded batch (``level_strides``).
+    FGD's official code scales by the unpadded image size instead, which shifts
+    every box of an image smaller than its padded batch.
+    """
+    return [t["boxes"] / float(stride) for t in targets]
 
 
 @dataclasses.dataclass

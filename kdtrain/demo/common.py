@@ -19,7 +19,7 @@ from kdtrain.distributed import DistInfo
 from kdtrain.engine import FINAL, train
 from kdtrain.evaluate import METRIC_NAMES, evaluate
 from kdtrain.models import count_parameters, load_detector
-from kdtrain.report import format_table, write_plot
+from kdtrain.result_plots import format_table, write_plot
 
 # Small, fast Faster R-CNN settings shared by teacher and students: fewer
 # proposals and sampled ROIs (the ROI box head and torchvision's CPU roi_align

@@ -56,8 +56,7 @@ class AutoWeights:
         self.det_sum: dict = {}   # key -> 0-d tensor on the training device
         self.term_sum: dict = {}
         self.weights: dict | None = None  # key -> float, once calibrated
-        self.report: dict | None = None
-        self.pending_report = False       # the trainer logs the report once, then clears this
+        self.report: dict | None = None   # once calibrated: what was measured and chosen, at which iteration
         self._device = torch.device("cpu")  # of the sums; the training device once observed
         self._log = log
 
@@ -116,7 +115,6 @@ class AutoWeights:
             "grad_ratio_at_default_weight": {k: r * self.default_weights[k] for k, r in grad_ratio.items()},
             "default_weights": self.default_weights, "unmeasured": unmeasured,
         }
-        self.pending_report = True
         self._log(f"[kdtrain] automatic distillation weights after {self.iters} iterations (target gradient ratio "
                   f"{self.ratio:g} of the detection loss's): " + ", ".join(map(self._describe, weights)))
 
@@ -149,4 +147,3 @@ class AutoWeights:
         self.det_sum, self.term_sum = dict(state["det_sum"]), dict(state["term_sum"])
         self.weights = dict(state["weights"]) if state["weights"] else None
         self.report = state["report"]
-        self.pending_report = False  # logged by the run that calibrated

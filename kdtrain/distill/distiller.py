@@ -54,7 +54,6 @@ class Distiller(nn.Module):
         self.weights, auto_keys = recipes.parse_weight_spec(weights)
         self.auto: Optional[AutoWeights] = None  # set below when a key of a built term is automatic
         self.warmup_iters = warmup_iters
-        self.iteration = 0  # set by the trainer for the weight warm-up
         self.family = detector_family(student)
         self._teacher = [teacher]  # a list keeps it out of parameters/state_dict/DDP
         self.terms = nn.ModuleDict()
@@ -141,8 +140,12 @@ class Distiller(nn.Module):
         return out
 
     # ---- forward -----------------------------------------------------------
-    def forward(self, images, targets):
-        """Training losses: the student's own (torchvision names) + weighted distillation terms."""
+    def forward(self, images, targets, iteration: int):
+        """Training losses: the student's own (torchvision names) + weighted distillation terms.
+
+        ``iteration`` (0-based) places the step in the distillation warm-up and the automatic weights'
+        calibration.
+        """
         student = self.student
         # One shared transform (the student's): both nets see the same padded batch.
         image_list, targets = student.transform(images, targets)
@@ -170,8 +173,8 @@ class Distiller(nn.Module):
         if self.auto is not None and not self.auto.calibrated and self.training and not self.profile \
                 and torch.is_grad_enabled():
             self.auto.observe(sum(losses.values()), raw, [p for p in self.student.parameters() if p.requires_grad],
-                              self.iteration)
-        factor = recipes.warmup_factor(self.iteration, self.warmup_iters)
+                              iteration)
+        factor = recipes.warmup_factor(iteration, self.warmup_iters)
         for key, value in raw.items():
             losses[f"distill_{key}"] = value * (self.weight(key) * factor)
         # Detached tensors: converting them here would wait for the device every step.
@@ -184,6 +187,12 @@ class Distiller(nn.Module):
     def last_raw(self) -> dict:
         """The last step's unweighted losses as floats (a host sync: for logs and tests, not the step)."""
         return {k: float(v) for k, v in self.raw.items()}
+
+    def calibration_report(self, iteration: int) -> Optional[dict]:
+        """The automatic weights' calibration record (kdtrain/distill/auto_weights.py) when the step at
+        ``iteration`` fixed them, else None: the trainer logs it once, in that step."""
+        report = self.auto.report if self.auto is not None else None
+        return report if report is not None and report["iteration"] == iteration else None
 
     def weight(self, key: str) -> float:
         """A loss key's weight before the warm-up factor (an automatic one: 0 until calibrated)."""

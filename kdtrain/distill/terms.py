@@ -36,30 +36,11 @@ class FeatureTerm(nn.Module):
         self.distiller = FeatureDistiller.from_levels(student_levels, teacher_levels, loss=(self.name, options),
                                                       pair_by="stride", tie="first", reduction=self.reduction)
         self.pairs = [LevelPair(p.student, p.teacher, int(p.stride)) for p in self.distiller.pairs]
-        self._register_load_state_dict_pre_hook(self._load_old_layout)
 
     def forward(self, ctx: DistillContext) -> dict:
         # Boxes in the teacher's padded pixels; FeatureDistiller divides them by each pair's stride.
         boxes = [t["boxes"] for t in ctx.targets] if self.needs_boxes else None
         return {self.name: self.distiller.distil(ctx.student_features, ctx.teacher_features, boxes)["total"]}
-
-    def _load_old_layout(self, state_dict, prefix, *args) -> None:
-        """Checkpoints written before the terms used FeatureDistiller hold each pair's module under
-        ``per_pair.s<student>_t<teacher>``: HintLoss or FGDLoss itself (now ``losses.<i>``), or for CWD
-        and PKD ``adapt`` and ``loss`` (now ``adapt.<i>`` and ``losses.<i>``)."""
-        index = {f"s{p.student}_t{p.teacher}": i for i, p in enumerate(self.pairs)}
-        old = prefix + "per_pair."
-        for key in [k for k in state_dict if k.startswith(old)]:
-            pair, _, rest = key[len(old):].partition(".")
-            if pair not in index:
-                continue  # left for load_state_dict to report as unexpected
-            i = index[pair]
-            if self.name in ("cwd", "pkd"):
-                part, _, rest = rest.partition(".")
-                new = f"adapt.{i}.{rest}" if part == "adapt" else f"losses.{i}.{rest}"
-            else:
-                new = f"losses.{i}.{rest}"
-            state_dict[f"{prefix}distiller.{new}"] = state_dict.pop(key)
 
 
 class ImitationTerm(FeatureTerm):

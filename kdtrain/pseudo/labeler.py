@@ -11,6 +11,8 @@ import time
 from typing import Optional
 
 import torch
+from torchvision.models import detection
+from torchvision.ops import batched_nms
 from tqdm import tqdm
 
 from kdtrain.config import PseudoLabelConfig
@@ -22,7 +24,28 @@ from kdtrain.models import load_detector
 from kdtrain.predict import list_images, read_image
 from kdtrain.pseudo.class_map import (TeacherClasses, read_mapping_file, resolve_label_maps,
                                       student_categories)
-from kdtrain.pseudo.detections import filter_detections, set_postprocess
+
+
+def set_postprocess(model, score_threshold: float, nms_iou: float, max_detections: int) -> None:
+    """Make torchvision's own post-processing use our settings (so it filters no more than we ask)."""
+    target = model.roi_heads if isinstance(model, detection.FasterRCNN) else model
+    target.score_thresh = score_threshold
+    target.nms_thresh = nms_iou
+    target.detections_per_img = max_detections
+
+
+def filter_detections(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, score_threshold: float,
+                      nms_iou: Optional[float], max_detections: Optional[int]):
+    """Keep score >= threshold, then class-wise NMS (None: off), then the best max_detections."""
+    keep = scores >= score_threshold
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    if nms_iou is not None and boxes.numel():
+        keep = batched_nms(boxes, scores, labels, nms_iou)
+    else:
+        keep = torch.argsort(scores, descending=True)
+    if max_detections is not None:
+        keep = keep[:max_detections]
+    return boxes[keep], scores[keep], labels[keep]
 
 
 class _Images(torch.utils.data.Dataset):

@@ -55,16 +55,18 @@ def test_calibrated_weight_gives_the_target_gradient_ratio(recipe, batch):
     assert d.auto is not None and list(d.auto.keys) == keys
     for step in range(2):
         torch.manual_seed(1)  # the same proposals and samples each time: one calibration batch
-        d.iteration = step
-        losses = d(*batch)
+        losses = d(*batch, step)
         if step == 0:  # still calibrating: the automatic terms are off
             assert all(float(losses[f"distill_{k}"].detach()) == 0.0 for k in d.raw)
+            assert d.calibration_report(0) is None
     assert d.auto.calibrated and d.auto.report["iteration"] == 1
+    assert d.calibration_report(1) is d.auto.report  # the step that fixed the weights returns the record, once
+    assert d.calibration_report(0) is None and d.calibration_report(2) is None
     assert any("automatic distillation weights after 2 iterations" in line for line in lines)
 
     # Recompute the ratio on the calibration batch, independently of AutoWeights.
     torch.manual_seed(1)
-    losses = d(*batch)
+    losses = d(*batch, 2)
     params = [p for p in student.parameters() if p.requires_grad]
     det = _grad_norms(sum(v for k, v in losses.items() if not k.startswith("distill_")), params)
     measured = [k for k in d.raw if k not in d.auto.report["unmeasured"]]
@@ -100,7 +102,8 @@ def test_per_term_auto_leaves_the_other_weights_and_unknown_state_is_refused(bat
         AutoWeights(["imitation"], DEFAULT_WEIGHTS, iters=0)
 
 
-def test_auto_weights_survive_a_kill_during_and_after_calibration(tiny_data, teacher_ckpt, tmp_path, monkeypatch,
+@pytest.mark.parametrize("at", [2, pytest.param(4, marks=pytest.mark.slow)])
+def test_auto_weights_survive_a_kill_during_and_after_calibration(at, tiny_data, teacher_ckpt, tmp_path, monkeypatch,
                                                                   capsys):
 
     def args(out):  # constant lr: the steps do not depend on where a run was cut
@@ -121,20 +124,20 @@ def test_auto_weights_survive_a_kill_during_and_after_calibration(tiny_data, tea
     assert distill[:2] == [0.0, 0.0] and all(v > 0 for v in distill[2:])
 
     final = torch.load(whole / "model_final.pth", weights_only=True)["model_state"]
-    for at in (2, 4):  # killed mid-calibration (its sums are in the checkpoint), then after it
-        out = tmp_path / f"killed_at_{at}"
-        with monkeypatch.context() as m:
-            kill_after_checkpoint(m, at)
-            with pytest.raises(Killed):
-                main(args(out))
-        capsys.readouterr()
-        assert main(args(out) + ["--resume"]) == 0
-        log = capsys.readouterr().out
-        assert ("automatic distillation weights from the checkpoint" in log) == (at == 4)
-        records = read_jsonl(str(out / "metrics.jsonl"))
-        assert [r["weights"] for r in records if r["kind"] == "auto_weights"] == [{"imitation": weight}]
-        resumed = torch.load(out / "model_final.pth", weights_only=True)["model_state"]
-        assert all(torch.equal(final[k], resumed[k]) for k in final)
+    # Killed mid-calibration (at 2: its sums are in the checkpoint), or after it (at 4).
+    out = tmp_path / f"killed_at_{at}"
+    with monkeypatch.context() as m:
+        kill_after_checkpoint(m, at)
+        with pytest.raises(Killed):
+            main(args(out))
+    capsys.readouterr()
+    assert main(args(out) + ["--resume"]) == 0
+    log = capsys.readouterr().out
+    assert ("automatic distillation weights from the checkpoint" in log) == (at == 4)
+    records = read_jsonl(str(out / "metrics.jsonl"))
+    assert [r["weights"] for r in records if r["kind"] == "auto_weights"] == [{"imitation": weight}]
+    resumed = torch.load(out / "model_final.pth", weights_only=True)["model_state"]
+    assert all(torch.equal(final[k], resumed[k]) for k in final)
 
 
 def test_calibration_must_end_before_the_run(tiny_data, teacher_ckpt, tmp_path):
@@ -143,6 +146,7 @@ def test_calibration_must_end_before_the_run(tiny_data, teacher_ckpt, tmp_path):
                         teacher_ckpt, "--distill-weights", "auto", "--distill-auto-iters", 3))
 
 
+@pytest.mark.slow
 def test_ddp_ranks_calibrate_together(tiny_data, teacher_ckpt, tmp_path):
     """Two gloo processes: the calibration sums are all-reduced at its one host read, then training goes on."""
     import subprocess

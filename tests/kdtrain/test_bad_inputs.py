@@ -16,7 +16,7 @@ from kdtrain.config import TrainConfig, check_train_config, read_config_file
 from kdtrain.data.coco import CocoDetection
 from kdtrain.data.image_check import check_images
 from kdtrain.errors import UsageError
-from kdtrain.label_map import checkpoint_label_map
+from kdtrain.commands.eval import checkpoint_label_map
 from kdtrain.metrics_log import read_jsonl
 from kdtrain.model_args import check_model_args
 from kdtrain.resume import load_training_state, restart_metrics

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kdtrain import checkpoint as ckpt_io
+from kdtrain.cli import main
 from kdtrain.errors import UsageError
 
 from kdtrain_testutil import REPO, train_args
@@ -53,14 +54,13 @@ def test_what_kdtrain_writes_loads_and_restores_the_rng(tmp_path):
     assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
 
 
-def test_checkpoints_of_earlier_versions_still_load(tmp_path):
-    """Before weights_only loading, kdtrain saved numpy's RNG state as an ndarray."""
-    path = tmp_path / "old.pth"
+def test_numpy_arrays_are_refused_by_name(tmp_path):
+    """numpy's own RNG state holds an ndarray: kdtrain writes it as plain types, and loads nothing else."""
+    path = tmp_path / "numpy.pth"
     torch.save({"rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                         "python": random.getstate()}}, path)
-    expected = np.random.rand(3)
-    ckpt_io.set_rng_state(ckpt_io.load(str(path))["rng"])
-    assert np.array_equal(np.random.rand(3), expected)
+    with pytest.raises(UsageError, match=rf"refused to load checkpoint {path}: it holds .*numpy"):
+        ckpt_io.load(str(path))
 
 
 def test_kdtrain_reads_checkpoints_only_through_checkpoint_load():
@@ -84,6 +84,20 @@ def _entry_points(tiny_data, out, ckpt):
     }
 
 
+def test_no_entry_point_runs_a_planted_payload_in_process(tiny_data, teacher_ckpt, tmp_path, capsys):
+    """Every entry point through kdtrain.cli.main; the slow test below runs each as its own process."""
+    marker = tmp_path / "ran"
+    poisoned = _poisoned_copy(teacher_ckpt, tmp_path, marker)
+    for name, args in _entry_points(tiny_data, tmp_path, poisoned).items():
+        with pytest.raises(SystemExit) as e:
+            main([*map(str, args), "--no-progress"])
+        err = capsys.readouterr().err
+        assert not marker.exists(), f"{name}: the payload ran"
+        assert e.value.code == 2, (name, err)
+        assert f"refused to load checkpoint {poisoned}" in err and "builtins.exec" in err, (name, err)
+
+
+@pytest.mark.slow
 def test_no_entry_point_runs_a_planted_payload(tiny_data, teacher_ckpt, tmp_path):
     marker = tmp_path / "ran"
     poisoned = _poisoned_copy(teacher_ckpt, tmp_path, marker)

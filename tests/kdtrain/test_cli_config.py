@@ -9,7 +9,7 @@ import torch
 from kdtrain import checkpoint as ckpt_io
 from kdtrain.cli import build_parser, main
 from kdtrain.config import make_config, read_config_file
-from kdtrain.schedule import lr_factor
+from kdtrain.engine import lr_factor
 
 from kdtrain_testutil import train_args
 

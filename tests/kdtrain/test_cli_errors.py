@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from kdtrain import commands
 from kdtrain.cli import main
+from kdtrain.commands import train as train_command
 
 from kdtrain_testutil import REPO
 
@@ -51,16 +51,32 @@ def _misuse_cases(tmp_path, tiny_data):
     ]
 
 
+def _is_usage_and_one_message(err: str, args, command: str, message: str) -> None:
+    lines = err.strip().splitlines()
+    assert lines[0].startswith(f"usage: python -m kdtrain {command} "), (args, err)
+    assert lines[1].startswith(f"python -m kdtrain {command}: error: ") and message in err, (args, err)
+    assert len(lines) == 2, (args, err)
+
+
+def test_every_misuse_is_the_usage_line_and_one_message_in_process(tiny_data, tmp_path, monkeypatch, capsys):
+    """Through kdtrain.cli.main; the slow test below runs each case as its own process."""
+    monkeypatch.chdir(tmp_path)
+    for args, command, message in _misuse_cases(tmp_path, tiny_data):
+        with pytest.raises(SystemExit) as e:  # any other exception (a traceback) fails the test
+            main(list(map(str, args)))
+        err = capsys.readouterr().err
+        assert e.value.code == 2, (args, err)
+        _is_usage_and_one_message(err, args, command, message)
+
+
+@pytest.mark.slow
 def test_every_misuse_is_the_usage_line_and_one_message(tiny_data, tmp_path):
     for args, command, message in _misuse_cases(tmp_path, tiny_data):
         result = _kdtrain(*args, cwd=tmp_path)
         err = result.stderr
         assert result.returncode == 2, (args, err)
         assert "Traceback" not in err, (args, err)
-        lines = err.strip().splitlines()
-        assert lines[0].startswith(f"usage: python -m kdtrain {command} "), (args, err)
-        assert lines[1].startswith(f"python -m kdtrain {command}: error: ") and message in err, (args, err)
-        assert len(lines) == 2, (args, err)
+        _is_usage_and_one_message(err, args, command, message)
 
 
 def test_debug_shows_the_traceback(tmp_path):
@@ -74,7 +90,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     def broken(args):
         raise KeyError("a bug, not a usage error")
 
-    monkeypatch.setattr(commands, "run_train", broken)
+    monkeypatch.setattr(train_command, "run", broken)
     with pytest.raises(KeyError, match="a bug"):
         main(["train"])
 

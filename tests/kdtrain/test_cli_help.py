@@ -9,7 +9,7 @@ import pytest
 from kdtrain.architectures import ARCHITECTURES
 from kdtrain.cli import build_parser, main, subcommand_parsers
 from kdtrain.config import CACHE_DIR_ENV, DemoConfig, PseudoLabelConfig, TrainConfig, TwoStepConfig
-from kdtrain.config import BenchmarkConfig, PlotConfig, VisualizeConfig
+from kdtrain.config import EfficacyConfig, PlotConfig, VisualizeConfig
 
 # Where each subcommand's defaults live, first match wins; eval/predict batch sizes are the evaluation's.
 SOURCES = {
@@ -17,7 +17,7 @@ SOURCES = {
     "two-step": [TwoStepConfig, TrainConfig],
     "pseudo-label": [PseudoLabelConfig, TrainConfig],
     "demo": [DemoConfig],
-    "benchmark": [BenchmarkConfig],
+    "efficacy": [EfficacyConfig],
     "eval": [TrainConfig],
     "predict": [TrainConfig],
     "visualize": [VisualizeConfig],

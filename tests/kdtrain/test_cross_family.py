@@ -45,7 +45,7 @@ def test_feature_recipes_pair_a_faster_rcnn_teacher_with_a_one_stage_student(arc
         assert not distiller.teacher_own_input  # same transform: the teacher reads the student's batch
         if recipe == "fgd":
             assert distiller.terms["fgd"].family == family  # FGD's preset follows the student
-        losses = distiller(images, targets)
+        losses = distiller(images, targets, 0)
         assert all(torch.isfinite(v) for v in losses.values()), (recipe, losses)
         student.zero_grad()
         losses[f"distill_{recipe}"].backward()

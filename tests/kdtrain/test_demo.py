@@ -3,11 +3,14 @@
 import json
 import os
 
+import pytest
+
 from kdtrain.demo import DemoConfig, run_demo
 from kdtrain.errors import UsageError
 from kdtrain.metrics_log import MetricsWriter
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_and_teacher_cache(tmp_path):
     lines = []
     d = DemoConfig(output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"), image_size=64,

@@ -16,6 +16,7 @@ def _toy(tmp_path, **kw):
                       labeled_fraction=0.25, step1_share=0.5, pseudo_score_threshold=0.0, **kw)
 
 
+@pytest.mark.slow
 def test_label_scarce_demo_compares_two_step_with_supervised(tmp_path):
     lines = []
     result = run_label_scarce_demo(_toy(tmp_path), log=lines.append)

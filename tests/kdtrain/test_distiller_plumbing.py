@@ -32,7 +32,7 @@ def test_teacher_sees_the_students_padded_batch(batch):
     # Give the teacher a different transform: it must not be used.
     teacher.transform.min_size = (32,)
     d = Distiller(student, teacher, "imitation").train()
-    d(*batch)
+    d(*batch, 0)
     assert seen["teacher"] is seen["student"]
 
 
@@ -44,7 +44,7 @@ def test_teacher_is_frozen_eval_and_without_grad(batch):
     grad_mode = []
     teacher.backbone.register_forward_hook(lambda m, a, out: grad_mode.append(torch.is_grad_enabled()))
     assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
-    sum(d(*batch).values()).backward()
+    sum(d(*batch, 0).values()).backward()
     assert grad_mode == [False]
     assert torch.equal(bn.running_mean, running_mean)
     assert all(p.grad is None for p in teacher.parameters())
@@ -67,7 +67,7 @@ def test_chen2017_runs_the_teachers_box_head_on_the_students_sampled_proposals(b
     student.roi_heads.box_roi_pool.register_forward_pre_hook(lambda m, a: seen.__setitem__("s", [p.clone() for p in a[1]]))
     teacher.roi_heads.box_roi_pool.register_forward_pre_hook(lambda m, a: seen.__setitem__("t", [p.clone() for p in a[1]]))
     d = Distiller(student, teacher, "chen2017").train()
-    losses = d(*batch)
+    losses = d(*batch, 0)
     assert calls["select"] == 1
     assert len(seen["s"]) == len(seen["t"]) == 2
     for s, t in zip(seen["s"], seen["t"]):
@@ -87,20 +87,18 @@ def test_rpn_distillation_only_when_anchor_layouts_match(batch):
     student, teacher = _pair("fasterrcnn_resnet18_fpn", "fasterrcnn_resnet34_fpn")
     d = Distiller(student, teacher, "chen2017", log=messages.append).train()
     assert d.rpn_distill
-    losses = d(*batch)
+    losses = d(*batch, 0)
     assert "distill_chen_rpn_cls" in losses and torch.isfinite(losses["distill_chen_rpn_cls"])
 
 
 def test_each_term_weighted_logged_separately_with_warmup(batch):
     student, teacher = _pair()
     d = Distiller(student, teacher, "imitation", weights="imitation=2.0", warmup_iters=10).train()
-    d.iteration = 0
-    losses = d(*batch)
+    losses = d(*batch, 0)
     raw = d.last_raw["imitation"]
     assert raw > 0
     assert losses["distill_imitation"].item() == pytest.approx(raw * 2.0 * 0.1, rel=1e-5)
-    d.iteration = 50
-    losses = d(*batch)
+    losses = d(*batch, 50)
     assert losses["distill_imitation"].item() == pytest.approx(d.last_raw["imitation"] * 2.0, rel=1e-5)
     assert {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"} <= set(losses)
 
@@ -110,7 +108,7 @@ def test_adaptation_layers_train_and_are_dropped_on_export(batch, tiny_data, tmp
     d = Distiller(student, teacher, "imitation").train()
     adapt = [n for n, p in d.named_parameters() if n.startswith("terms.")]
     assert adapt, "the imitation term must own trainable adaptation layers"
-    sum(d(*batch).values()).backward()
+    sum(d(*batch, 0).values()).backward()
     assert all(p.grad is not None for n, p in d.named_parameters() if n.startswith("terms."))
     path = tmp_path / "model_final.pth"
     spec = tiny_spec()
@@ -155,6 +153,6 @@ def test_one_stage_students_train_with_feature_distillation(batch):
         d = Distiller(student, teacher, "imitation").train()
         # RetinaNet/FCOS levels (strides 8..128) pair with ResNet-FPN 8..64 by stride.
         assert [p.stride for p in d.pairs] == [8, 16, 32, 64]
-        losses = d(*batch)
+        losses = d(*batch, 0)
         assert "distill_imitation" in losses and all(torch.isfinite(v) for v in losses.values())
         sum(losses.values()).backward()

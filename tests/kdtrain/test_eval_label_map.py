@@ -9,7 +9,7 @@ from kdtrain.cli import main
 from kdtrain.data.coco import CocoDetection
 from kdtrain.distributed import DistInfo
 from kdtrain.evaluate import run_inference
-from kdtrain.label_map import checkpoint_label_map
+from kdtrain.commands.eval import checkpoint_label_map
 
 
 def _val_json(tiny_data, tmp_path, edit):

@@ -4,7 +4,7 @@ from collections import OrderedDict
 
 import torch
 
-from kdtrain.distill.boxes import boxes_on_level
+from kdtrain.visualize import boxes_on_level
 from kdtrain.distill.levels import LevelPair, level_strides, pair_levels
 from kdtrain.distill.probe import probe_levels
 from kdtrain.models import build_detector

@@ -59,7 +59,7 @@ class Block:
             raise ModuleNotFoundError(name)
 sys.meta_path.insert(0, Block())
 sys.modules.pop("matplotlib", None)
-from kdtrain.dependencies import missing_dependency
+from kdtrain.cli import missing_dependency
 print(missing_dependency())
 """)
     assert result.stdout.strip() == 'kdtrain needs matplotlib, which is not installed: pip install "kdops[train]"'

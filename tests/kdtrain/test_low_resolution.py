@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kdtrain.cli import build_parser, main
-from kdtrain.commands import train_config
+from kdtrain.commands.train import train_config
 from kdtrain.engine import train
 from kdtrain.distill.distiller import Distiller, teacher_input
 from kdtrain.metrics_log import read_jsonl

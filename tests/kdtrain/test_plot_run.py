@@ -10,7 +10,7 @@ from kdtrain_testutil import train_args
 from kdtrain.cli import main
 from kdtrain.config import PlotConfig
 from kdtrain.metrics_log import read_jsonl
-from kdtrain.plot_run import plot_run
+from kdtrain.commands.plot import plot_run
 
 DETECTION = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
 

@@ -13,7 +13,7 @@ from kdtrain.data.coco import CocoDetection, DatasetError
 from kdtrain.engine import export_student
 from kdtrain.models import build_detector
 from kdtrain.pseudo.class_map import ClassMapError
-from kdtrain.pseudo.detections import filter_detections
+from kdtrain.pseudo.labeler import filter_detections
 
 from kdtrain_testutil import STUDENT, tiny_spec
 
@@ -133,6 +133,7 @@ def test_filter_detections_threshold_nms_topk():
     assert s.tolist() == pytest.approx([0.9, 0.8])
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_shard_and_merge_like_one(tiny_data, teacher_ckpt, tmp_path):
     import os
     import subprocess

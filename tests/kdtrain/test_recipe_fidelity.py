@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from kdtrain.distill.boxes import boxes_on_level
+from kdtrain.visualize import boxes_on_level
 from kdtrain.distill.context import DistillContext, RoiOutputs, RpnPair
 from kdops.nn.distiller import Level
 from kdtrain.distill.levels import LevelPair
@@ -168,7 +168,7 @@ def test_chen2017_adds_the_rpn_bounded_regression_when_anchor_layouts_match(tiny
     student = build_detector(tiny_spec("fasterrcnn_resnet18_fpn"))
     teacher = build_detector(tiny_spec("fasterrcnn_resnet34_fpn"))
     d = Distiller(student, teacher, "chen2017", log=lambda *a: None).train()
-    losses = d(list(images), list(targets))
+    losses = d(list(images), list(targets), 0)
     assert d.weights["chen_rpn_reg"] == 0.5  # nu, as on the RCN
     assert torch.isfinite(losses["distill_chen_rpn_reg"])
     torch.testing.assert_close(losses["distill_chen_rpn_reg"], d.raw["chen_rpn_reg"] * 0.5)

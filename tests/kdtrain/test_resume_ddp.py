@@ -21,6 +21,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow  # a real SIGKILL; test_resume_clean.py kills in process, fast
 def test_kill_then_resume_completes(tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
     args = train_args(tiny_data, out, "--iterations", 10, "--checkpoint-every", 2, "--no-eval", "--threads", 1)
@@ -62,6 +63,7 @@ def test_resume_restores_optimizer_scheduler_and_rng(tiny_data, tmp_path):
     assert torch.equal(again["rng"]["torch"], first["rng"]["torch"])
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_on_gloo(tiny_data, tmp_path):
     out = tmp_path / "ddp"
     args = train_args(tiny_data, out, "--iterations", 3, "--device", "cpu", "--threads", 1)

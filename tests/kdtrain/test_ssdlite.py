@@ -56,7 +56,7 @@ def test_ssdlite_student_pairs_by_image_stride_and_teacher_sees_its_own_input(te
             ("0", "1", 8), ("1", "2", 16), ("2", "3", 32), ("3", "pool", 64)]
         assert distiller.teacher_own_input
         distiller.profile = True
-        losses = distiller(images, targets)
+        losses = distiller(images, targets, 0)
         assert all(torch.isfinite(v) for v in losses.values()), losses
         ctx = distiller.last_context
         t_list, _ = teacher.transform(images)
@@ -81,7 +81,7 @@ def test_ssdlite_teacher_for_an_fpn_student():
         ("1", "0", 16), ("2", "1", 32), ("3", "2", 64), ("pool", "3", 128)]
     images = [torch.rand(3, SIZE, SIZE), torch.rand(3, SIZE, SIZE)]
     targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0]]), "labels": torch.tensor([1])}] * 2
-    assert all(torch.isfinite(v) for v in distiller(images, targets).values())
+    assert all(torch.isfinite(v) for v in distiller(images, targets, 0).values())
     with pytest.raises(UsageError, match="recipe chen2017 .*student FasterRCNN, teacher SSD"):
         Distiller(student, teacher, "chen2017", log=lambda *a: None)
 

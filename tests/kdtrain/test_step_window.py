@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kdtrain.step_window import StepWindow
+from kdtrain.engine import StepWindow
 
 
 def test_means_over_the_steps_that_have_each_loss():

@@ -7,7 +7,7 @@ import torch
 
 from kdtrain.cli import main
 from kdtrain.data.coco import CocoDetection
-from kdtrain.data.subset import keep_labeled_fraction, labeled_image_indices
+from kdtrain.data.coco import keep_labeled_fraction, labeled_image_indices
 from kdtrain.metrics_log import read_jsonl
 
 from kdtrain_testutil import TEACHER, train_args

@@ -75,7 +75,7 @@ def test_yolo_boxes_are_image_pixels_per_image(offline):
 
 
 @needs_ultralytics
-@pytest.mark.parametrize("recipe", ["fgd", "imitation"])
+@pytest.mark.parametrize("recipe", ["fgd", pytest.param("imitation", marks=pytest.mark.slow)])
 def test_distillation_inside_ultralytics_training(offline, recipe):
     from kdtrain.yolo.trainer import DistillationCriterion, DistillationTrainer
 
@@ -136,6 +136,7 @@ def test_distillation_inside_ultralytics_training(offline, recipe):
 
 
 @needs_ultralytics
+@pytest.mark.slow
 def test_torchvision_teacher_checkpoint(offline):
     from kdtrain_testutil import TEACHER, tiny_spec
 

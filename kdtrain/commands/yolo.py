@@ -1,55 +1,27 @@
-"""``python -m kdtrain yolo``: a YOLO student distilled inside ultralytics' training loop.
+"""``python -m kdtrain yolo``: a YOLO student distilled inside ultralytics' training loop (kdtrain/yolo/).
 
-Imports neither torch nor ultralytics until the command runs (kdtrain/cli.py builds every parser
-for --help). The ``add`` helper comes from kdtrain/cli.py as an argument, so this module does not
-import kdtrain.cli (no import circle).
+Imports neither torch nor ultralytics until the command runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
-from typing import Optional
 
-from kdtrain.config import default_cache_dir
-from kdtrain.arg_types import key_value
+from kdtrain.commands.flags import add, config_from, key_value
+from kdtrain.config import YOLO_RECIPES, YoloConfig
 from kdtrain.errors import UsageError, require_file
 
-RECIPE_CHOICES = ("fgd", "imitation", "cwd", "pkd", "none")
 
-
-@dataclasses.dataclass
-class YoloConfig:
-    student: str = "yolov8n.yaml"
-    teacher: Optional[str] = None
-    recipe: str = "fgd"
-    weight: Optional[float] = None
-    data: Optional[str] = None
-    epochs: int = 3
-    imgsz: int = 160
-    batch: int = 16
-    workers: int = 0
-    device: Optional[str] = None
-    seed: int = 0
-    output_dir: str = os.path.join("runs", "kdtrain-yolo")
-    name: Optional[str] = None
-    cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
-    generated_train_images: int = 600
-    generated_val_images: int = 150
-    generated_image_size: int = 160
-
-
-def add_yolo_parser(sub, add) -> None:
-    p = sub.add_parser("yolo", help="distil a YOLO student inside ultralytics' training loop (needs ultralytics)",
-                       usage="%(prog)s --teacher YAML|PT|PTH [--student YAML] [--recipe RECIPE] [--data YAML] "
-                             "[options]",
-                       description="Train an ultralytics YOLO detect model (built from its yaml, or a .pt) with "
-                                   "kdops' feature distillation on the Detect head's inputs, inside ultralytics' "
-                                   "DetectionTrainer, offline (nothing downloaded). Needs ultralytics (AGPL-3.0, "
-                                   "optional: pip install ultralytics). Prints the final box mAP50-95 and mAP50. "
-                                   "See docs/yolo.md.")
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "yolo", help="distil a YOLO student inside ultralytics' training loop (needs ultralytics)",
+        usage="%(prog)s --teacher YAML|PT|PTH [--student YAML] [--recipe RECIPE] [--data YAML] [options]",
+        description="Train an ultralytics YOLO detect model (built from its yaml, or a .pt) with kdops' feature "
+                    "distillation on the Detect head's inputs, inside ultralytics' DetectionTrainer, offline (nothing "
+                    "downloaded). Needs ultralytics (AGPL-3.0, optional: pip install ultralytics). Prints the final "
+                    "box mAP50-95 and mAP50. See docs/yolo.md.")
     Y = YoloConfig
     g = p.add_argument_group("models")
     add(g, "--student", "YOLO student: an ultralytics model yaml (random init) or .pt", Y, metavar="YAML|PT")
@@ -57,10 +29,11 @@ def add_yolo_parser(sub, add) -> None:
                         "(random weights: a smoke test) or a kdtrain torchvision checkpoint .pth (its FPN levels); "
                         "needed unless --recipe none", Y, metavar="YAML|PT|PTH")
     add(g, "--recipe", "feature loss on the neck maps (P3-P5, paired by stride); none: the undistilled twin", Y,
-        choices=RECIPE_CHOICES)
+        choices=YOLO_RECIPES)
     add(g, "--weight", "weight of the distillation loss; unset: kdtrain's default for the recipe", Y, type=float)
     g = p.add_argument_group("data", "--data, or the built-in shapes data generated in YOLO format")
-    add(g, "--data", "ultralytics data.yaml; its images must be on disk (a download: entry is not followed)", Y, metavar="YAML")
+    add(g, "--data", "ultralytics data.yaml; its images must be on disk (a download: entry is not followed)", Y,
+        metavar="YAML")
     add(g, "--cache-dir", "where the built-in data is generated and kept", Y, metavar="DIR")
     add(g, "--generated-train-images", "built-in data: training images", Y, type=int)
     add(g, "--generated-val-images", "built-in data: validation images", Y, type=int)
@@ -76,17 +49,17 @@ def add_yolo_parser(sub, add) -> None:
     add(g, "--name", "run folder name; unset: the recipe", Y)
     add(g, "--ultralytics-arg", "any other ultralytics training argument, e.g. lr0=0.01 (repeatable)",
         dest="extra", action="append", type=key_value, metavar="KEY=VALUE")
-    p.set_defaults(run=run_yolo)
+    p.set_defaults(run=run)
 
 
-def run_yolo(args) -> int:
+def run(args) -> int:
     from kdtrain.yolo.offline import missing_ultralytics
 
     missing = missing_ultralytics()
     if missing:
         print(missing, file=sys.stderr)
         return 2
-    cfg = YoloConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(YoloConfig)})
+    cfg = config_from(YoloConfig, args)
     if cfg.recipe != "none" and not cfg.teacher:
         raise UsageError(f"--recipe {cfg.recipe} needs --teacher")
     if cfg.teacher and not cfg.teacher.endswith((".yaml", ".yml")):

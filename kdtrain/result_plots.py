@@ -1,4 +1,5 @@
-"""The demo's printed table and its plot of what distillation changes.
+"""Tables and plots of trained students' COCO metrics: the demo's printed table and its plot of what
+distillation changes, and the efficacy table's per-seed plot (kdtrain/efficacy.py).
 
 A metric is None ("n/a") when the validation set has no objects of that size.
 """
@@ -103,7 +104,7 @@ def write_plot(rows: dict, runs: list[dict], path: str, title: str, baseline: st
 
 
 def write_seed_plot(rows: dict, runs: list[dict], path: str, baseline: str, title: str, caption: str) -> None:
-    """The benchmark's spread. Left: each recipe's mAP, one dot per seed, mean +- std. Right: each seed's mAP
+    """The efficacy table's spread. Left: each recipe's mAP, one dot per seed, mean +- std. Right: each seed's mAP
     gain over ``baseline`` (same seed). ``rows`` are keyed by recipe (run name), ``runs`` the per-seed records."""
     import matplotlib
 

@@ -1,4 +1,4 @@
-"""Loss curves of a training run from its metrics.jsonl: ``python -m kdtrain plot RUN_DIR``.
+"""``python -m kdtrain plot RUN_DIR``: loss curves of a training run from its metrics.jsonl.
 
 Left: each detection loss (torchvision's names) and the total; right: each weighted distillation
 term (``distill_*``, as added to the total). Learning rate, timings and the unweighted ``raw_*``
@@ -9,14 +9,30 @@ from __future__ import annotations
 
 import os
 
-from matplotlib.figure import Figure
-
+from kdtrain.commands.flags import add, config_from
 from kdtrain.config import PlotConfig
 from kdtrain.errors import UsageError, require_dir
 from kdtrain.metrics_log import read_jsonl
 
 NOT_LOSSES = {"kind", "iteration", "epoch", "lr", "seconds_per_iter"}
 TOTAL = "loss"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("plot", help="loss curves of a training run from its metrics.jsonl",
+                              usage="%(prog)s RUN_DIR [--output PNG]",
+                              description="Draws each detection loss and the total (left) and each weighted "
+                                          "distillation term distill_* (right) of RUN_DIR/metrics.jsonl against the "
+                                          "iteration.")
+    add(p, "run_dir", "a train run's --output-dir (two-step: its step1/ or step2/)", metavar="RUN_DIR")
+    add(p, "--output", "PNG to write; unset: RUN_DIR/losses.png", PlotConfig, metavar="PNG")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    path, _lines = plot_run(config_from(PlotConfig, args))
+    print(f"loss curves written to {path}")
+    return 0
 
 
 def run_records(run_dir: str) -> tuple[list[dict], list[dict]]:
@@ -47,6 +63,8 @@ def loss_keys(records: list[dict]) -> tuple[list[str], list[str]]:
 def plot_run(cfg: PlotConfig) -> tuple[str, dict]:
     """Write the figure; returns (its path, {loss key: its matplotlib Line2D})."""
     records, evals = run_records(cfg.run_dir)
+    from matplotlib.figure import Figure  # here: --help loads no matplotlib
+
     detection, distill = loss_keys(records)
     panels = [("detection losses", detection)] + ([("distillation terms (weighted)", distill)] if distill else [])
     fig = Figure(figsize=(6.5 * len(panels), 4.5), dpi=100, layout="constrained")

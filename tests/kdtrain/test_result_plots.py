@@ -5,7 +5,7 @@ import random
 
 from kdtrain.demo import average_runs
 from kdtrain.evaluate import coco_metrics
-from kdtrain.report import format_table, plotted_metrics, seed_gains, write_plot
+from kdtrain.result_plots import format_table, plotted_metrics, seed_gains, write_plot
 
 
 def _small_objects_only(tmp_path):

@@ -1,10 +1,10 @@
-"""The efficacy benchmark: what each distillation recipe does to a student's mAP.
+"""The efficacy table (``python -m kdtrain efficacy``): what each distillation recipe does to a student's mAP.
 
 Every (recipe, seed) pair trains the same student at the same budget from one shared teacher; the
 table gives per recipe the mean +- std over seeds of mAP, AP50 and APs, the paired per-seed gain over
 the undistilled student (``none``, same seed), the wall time of a run and what the distillation terms
-cost per training step. OUTPUT_DIR/benchmark_results.json is rewritten after every finished run, so
-a killed benchmark started again with the same settings skips the finished runs and restarts the one
+cost per training step. OUTPUT_DIR/efficacy_results.json is rewritten after every finished run, so
+a killed efficacy run started again with the same settings skips the finished runs and restarts the one
 it was in. The data, teacher and student default to the demo's (kdtrain/demo/common.py).
 """
 
@@ -19,13 +19,13 @@ import time
 
 from tqdm import tqdm
 
-from kdtrain.config import BenchmarkConfig, check_benchmark_config, split_spec
+from kdtrain.config import EfficacyConfig, check_efficacy_config, split_spec
 from kdtrain.demo import prepare_data_and_teacher, profile_terms, run_record, student_config
 from kdtrain.engine import train
 from kdtrain.errors import UsageError
-from kdtrain.report import seed_gains, write_seed_plot
+from kdtrain.result_plots import seed_gains, write_seed_plot
 
-RESULTS, TABLE, PLOT = "benchmark_results.json", "benchmark_results.md", "benchmark_results.png"
+RESULTS, TABLE, PLOT = "efficacy_results.json", "efficacy_results.md", "efficacy_results.png"
 BASELINE = "none"
 METRICS = ("mAP", "AP50", "APs")
 # Settings every run of one results file must share (recipes and seeds may be added between invocations).
@@ -34,7 +34,7 @@ SHARED_SETTINGS = ("iterations", "train_images", "train_ann", "val_images", "val
                    "distill_auto_iters", "generated_train_images", "generated_val_images", "teacher_iterations")
 
 
-def _data_and_teacher(b: BenchmarkConfig, log) -> tuple[dict, str, dict]:
+def _data_and_teacher(b: EfficacyConfig, log) -> tuple[dict, str, dict]:
     """(data, teacher checkpoint, teacher's table row): the user's, or the demo's generated data and cached teacher."""
     if not b.teacher:
         return prepare_data_and_teacher(b.demo_config(), log)
@@ -50,16 +50,16 @@ def _data_and_teacher(b: BenchmarkConfig, log) -> tuple[dict, str, dict]:
     return data, b.teacher, {**metrics, "params": count_parameters(teacher)}
 
 
-def _run_dir(b: BenchmarkConfig, spec: str, seed: int) -> str:
+def _run_dir(b: EfficacyConfig, spec: str, seed: int) -> str:
     return os.path.join(b.output_dir, "runs", f"{re.sub(r'[^A-Za-z0-9]+', '_', spec)}-seed{seed}")
 
 
-def _settings(b: BenchmarkConfig) -> dict:
+def _settings(b: EfficacyConfig) -> dict:
     values = {name: getattr(b, name) for name in SHARED_SETTINGS}
     return json.loads(json.dumps(values))  # tuples as lists, as they come back from the file
 
 
-def _load_results(b: BenchmarkConfig, log) -> dict:
+def _load_results(b: EfficacyConfig, log) -> dict:
     """The results of an earlier invocation with the same settings, or a fresh record."""
     path = os.path.join(b.output_dir, RESULTS)
     fresh = {"settings": _settings(b), "runs": [], "overhead": {}}
@@ -70,13 +70,13 @@ def _load_results(b: BenchmarkConfig, log) -> dict:
             results = json.load(f)
         old = results["settings"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UsageError(f"{path}: not a benchmark results file ({type(e).__name__}: {e}); delete it or use "
+        raise UsageError(f"{path}: not an efficacy results file ({type(e).__name__}: {e}); delete it or use "
                          "another --output-dir") from None
     if old != fresh["settings"]:
         changed = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in fresh["settings"].items() if old.get(k) != v)
-        raise UsageError(f"{path} holds runs of a benchmark with other settings ({changed}); their numbers would not "
+        raise UsageError(f"{path} holds runs of an efficacy table with other settings ({changed}); their numbers would not "
                          "compare. Use another --output-dir, or delete it to start over")
-    log(f"[benchmark] {len(results['runs'])} finished run(s) in {path} are kept")
+    log(f"[efficacy] {len(results['runs'])} finished run(s) in {path} are kept")
     return {**fresh, "runs": results["runs"], "overhead": results.get("overhead", {})}
 
 
@@ -87,7 +87,7 @@ def _write_json(path: str, obj) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _train_one(b: BenchmarkConfig, data: dict, teacher: str, spec: str, seed: int, log) -> tuple[dict, dict]:
+def _train_one(b: EfficacyConfig, data: dict, teacher: str, spec: str, seed: int, log) -> tuple[dict, dict]:
     """Train and evaluate one student from scratch (a run folder left by a killed invocation is replaced)."""
     recipe, weights = split_spec(spec)
     cfg = student_config(b.demo_config(), data, _run_dir(b, spec, seed), seed)
@@ -103,7 +103,7 @@ def _train_one(b: BenchmarkConfig, data: dict, teacher: str, spec: str, seed: in
     return record, summary
 
 
-def _overhead(b: BenchmarkConfig, data: dict, teacher: str, recipe: str, student_path: str) -> dict:
+def _overhead(b: EfficacyConfig, data: dict, teacher: str, recipe: str, student_path: str) -> dict:
     """Seconds of a whole student step and of each term in it (forward + backward), and their ratio."""
     d = dataclasses.replace(b.demo_config(), recipe=recipe, distill_weights=None)  # timing does not depend on weights
     cost = profile_terms(d, data, teacher, student_path)
@@ -119,7 +119,7 @@ def _stats(values: list) -> dict:
             "per_seed": values}
 
 
-def summarize(b: BenchmarkConfig, runs: list[dict], overhead: dict) -> dict:
+def summarize(b: EfficacyConfig, runs: list[dict], overhead: dict) -> dict:
     """One row per recipe of ``b.recipes`` over the seeds of ``b.seeds`` that have finished."""
     runs = [r for r in runs if r["seed"] in b.seeds]
     rows = {}
@@ -166,7 +166,7 @@ def markdown_table(rows: dict, teacher: dict, caption: str) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
-def _caption(b: BenchmarkConfig, teacher: str) -> str:
+def _caption(b: EfficacyConfig, teacher: str) -> str:
     data = f"{b.train_ann}" if b.train_ann else (f"built-in shapes ({b.generated_train_images} train / "
                                                  f"{b.generated_val_images} val images, {b.image_size} px)")
     return (f"budget: {b.iterations} iterations per student, batch {b.batch_size}, lr {b.lr:g}; data: {data}; "
@@ -174,8 +174,8 @@ def _caption(b: BenchmarkConfig, teacher: str) -> str:
             f"{b.distill_auto_ratio:g} over {b.distill_auto_iters} it")
 
 
-def _save(b: BenchmarkConfig, results: dict, teacher_row: dict, started: float) -> None:
-    """The rows so far and every run, to OUTPUT_DIR/benchmark_results.json."""
+def _save(b: EfficacyConfig, results: dict, teacher_row: dict, started: float) -> None:
+    """The rows so far and every run, to OUTPUT_DIR/efficacy_results.json."""
     results.update(config=dataclasses.asdict(b), teacher=teacher_row,
                    rows=summarize(b, results["runs"], results["overhead"]),
                    compute_seconds=sum(r["wall_seconds"] for r in results["runs"]),
@@ -183,24 +183,24 @@ def _save(b: BenchmarkConfig, results: dict, teacher_row: dict, started: float) 
     _write_json(os.path.join(b.output_dir, RESULTS), results)
 
 
-def run_benchmark(b: BenchmarkConfig, log=print) -> dict:
+def run_efficacy(b: EfficacyConfig, log=print) -> dict:
     b = dataclasses.replace(b, recipes=tuple(b.recipes), seeds=tuple(b.seeds))
-    check_benchmark_config(b)
+    check_efficacy_config(b)
     os.makedirs(b.output_dir, exist_ok=True)
     results = _load_results(b, log)  # before the teacher: a settings clash fails at once
     data, teacher, teacher_row = _data_and_teacher(b, log)
     done = {(r["name"], r["seed"]) for r in results["runs"]}
-    # Seed-major: an interrupted benchmark has whole seeds, whose gains pair up.
+    # Seed-major: an interrupted run has whole seeds, whose gains pair up.
     plan = [(spec, seed) for seed in b.seeds for spec in b.recipes]
     todo = [p for p in plan if p not in done]
     if len(todo) < len(plan):
-        log(f"[benchmark] {len(plan) - len(todo)} of {len(plan)} runs already finished; running the other {len(todo)}")
-    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="benchmark", unit="run",
+        log(f"[efficacy] {len(plan) - len(todo)} of {len(plan)} runs already finished; running the other {len(todo)}")
+    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="efficacy", unit="run",
                disable=not b.progress, dynamic_ncols=True)
     started = time.perf_counter()
     for spec, seed in todo:
         bar.set_postfix_str(f"{spec} seed {seed}")
-        log(f"[benchmark] {spec} seed {seed}: {b.iterations} iterations")
+        log(f"[efficacy] {spec} seed {seed}: {b.iterations} iterations")
         record, summary = _train_one(b, data, teacher, spec, seed, log)
         recipe = split_spec(spec)[0]
         if recipe != BASELINE and recipe not in results["overhead"]:  # once per recipe: weights do not change it
@@ -216,7 +216,7 @@ def run_benchmark(b: BenchmarkConfig, log=print) -> dict:
     with open(os.path.join(b.output_dir, TABLE), "w") as f:
         f.write(markdown_table(results["rows"], teacher_row, caption))
     write_seed_plot(results["rows"], results["runs"], os.path.join(b.output_dir, PLOT), BASELINE,
-                    f"kdtrain benchmark: {len(b.recipes)} recipes x {len(b.seeds)} seed(s)", caption)
+                    f"kdtrain efficacy: {len(b.recipes)} recipes x {len(b.seeds)} seed(s)", caption)
     log(markdown_table(results["rows"], teacher_row, caption))
-    log(f"[benchmark] results in {', '.join(os.path.join(b.output_dir, n) for n in (RESULTS, TABLE, PLOT))}")
+    log(f"[efficacy] results in {', '.join(os.path.join(b.output_dir, n) for n in (RESULTS, TABLE, PLOT))}")
     return results
