@@ -1,6 +1,6 @@
 """Build script for kdops' native extension (kdops._C).
 
-What is built (`plan_build`, tested in tests/test_build_plan.py without compiling):
+What is built (`plan_build`, tested in tests/native/test_build_plan.py without compiling):
   KDOPS_NO_EXTENSION=1   nothing native: pure Python (the reference and Triton backends)
   KDOPS_NO_CUDA=1        the C++ CPU kernels only
   FORCE_CUDA=1           the CUDA kernels too, even with no GPU visible (needs a toolkit and a CUDA torch)

@@ -1,7 +1,7 @@
 """Benchmark: kdops.nn.FGDLoss forward + backward, per FPN level and over all of P2..P6 in one step
 (one FGDLoss per level, as a detector trains it), ~10 boxes per image.
 
-Implementations: "official" (the official-style eager port, tests/official_fgd.py: a Python loop over
+Implementations: "official" (the official-style eager port, tests/support/official_fgd.py: a Python loop over
 boxes), "reference" (FGDLoss on the pure-PyTorch reference ops, eager), "compiled" (torch.compile of
 that), and each fused backend.
 """
@@ -18,7 +18,7 @@ from common import CHANNELS, DEVICE, FPN_LEVELS, batches, dtypes, feature, imple
 from fgd_common import image_boxes, level_boxes
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests"))
-from official_fgd import official_from  # noqa: E402
+from support.official_fgd import official_from  # noqa: E402
 
 ALL = "P2-P6"
 LEVEL_SETS = [*([ALL] if os.environ.get("KDOPS_BENCH_FGD_ALL", "1") == "1" else []), *levels()]

@@ -47,7 +47,7 @@ def dtypes():
 
 
 def implementations():
-    fused = [b for b in ("cpu", "cuda", "triton") if kdops._backend._why_not(b, DEVICE) is None]
+    fused = [b for b in ("cpu", "cuda", "triton") if kdops._backend.why_not(b, DEVICE) is None]
     if DEVICE.type == "cpu" and "triton" in fused:
         fused.remove("triton")  # the interpreter is a correctness tool, not a speed one
     return ["reference", "compiled", *fused]

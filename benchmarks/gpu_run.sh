@@ -8,7 +8,7 @@ set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_run.sh OUTDIR}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
-# The CUDA emulator (tests/cuda_emu.py) is for machines without a GPU; here the real kernels run.
+# The CUDA emulator (tests/support/cuda_emu/__init__.py) is for machines without a GPU; here the real kernels run.
 export KDOPS_TEST_CUDA_EMU=0 PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 if compgen -G ".whl/*.whl" > /dev/null; then
   python -m pip install -q --no-index --no-deps --no-compile --target /tmp/kdops-site .whl/*.whl && \

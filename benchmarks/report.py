@@ -5,7 +5,8 @@
 Writes DIR/benchmarks.md (median fwd+bwd time per implementation, speed-up of each fused backend
 over the eager reference and over torch.compile(reference), achieved GB/s and its share of the
 measured copy bandwidth, peak extra memory) and DIR/benchmarks.png, plus DIR/preferred.json: the
-faster of the cuda and triton backends per op (to copy into kdops/_preferred.py).
+faster of the cuda and triton backends per op (for kdops._backend's automatic choice, which takes cuda
+until a GPU run has measured them).
 """
 
 import argparse

@@ -1,23 +1,33 @@
 """Backend selection: argument > KDOPS_BACKEND > automatic. Never a silent fallback.
 
-Automatic: CUDA tensors use the faster of the fused CUDA and Triton kernels (see _preferred.py),
-else the reference; CPU tensors use the C++ kernels, else the reference.
+Automatic: CUDA tensors use the fused CUDA kernels, else the Triton ones, else the reference; CPU
+tensors use the C++ kernels, else the reference. (No benchmark on a GPU has yet said which of CUDA
+and Triton is faster per op; benchmarks/report.py writes that table when one does.)
 """
 
 import functools
 import importlib.util
 import os
+from typing import Callable, Dict, NamedTuple, Optional
 
 import torch
 
 from kdops import _extension
-from kdops._preferred import DEFAULT_GPU_BACKEND, PREFERRED_GPU_BACKEND
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
 
 class BackendUnavailableError(RuntimeError):
     """An explicitly requested backend cannot run the call."""
+
+
+class TestBackend(NamedTuple):
+    """A backend only tests use (kdops._registry.register_test_backend): never chosen automatically."""
+    namespace: str  # torch.ops.<namespace>.<op> runs it
+    why_not: Callable[[str, torch.device], Optional[str]]  # (op, device) -> None, or why it cannot run
+
+
+_TEST_BACKENDS: Dict[str, TestBackend] = {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,19 +62,30 @@ def available_backends() -> dict:
     return {"reference": "available", "cpu": native, "cuda": cuda, "triton": triton}
 
 
+def namespace(backend: str) -> str:
+    """The torch.ops namespace of a fused backend's ops."""
+    if backend == "triton":
+        return "kdops_triton"
+    if backend in _TEST_BACKENDS:
+        return _TEST_BACKENDS[backend].namespace
+    return "kdops"
+
+
 def _requested(backend):
     if backend is None:
         backend = os.environ.get("KDOPS_BACKEND", "").strip().lower() or None
         source = "KDOPS_BACKEND"
     else:
         source = "backend"
-    if backend is not None and backend not in BACKENDS:
+    if backend is not None and backend not in BACKENDS and backend not in _TEST_BACKENDS:
         raise ValueError(f"{source} must be one of {BACKENDS} or None, got {backend!r}")
     return backend
 
 
-def _why_not(backend: str, device: torch.device):
-    """None when `backend` can run on `device`, else the reason it cannot."""
+def why_not(backend: str, device: torch.device, op: str = "") -> Optional[str]:
+    """None when `backend` can run (`op`) on `device`, else the reason it cannot."""
+    if backend in _TEST_BACKENDS:
+        return _TEST_BACKENDS[backend].why_not(op, device)
     if backend == "reference":
         return None
     if backend == "cpu":
@@ -86,24 +107,26 @@ def _why_not(backend: str, device: torch.device):
     return f"the 'triton' backend needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {device}"
 
 
-def resolve(op: str, device: torch.device, backend=None, supported=BACKENDS) -> str:
-    """The backend that runs `op` on `device`; `supported` lists the backends the op has."""
+def resolve(op: str, device: torch.device, backend=None) -> str:
+    """The backend that runs `op` on `device`."""
     wanted = _requested(backend)
     if wanted is not None:
-        if wanted in supported:
-            reason = _why_not(wanted, device)
-        else:
-            *rest, last = map(repr, supported)
-            reason = f"kdops.{op} has only the {', '.join(rest)} and {last} backends"
+        reason = why_not(wanted, device, op)
         if reason is not None:
             raise BackendUnavailableError(f"kdops.{op}: backend {wanted!r} cannot run: {reason}")
         return wanted
     if device.type == "cuda":
-        first = PREFERRED_GPU_BACKEND.get(op, DEFAULT_GPU_BACKEND)
-        for candidate in (first, "triton" if first == "cuda" else "cuda"):
-            if candidate in supported and _why_not(candidate, device) is None:
+        for candidate in ("cuda", "triton"):
+            if why_not(candidate, device) is None:
                 return candidate
         return "reference"
-    if device.type == "cpu" and "cpu" in supported and _extension.native_loaded():
+    if device.type == "cpu" and _extension.native_loaded():
         return "cpu"
     return "reference"
+
+
+def add_test_backend(name: str, backend: TestBackend) -> None:
+    """Routes backend=name to `backend` (called by kdops._registry.register_test_backend)."""
+    if name in BACKENDS:
+        raise ValueError(f"{name!r} is a kdops backend; a test backend needs another name")
+    _TEST_BACKENDS[name] = backend

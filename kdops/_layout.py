@@ -1,6 +1,6 @@
 """What every backend agrees on, written once: the accumulation dtype and the layout of the statistics a forward
 hands its backward (columns by name, in order). The C++ twins are csrc/include/kdops/common.h (acc_dtype) and
-csrc/include/kdops/layout.h; tests/test_layout.py holds the two together. The Triton kernels take the widths
+csrc/include/kdops/layout.h; tests/native/test_layout.py holds the two together. The Triton kernels take the widths
 and columns as tl.constexpr from here.
 """
 

@@ -5,42 +5,46 @@ CUDA kernels, autograd in csrc/autograd/) and the Triton op `kdops_triton::<op>`
 device-agnostic so the Triton interpreter can run it on CPU tensors). From an op module's `Op` come the
 Triton op and its backward (kernels: kdops/triton/<op>.py `forward`, `backward`), the fakes of both
 namespaces, and the Triton op's autograd: setup_context saves what `saved` names, and the backward is
-the op's own, the Python twin of csrc/autograd/<op>.cpp. tests/test_registry.py holds every declared
-schema to the C++ one.
+the op's own, the Python twin of csrc/autograd/<op>.cpp. tests/native/test_registry.py holds every
+declared schema, and the order of `saved`, to the C++ ones.
 """
 
 import contextlib
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, NamedTuple, Optional, Tuple
 
 import torch
 
-from kdops import _checks, _extension
-from kdops._backend import BACKENDS
+from kdops import _backend, _checks, _extension
 from kdops._layout import acc_dtype
 
 
-def _names(qualname: str, schema: str):
-    parsed = torch._C.parse_schema(qualname + schema)
-    tensors = tuple(a.name for a in parsed.arguments if "Tensor" in str(a.type))
-    return tuple(a.name for a in parsed.arguments), tuple(r.name for r in parsed.returns), tensors
+class BackwardInputs(NamedTuple):
+    """What an op's backward gets; it returns {argument: gradient} for the arguments in `need`."""
+    saved: SimpleNamespace  # the arguments and outputs `Op.saved` names, and every non-tensor argument
+    grads: SimpleNamespace  # each output's gradient by name; None for an output the loss did not use
+    need: FrozenSet[str]    # the arguments whose gradient is wanted
+    run: Callable           # run(**given): the backward op, each argument from `given`, else from `saved`
 
 
-@dataclass(frozen=True)
+def _parse(qualname: str, schema: str) -> torch._C.FunctionSchema:
+    return torch._C.parse_schema(qualname + schema)
+
+
+@dataclass
 class Op:
     """One op's interface.
 
     schema: "(Tensor student, ...) -> (Tensor loss, ...)", the argument and output names in schema order.
     fake(a): the outputs' shapes and dtypes from the arguments by name (a.student, a.tau, ...).
     reference: the "reference" backend, called with the arguments by name.
+    backward_schema: the backward op's: the output gradients, then the saved tensors in `saved`'s order.
     saved: the arguments and outputs the backward reads, by name; non-tensor arguments are always kept.
-    backward(call, s, grads, need): the gradients {argument: tensor} of the arguments in the set `need`,
-        from s (what was kept, by name) and grads (the outputs' gradients by name, None if unused).
-        call(**given) runs the backward op, each of its arguments taken from `given` or else from s.
+    backward(b: BackwardInputs): the gradients {argument: tensor} of the arguments in b.need.
     fake_backward(a): the backward's outputs; default, one gradient shaped like a.student.
-    backends: the backends with a kernel (kdops._backend.resolve's `supported`).
+    non_differentiable: outputs that carry no gradient (saved statistics).
     """
 
     name: str
@@ -49,23 +53,33 @@ class Op:
     reference: Callable
     backward_schema: Optional[str] = None
     saved: Tuple[str, ...] = ()
-    backward: Optional[Callable] = None
+    backward: Optional[Callable[[BackwardInputs], dict]] = None
     fake_backward: Optional[Callable] = None
     non_differentiable: Tuple[str, ...] = ()
-    backends: Tuple[str, ...] = BACKENDS
+    args: Tuple[str, ...] = field(init=False)  # the argument names, in schema order
+    tensor_args: Tuple[str, ...] = field(init=False)  # those of type Tensor or Tensor?
+    outputs: Tuple[str, ...] = field(init=False)
+    backward_args: Tuple[str, ...] = field(init=False)
 
     def __post_init__(self):
-        args, outputs, _ = _names("kdops::" + self.name, self.schema)
-        object.__setattr__(self, "args", args)
-        object.__setattr__(self, "outputs", outputs)
+        parsed = _parse("kdops::" + self.name, self.schema)
+        self.args = tuple(a.name for a in parsed.arguments)
+        self.tensor_args = tuple(a.name for a in parsed.arguments
+                                 if a.type.isSubtypeOf(torch._C.OptionalType.ofTensor()))
+        self.outputs = tuple(r.name for r in parsed.returns)
+        self.backward_args = () if self.backward_schema is None else tuple(
+            a.name for a in _parse("kdops::backward", self.backward_schema).arguments)
 
     def __call__(self, backend: str, **arguments) -> tuple:
         """The op's outputs on `backend` (the reference's may be fewer: what it computes)."""
         if backend == "reference":
             out = self.reference(**arguments)
             return out if isinstance(out, tuple) else (out,)
-        namespace = torch.ops.kdops_triton if backend == "triton" else torch.ops.kdops
-        return getattr(namespace, self.name)(*(arguments[n] for n in self.args))
+        op = getattr(getattr(torch.ops, _backend.namespace(backend)), self.name)
+        return op(*(arguments[n] for n in self.args))
+
+
+OPS: Dict[str, Op] = {}  # every defined op by name
 
 
 def define(op: Op) -> Op:
@@ -82,13 +96,58 @@ def define(op: Op) -> Op:
         register_fake(qualname, _by_name(op.args, op.fake))
         if op.backward_schema is None:
             continue  # no autograd: the outputs are constants (box_masks)
-        backward_args = _names(qualname + "_backward", op.backward_schema)[0]
-        register_fake(qualname + "_backward", _by_name(backward_args, op.fake_backward or _gradient_like_student))
+        register_fake(qualname + "_backward", _by_name(op.backward_args, op.fake_backward or _gradient_like_student))
         if namespace == "kdops_triton":  # the native op's autograd is C++: csrc/autograd/<op>.cpp
-            backward_op = getattr(torch.ops.kdops_triton, op.name + "_backward")
-            torch.library.register_autograd(qualname, _autograd_backward(op, backward_op),
-                                            setup_context=_setup_context(op))
+            register_autograd(op, namespace)
+    OPS[op.name] = op
     return op
+
+
+def register_autograd(op: Op, namespace: str, lib: Optional[torch.library.Library] = None) -> None:
+    """`namespace::<op>`'s autograd: the op's Python backward, through `namespace::<op>_backward`."""
+    backward_op = getattr(getattr(torch.ops, namespace), op.name + "_backward")
+
+    def setup_context(ctx, inputs, output):
+        values = dict(zip(op.args, inputs))
+        values.update(zip(op.outputs, output))
+        ctx.save_for_backward(*(values[n] for n in op.saved))
+        ctx.kept = {n: v for n, v in zip(op.args, inputs) if n not in op.tensor_args}
+        if op.non_differentiable:
+            ctx.mark_non_differentiable(*(values[n] for n in op.non_differentiable))
+
+    def backward(ctx, *grads):
+        saved = SimpleNamespace(**dict(zip(op.saved, ctx.saved_tensors)), **ctx.kept)
+
+        def run(**given):
+            return backward_op(*(given[n] if n in given else getattr(saved, n) for n in op.backward_args))
+
+        need = frozenset(n for n, needed in zip(op.args, ctx.needs_input_grad) if needed)
+        if not need:
+            return (None,) * len(op.args)
+        result = op.backward(BackwardInputs(saved, SimpleNamespace(**dict(zip(op.outputs, grads))), need, run))
+        return tuple(result.get(n) if n in need else None for n in op.args)
+
+    torch.library.register_autograd(f"{namespace}::{op.name}", backward, setup_context=setup_context, lib=lib)
+
+
+def register_test_backend(name: str, namespace: str,
+                          why_not: Callable[[str, torch.device], Optional[str]]) -> torch.library.Library:
+    """Adds a backend for tests (e.g. tests' CUDA emulator): backend=name runs torch.ops.<namespace>.<op>.
+
+    Defines every op and its backward in `namespace` from their declarations, each op with its Python
+    autograd; the caller registers the kernels (e.g. torch.ops.load_library of a library with
+    TORCH_LIBRARY_IMPL(<namespace>, CPU, m)) and keeps the returned library alive. why_not(op, device)
+    is None when the backend can run `op` on `device` (it may build the kernels first), else the reason.
+    The backend is never chosen automatically.
+    """
+    lib = torch.library.Library(namespace, "DEF")
+    for op in OPS.values():
+        lib.define(op.name + op.schema)
+        if op.backward_schema is not None:
+            lib.define(op.name + "_backward" + op.backward_schema)
+            register_autograd(op, namespace, lib)
+    _backend.add_test_backend(name, _backend.TestBackend(namespace, why_not))
+    return lib
 
 
 class _Kernels:
@@ -125,9 +184,9 @@ def device_of(args):
 
 def teacher_gets_no_gradient(op: str, teacher_arg: str = "teacher"):
     """The backward of a loss that differentiates only the student: dL/dstudent from the loss' gradient."""
-    def backward(call, s, grads, need):
-        _checks.no_grad_needed("teacher" in need, op, teacher_arg)
-        return {"student": call(grad=grads.loss)}
+    def backward(b: BackwardInputs) -> dict:
+        _checks.no_grad_needed("teacher" in b.need, op, teacher_arg)
+        return {"student": b.run(grad=b.grads.loss)}
     return backward
 
 
@@ -143,34 +202,6 @@ def _by_name(names, fn):
 
 def _gradient_like_student(a):
     return torch.empty_like(a.student, memory_format=torch.contiguous_format)
-
-
-def _setup_context(op: Op):
-    tensors = set(_names("kdops::" + op.name, op.schema)[2])
-
-    def setup_context(ctx, inputs, output):
-        values = dict(zip(op.args, inputs))
-        values.update(zip(op.outputs, output))
-        ctx.save_for_backward(*(values[n] for n in op.saved))
-        ctx.kept = {n: v for n, v in zip(op.args, inputs) if n not in tensors}
-        if op.non_differentiable:
-            ctx.mark_non_differentiable(*(values[n] for n in op.non_differentiable))
-    return setup_context
-
-
-def _autograd_backward(op: Op, backward_op):
-    backward_args = _names("kdops::backward", op.backward_schema)[0]
-
-    def backward(ctx, *grads):
-        s = SimpleNamespace(**dict(zip(op.saved, ctx.saved_tensors)), **ctx.kept)
-
-        def call(**given):
-            return backward_op(*(given[n] if n in given else getattr(s, n) for n in backward_args))
-
-        need = {n for n, needed in zip(op.args, ctx.needs_input_grad) if needed}
-        result = op.backward(call, s, SimpleNamespace(**dict(zip(op.outputs, grads))), need) if need else {}
-        return tuple(result.get(n) if n in need else None for n in op.args)
-    return backward
 
 
 _META_LIBS = {}  # namespace -> the library fragment that holds the device-checked Meta kernels
@@ -204,4 +235,3 @@ def register_fake(qualname: str, fake) -> None:
     if namespace not in _META_LIBS:
         _META_LIBS[namespace] = torch.library.Library(namespace, "IMPL")
     _META_LIBS[namespace].impl(name, meta, "Meta", allow_override=True)
-

@@ -12,11 +12,11 @@ from kdops.reference import attention_masks as reference
 OP = "attention_masks"
 
 
-def _backward(call, s, grads, need):
+def _backward(b):
     # An unused output arrives as None; its gradient is zero.
-    grad_spatial = torch.zeros_like(s.spatial) if grads.spatial is None else grads.spatial
-    grad_channel = torch.zeros_like(s.channel) if grads.channel is None else grads.channel
-    return {"feat": call(grad_spatial=grad_spatial, grad_channel=grad_channel)}
+    grad_spatial = torch.zeros_like(b.saved.spatial) if b.grads.spatial is None else b.grads.spatial
+    grad_channel = torch.zeros_like(b.saved.channel) if b.grads.channel is None else b.grads.channel
+    return {"feat": b.run(grad_spatial=grad_spatial, grad_channel=grad_channel)}
 
 
 OP_SPEC = _registry.define(_registry.Op(

@@ -12,12 +12,12 @@ from kdops.reference import bounded_regression as reference
 OP = "bounded_regression"
 
 
-def _backward(call, s, grads, need):
-    _checks.no_grad_needed("target" in need, OP, "target")
+def _backward(b):
+    _checks.no_grad_needed("target" in b.need, OP, "target")
     # The teacher only moves the bound, a step function of it: its gradient is 0 almost everywhere.
-    if "student" not in need:
+    if "student" not in b.need:
         return {}
-    return {"student": call(grad=grads.loss)}
+    return {"student": b.run(grad=b.grads.loss)}
 
 
 OP_SPEC = _registry.define(_registry.Op(

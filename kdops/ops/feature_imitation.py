@@ -12,11 +12,11 @@ from kdops.reference import feature_imitation as reference
 OP = "feature_imitation"
 
 
-def _backward(call, s, grads, need):
-    if not need & {"student", "teacher"}:
+def _backward(b):
+    if not b.need & {"student", "teacher"}:
         return {}
-    grad_student = call(grad=grads.loss)
-    return {"student": grad_student, "teacher": -grad_student if "teacher" in need else None}
+    grad_student = b.run(grad=b.grads.loss)
+    return {"student": grad_student, "teacher": -grad_student if "teacher" in b.need else None}
 
 
 def _reference(student, teacher, mask, loss, normalize):  # the kernels' integer codes -> the reference's names

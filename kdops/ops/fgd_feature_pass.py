@@ -39,19 +39,20 @@ def _fake(a):
     return tuple(acc_empty(a.student, *shape) for shape in shapes)
 
 
-def _backward(call, s, grads, need):
+def _backward(b):
     """The Python twin of csrc/autograd/fgd_feature_pass.cpp (for the Triton op)."""
-    _checks.no_grad_needed("teacher" in need, OP, "teacher", _checks.FGD_TEACHER_WHY)
+    s = b.saved
+    _checks.no_grad_needed("teacher" in b.need, OP, "teacher", _checks.FGD_TEACHER_WHY)
     # A bias only shifts every logit of an image: softmax ignores it, so its gradient is exactly zero.
     out = {"student_gc_bias": s.student_gc_weight.new_zeros(1), "teacher_gc_bias": s.student_gc_weight.new_zeros(1)}
-    if not need & {"student", "student_gc_weight", "teacher_gc_weight"}:
+    if not b.need & {"student", "student_gc_weight", "teacher_gc_weight"}:
         return out
     # An unused output arrives as None; its gradient is zero.
     like = dict(loss=s.ctx_s.new_zeros(()), terms=s.ctx_s.new_zeros(3), ctx_s=s.ctx_s, ctx_t=s.ctx_s,
                 diff_sq=s.ctx_s.new_zeros(()), diff_sum=s.ctx_s)
-    output_grads = {f"grad_{name}": torch.zeros_like(z) if getattr(grads, name) is None
-                    else getattr(grads, name).to(s.ctx_s.dtype) for name, z in like.items()}
-    out["student"], out["student_gc_weight"], out["teacher_gc_weight"] = call(**output_grads)
+    output_grads = {f"grad_{name}": torch.zeros_like(z) if getattr(b.grads, name) is None
+                    else getattr(b.grads, name).to(s.ctx_s.dtype) for name, z in like.items()}
+    out["student"], out["student_gc_weight"], out["teacher_gc_weight"] = b.run(**output_grads)
     return out
 
 

@@ -18,15 +18,15 @@ def _fake(a):
             acc_empty(a.student, n, h, w), acc_empty(a.student, n, c))
 
 
-def _backward(call, s, grads, need):
-    _checks.no_grad_needed("teacher" in need, OP, "teacher", _checks.FGD_TEACHER_WHY)
-    if "student" not in need:
+def _backward(b):
+    _checks.no_grad_needed("teacher" in b.need, OP, "teacher", _checks.FGD_TEACHER_WHY)
+    if "student" not in b.need:
         return {}  # the box masks are constants
-    dtype = s.teacher_spatial.dtype
+    like = b.saved.teacher_spatial
     # An unused output arrives as None; its gradient is zero.
-    grad_loss = s.teacher_spatial.new_zeros(()) if grads.loss is None else grads.loss.to(dtype)
-    grad_terms = s.teacher_spatial.new_zeros(3) if grads.terms is None else grads.terms.to(dtype)
-    return {"student": call(grad_loss=grad_loss, grad_terms=grad_terms)}
+    grad_loss = like.new_zeros(()) if b.grads.loss is None else b.grads.loss.to(like.dtype)
+    grad_terms = like.new_zeros(3) if b.grads.terms is None else b.grads.terms.to(like.dtype)
+    return {"student": b.run(grad_loss=grad_loss, grad_terms=grad_terms)}
 
 
 OP_SPEC = _registry.define(_registry.Op(

@@ -13,13 +13,15 @@ from kdops.reference import gc_context as reference
 OP = "gc_context"
 
 
-def _backward(call, s, grads, need):
+def _backward(b):
+    s = b.saved
     # The bias only shifts every logit of an image: softmax ignores it, so its gradient is exactly zero.
     out = {"bias": torch.zeros(1, dtype=s.weight.dtype, device=s.weight.device)}
-    if grads.context is None:
+    if b.grads.context is None:
         return {**out, "weight": torch.zeros_like(s.weight)}
-    if need & {"feat", "weight"}:
-        out["feat"], out["weight"] = call(grad_context=grads.context.to(s.context.dtype), need_feat="feat" in need)
+    if b.need & {"feat", "weight"}:
+        out["feat"], out["weight"] = b.run(grad_context=b.grads.context.to(s.context.dtype),
+                                           need_feat="feat" in b.need)
     return out
 
 

@@ -14,14 +14,15 @@ OP = "pkd_loss"
 _SWAP_SIDES = [PKD_STATS.index(n) for n in ("mean_t", "std_t", "mean_s", "std_s", "squared_diff")]
 
 
-def _backward(call, s, grads, need):
+def _backward(b):
     out = {}
-    if "student" in need:
-        out["student"] = call(grad=grads.loss)
+    if "student" in b.need:
+        out["student"] = b.run(grad=b.grads.loss)
     # The loss is symmetric in S and T: the teacher's gradient is the same formula, sides swapped.
-    if "teacher" in need:
-        out["teacher"] = call(grad=grads.loss, student=s.teacher, teacher=s.student,
-                              channel_stats=s.channel_stats[:, _SWAP_SIDES].contiguous())
+    if "teacher" in b.need:
+        s = b.saved
+        out["teacher"] = b.run(grad=b.grads.loss, student=s.teacher, teacher=s.student,
+                               channel_stats=s.channel_stats[:, _SWAP_SIDES].contiguous())
     return out
 
 

@@ -12,15 +12,15 @@ from kdops.reference import relation_mse as reference
 OP = "relation_mse"
 
 
-def _backward(call, s, grads, need):
-    out = {}
-    if need & {"student", "teacher"}:
-        grad_student = call(grad=grads.loss)
-        out["student"], out["teacher"] = grad_student, -grad_student if "teacher" in need else None
-    if need & {"delta_s", "delta_t"}:
+def _backward(b):
+    out, s = {}, b.saved
+    if b.need & {"student", "teacher"}:
+        grad_student = b.run(grad=b.grads.loss)
+        out["student"], out["teacher"] = grad_student, -grad_student if "teacher" in b.need else None
+    if b.need & {"delta_s", "delta_t"}:
         # dL/ddelta_s[n, c] = 2 grad / N * sum_hw (S + delta_s - T - delta_t): no pass over the features.
-        grad_delta = grads.loss.to(s.row_sum.dtype) * (2.0 / max(s.student.shape[0], 1)) * s.row_sum
-        out["delta_s"], out["delta_t"] = grad_delta, -grad_delta if "delta_t" in need else None
+        grad_delta = b.grads.loss.to(s.row_sum.dtype) * (2.0 / max(s.student.shape[0], 1)) * s.row_sum
+        out["delta_s"], out["delta_t"] = grad_delta, -grad_delta if "delta_t" in b.need else None
     return out
 
 

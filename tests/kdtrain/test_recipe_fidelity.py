@@ -15,7 +15,7 @@ from kdops.nn.distiller import Level
 from kdtrain.distill.levels import LevelPair
 from kdtrain.distill.terms import ChenRcnTerm, ChenRpnTerm, CWDTerm, FGDTerm, ImitationTerm, PKDTerm
 
-from official_fgd import official_from  # tests/official_fgd.py: the port of FGD's official FeatureLoss
+from support.official_fgd import official_from  # the port of FGD's official FeatureLoss
 
 PADDED = 64  # the padded batch, in pixels
 STRIDES = (4, 8, 16, 32, 64)  # a five-level FPN: maps of 16, 8, 4, 2 and 1 cells

@@ -1,6 +1,6 @@
 // Layouts of the statistics a forward hands its backward and of the FGD feature pass' per-task scratch (one
 // column per name, in this order), and feature_imitation's integer codes. Mirrored by kdops/_layout.py
-// (tests/test_layout.py holds the two together); the Triton kernels take them as tl.constexpr from there.
+// (tests/native/test_layout.py holds the two together); the Triton kernels take them as tl.constexpr from there.
 #pragma once
 
 namespace kdops {
