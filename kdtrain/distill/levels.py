@@ -11,7 +11,7 @@ import dataclasses
 import math
 from collections import OrderedDict
 
-from kdops.nn.distiller import pair_levels as kdops_pair_levels
+from kdops.nn.pairing import pair_levels as kdops_pair_levels
 
 
 @dataclasses.dataclass(frozen=True)

@@ -195,7 +195,7 @@ def test_ties_and_reduction():
     assert [(p.student, p.teacher) for p in make(student, teacher).pairs] == [("a", "x"), ("b", "y"), ("c", "z")]
     assert [(p.student, p.teacher) for p in make(student, teacher, tie="first").pairs] == [
         ("a", "x"), ("b", "x"), ("c", "z")]
-    assert kdops.nn.distiller.pair_levels({"a": 8, "b": 8, "c": 8}, {"x": 8, "y": 8}) == [
+    assert kdops.nn.pairing.pair_levels({"a": 8, "b": 8, "c": 8}, {"x": 8, "y": 8}) == [
         ("a", "x"), ("b", "y"), ("c", "y")]  # more students than teachers: the rest take the last
     torch.manual_seed(0)
     summed = make(student, teacher, loss="cwd", weights={"c": 2.0})
