@@ -30,8 +30,7 @@ import kdops
 from kdtrain.config import VisualizeConfig
 from kdtrain.data.coco import CocoDetection
 from kdtrain.distill.distiller import _as_dict
-from kdtrain.distill.levels import LevelPair, pair_levels
-from kdtrain.distill.probe import probe_levels
+from kdtrain.distill.levels import LevelPair, pair_levels, probe_levels
 from kdtrain.distill.terms import fgd_preset, matched_student_feature
 from kdtrain.errors import UsageError
 from kdtrain.models import detector_family, load_detector

@@ -17,12 +17,11 @@ from torchvision.models import detection
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import box_iou
 
-from kdops.nn.distiller import Level
+from kdops.nn.pairing import Level
 from kdtrain.distill import recipes, terms as T
 from kdtrain.distill.auto_weights import DEFAULT_ITERS, DEFAULT_RATIO, AutoWeights
 from kdtrain.distill.context import DistillContext, RoiOutputs, RpnPair
-from kdtrain.distill.levels import image_strides, pair_levels
-from kdtrain.distill.probe import probe_levels
+from kdtrain.distill.levels import image_strides, pair_levels, probe_levels
 from kdtrain.distill.rpn import anchor_layout_mismatch, rpn_forward_with_logits, teacher_rpn_outputs
 from kdtrain.errors import UsageError
 from kdtrain.models import detector_family, input_side, needs_own_transform
@@ -83,22 +82,23 @@ class Distiller(nn.Module):
         if scale == 1.0 and self.teacher_own_input:
             scale = input_side(student) / input_side(teacher)
         self.pairs = pair_levels(s_strides, t_strides, student_input_scale=scale)
-        log(f"[kdtrain] level pairs (student->teacher @stride): "
+        log("[kdtrain] level pairs (student->teacher @stride): "
             + ", ".join(f"{p.student}->{p.teacher}@{p.stride}" for p in self.pairs))
-        # The feature terms pair these levels again the same way (kdops.nn.FeatureDistiller.from_levels).
-        s_levels = {k: Level(s_channels[k], s) for k, s in image_strides(s_strides, scale).items()}
-        t_levels = {k: Level(t_channels[k], s) for k, s in t_strides.items()}
+        # The feature terms distil these pairs: their levels by name, strides in the teacher's input pixels.
+        s_levels = {k: Level(s_channels[k], float(s)) for k, s in image_strides(s_strides, scale).items()}
+        t_levels = {k: Level(t_channels[k], float(s)) for k, s in t_strides.items()}
+        pairs = [(p.student, p.teacher) for p in self.pairs]
         for name in self.term_names:
             if name in FEATURE_TERMS and not self.pairs:
                 raise UsageError(f"{name}: no student level shares a stride with a teacher level")
             if name == "imitation":
-                self.terms[name] = T.ImitationTerm(s_levels, t_levels, mask=imitation_mask)
+                self.terms[name] = T.ImitationTerm(s_levels, t_levels, pairs, mask=imitation_mask)
             elif name == "fgd":
-                self.terms[name] = T.FGDTerm(s_levels, t_levels, family=self.family)
+                self.terms[name] = T.FGDTerm(s_levels, t_levels, pairs, family=self.family)
             elif name == "cwd":
-                self.terms[name] = T.CWDTerm(s_levels, t_levels)
+                self.terms[name] = T.CWDTerm(s_levels, t_levels, pairs)
             elif name == "pkd":
-                self.terms[name] = T.PKDTerm(s_levels, t_levels)
+                self.terms[name] = T.PKDTerm(s_levels, t_levels, pairs)
             elif name in ("chen_rcn", "chen_rpn"):
                 self._check_two_stage_pair(name)
                 if name == "chen_rpn":

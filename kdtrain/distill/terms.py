@@ -1,6 +1,6 @@
 """Distillation loss terms, composed from the kdops.nn modules.
 
-A term owns its trainable pieces (the feature terms: a kdops.nn.FeatureDistiller with one module per
+A term owns its trainable pieces (the feature terms: a kdops.nn MapsDistiller with one module per
 paired level, adaptation layers and GcBlocks) and returns raw, unweighted losses keyed by name; the
 Distiller weights and logs them.
 What each term does next to its paper and official code: docs/recipes.md.
@@ -12,33 +12,32 @@ import torch
 from torch import nn
 
 from kdops.nn import BoundedRegressionLoss, DistillBinaryCrossEntropy, DistillCrossEntropy
-from kdops.nn.distiller import FeatureDistiller, match_size as matched_student_feature  # noqa: F401 (visualize)
+from kdops.nn.maps_distiller import MapsDistiller, match_size as matched_student_feature  # noqa: F401 (visualize)
 from kdtrain.distill.context import DistillContext
-from kdtrain.distill.levels import LevelPair
 
 
 class FeatureTerm(nn.Module):
-    """A feature recipe: kdops.nn.FeatureDistiller on the backbones' levels, which kdtrain computes itself.
+    """A feature recipe: a kdops.nn MapsDistiller on the backbones' levels, which kdtrain computes itself.
 
-    ``student_levels``/``teacher_levels``: {level: kdops.nn.distiller.Level(channels, stride)}, the strides
-    in the teacher's input pixels. Levels pair by stride; every student level of a stride takes the
-    teacher's first level of it (a MobileNetV3-FPN teacher's two stride-32 levels: the first). The
-    pair losses are summed, as the official FGD, CWD and PKD configs add one loss per FPN level;
-    ImitationTerm averages them (docs/recipes.md).
+    ``student_levels``/``teacher_levels``: {level: kdops.nn.pairing.Level(channels, stride)}, the strides
+    in the teacher's input pixels; ``pairs``: (student level, teacher level) of each pair, as the Distiller
+    paired them by stride (kdtrain.distill.levels.pair_levels: every student level of a stride takes the
+    teacher's first level of it, e.g. a MobileNetV3-FPN teacher's first stride-32 level). The pair losses
+    are summed, as the official FGD, CWD and PKD configs add one loss per FPN level; ImitationTerm
+    averages them (docs/recipes.md).
     """
 
     name = ""
     reduction = "sum"
     needs_boxes = False
 
-    def __init__(self, student_levels: dict, teacher_levels: dict, **options):
+    def __init__(self, student_levels: dict, teacher_levels: dict, pairs: list, **options):
         super().__init__()
-        self.distiller = FeatureDistiller.from_levels(student_levels, teacher_levels, loss=(self.name, options),
-                                                      pair_by="stride", tie="first", reduction=self.reduction)
-        self.pairs = [LevelPair(p.student, p.teacher, int(p.stride)) for p in self.distiller.pairs]
+        self.distiller = MapsDistiller(student_levels, teacher_levels, pairs, loss=(self.name, options),
+                                       reduction=self.reduction)
 
     def forward(self, ctx: DistillContext) -> dict:
-        # Boxes in the teacher's padded pixels; FeatureDistiller divides them by each pair's stride.
+        # Boxes in the teacher's padded pixels; MapsDistiller divides them by each pair's stride.
         boxes = [t["boxes"] for t in ctx.targets] if self.needs_boxes else None
         return {self.name: self.distiller.distil(ctx.student_features, ctx.teacher_features, boxes)["total"]}
 
@@ -52,11 +51,11 @@ class ImitationTerm(FeatureTerm):
     name = "imitation"
     reduction = "mean"
 
-    def __init__(self, student_levels, teacher_levels, loss="mse", normalize="mean", mask="none"):
+    def __init__(self, student_levels, teacher_levels, pairs, loss="mse", normalize="mean", mask="none"):
         if mask not in ("none", "boxes"):
             raise ValueError(f"imitation mask must be 'none' or 'boxes', got {mask!r}")
         self.needs_boxes = mask == "boxes"  # 0/1 mask of the (ground-truth or pseudo-label) boxes on each level
-        super().__init__(student_levels, teacher_levels, loss=loss, normalize=normalize, adapt=True, mask=mask)
+        super().__init__(student_levels, teacher_levels, pairs, loss=loss, normalize=normalize, adapt=True, mask=mask)
 
 
 def fgd_preset(family: str) -> str:
@@ -75,9 +74,9 @@ class FGDTerm(FeatureTerm):
     name = "fgd"
     needs_boxes = True
 
-    def __init__(self, student_levels, teacher_levels, family="two_stage"):
+    def __init__(self, student_levels, teacher_levels, pairs, family="two_stage"):
         self.family = fgd_preset(family)
-        super().__init__(student_levels, teacher_levels, family=self.family)
+        super().__init__(student_levels, teacher_levels, pairs, family=self.family)
         self.last_terms: dict = {}
 
     def forward(self, ctx):
@@ -95,8 +94,8 @@ class CWDTerm(FeatureTerm):
 
     name = "cwd"
 
-    def __init__(self, student_levels, teacher_levels, tau=1.0):
-        super().__init__(student_levels, teacher_levels, tau=tau)
+    def __init__(self, student_levels, teacher_levels, pairs, tau=1.0):
+        super().__init__(student_levels, teacher_levels, pairs, tau=tau)
 
 
 class PKDTerm(FeatureTerm):

@@ -5,8 +5,7 @@ from collections import OrderedDict
 import torch
 
 from kdtrain.visualize import boxes_on_level
-from kdtrain.distill.levels import LevelPair, level_strides, pair_levels
-from kdtrain.distill.probe import probe_levels
+from kdtrain.distill.levels import LevelPair, level_strides, pair_levels, probe_levels
 from kdtrain.models import build_detector
 
 from kdtrain_testutil import tiny_spec

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kdtrain.distill.probe import probe_levels
+from kdtrain.distill.levels import probe_levels
 from kdtrain.models import ModelSpec, build_detector
 
 

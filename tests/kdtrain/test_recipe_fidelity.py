@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from kdtrain.visualize import boxes_on_level
 from kdtrain.distill.context import DistillContext, RoiOutputs, RpnPair
-from kdops.nn.distiller import Level
+from kdops.nn.pairing import Level
 from kdtrain.distill.levels import LevelPair
 from kdtrain.distill.terms import ChenRcnTerm, ChenRpnTerm, CWDTerm, FGDTerm, ImitationTerm, PKDTerm
 
@@ -45,6 +45,11 @@ def _levels(pairs, channels, side="student"):
     return {getattr(p, side): Level(channels, p.stride) for p in pairs}
 
 
+def _names(pairs):
+    """The (student level, teacher level) of each pair, as the Distiller hands them to a feature term."""
+    return [(p.student, p.teacher) for p in pairs]
+
+
 def _randomise(module, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # non-zero GcBlock last convs, so the global loss is not plain MSE
@@ -56,7 +61,8 @@ def _randomise(module, seed):
 @pytest.mark.parametrize("channels", [(6, 6), (4, 6)])
 def test_fgd_total_is_the_sum_of_the_official_per_level_losses(family, channels):
     ctx, pairs = _context(*channels)
-    term = FGDTerm(_levels(pairs, channels[0]), _levels(pairs, channels[1], "teacher"), family=family).double()
+    term = FGDTerm(_levels(pairs, channels[0]), _levels(pairs, channels[1], "teacher"), _names(pairs),
+                   family=family).double()
     _randomise(term, 1)
     total = term(ctx)["fgd"]
     official = [official_from(term.distiller.losses[i])(
@@ -92,19 +98,19 @@ def test_cwd_and_pkd_sum_the_official_per_level_losses_without_an_adapter_at_equ
     ctx, pairs = _context(6, 6)
     make = CWDTerm if name == "cwd" else PKDTerm
     levels = [p for p in pairs if PADDED // p.stride > 1]  # PKD's unbiased std needs 2+ values per channel
-    term = make(_levels(levels, 6), _levels(levels, 6, "teacher")).double()
+    term = make(_levels(levels, 6), _levels(levels, 6, "teacher"), _names(levels)).double()
     assert not list(term.parameters())  # mmrazor's configs distil equal-width FPNs as they are
     ref = (lambda s, t: _mmrazor_cwd(s, t, 1.0)) if name == "cwd" else _mmrazor_pkd
     expected = sum(ref(ctx.student_features[p.student], ctx.teacher_features[p.teacher]) for p in levels)
     torch.testing.assert_close(term(ctx)[name], expected, rtol=1e-9, atol=0)
     # Different widths: a 1x1 adaptation conv per level maps the student to the teacher's channels.
-    narrow = make(_levels(pairs, 4), _levels(pairs, 6, "teacher"))
+    narrow = make(_levels(pairs, 4), _levels(pairs, 6, "teacher"), _names(pairs))
     assert [tuple(a.weight.shape) for a in narrow.distiller.adapt] == [(6, 4, 1, 1)] * len(pairs)
 
 
 def test_imitation_averages_the_hint_loss_over_levels():
     ctx, pairs = _context(4, 6)
-    term = ImitationTerm(_levels(pairs, 4), _levels(pairs, 6, "teacher")).double()
+    term = ImitationTerm(_levels(pairs, 4), _levels(pairs, 6, "teacher"), _names(pairs)).double()
     per_level = [term.distiller.losses[i](ctx.student_features[p.student], ctx.teacher_features[p.teacher])
                  for i, p in enumerate(pairs)]
     torch.testing.assert_close(term(ctx)["imitation"], sum(per_level) / len(pairs))

@@ -8,7 +8,7 @@ import torch
 
 from kdtrain.cli import main
 from kdtrain.distill.distiller import Distiller
-from kdtrain.distill.probe import probe_levels
+from kdtrain.distill.levels import probe_levels
 from kdtrain.errors import UsageError
 from kdtrain.metrics_log import read_jsonl
 from kdtrain.model_args import check_model_args
