@@ -7,7 +7,7 @@ from torch.library import opcheck
 import kdops
 from kdops.reference import attention_masks as reference
 from support import parity
-from support.backends import backend_params, on_cpu, require_backend
+from support.backends import backend_params, on_cpu, opcheck_params, registered_op, require_backend
 from support.numerics import assert_close, assert_compiles_like_eager, randn
 
 
@@ -55,11 +55,11 @@ def test_gradcheck_float64(backend):
     assert torch.autograd.gradcheck(lambda f: kdops.attention_masks(f, temperature=0.6, backend=backend), (feat,))
 
 
-@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("backend,device", opcheck_params())
 def test_opcheck(backend, device):
-    op = torch.ops.kdops_triton.attention_masks if backend == "triton" else torch.ops.kdops.attention_masks
+    op = registered_op("attention_masks", backend)
     feat = randn((2, 3, 4, 5), torch.float32, device, 7, requires_grad=True)
-    opcheck(op.default, (feat, 0.5))
+    opcheck(op, (feat, 0.5))
 
 
 def test_compile_fullgraph():

@@ -10,7 +10,7 @@ from torch.library import opcheck
 import kdops
 from kdops.reference import bounded_regression as reference
 from support import parity
-from support.backends import backend_params, backends_on_cpu, on_cpu
+from support.backends import backends_on_cpu, on_cpu, opcheck_params, registered_op
 from support.numerics import assert_compiles_like_eager, randn
 
 MODES = list(itertools.product((0.0, 0.25), (False, True)))  # (margin, per-row weight)
@@ -96,13 +96,14 @@ def test_bound_is_decided_per_row():
 
 @pytest.mark.parametrize("nan_side", ["teacher", "student"])
 def test_a_nan_row_poisons_the_loss_instead_of_being_dropped(nan_side):
-    """A NaN e_t makes e_s + m > e_t false: the row must not silently drop out (docs/math.md §7.3)."""
+    """A NaN e_t makes e_s + m > e_t false: the row must not silently drop out (docs/math.md §7.3). Its weight
+    is not 0 (-0.5: counted, but not in Z); a row of weight 0 does drop out (tests/ops/test_zero_weight_rows.py)."""
     y = torch.zeros(3, 4)
     s = torch.tensor([[1.0, 0, 0, 0], [0.1, 0, 0, 0], [0.5, 0, 0, 0]])
     t = torch.tensor([[0.5, 0, 0, 0], [1.0, 0, 0, 0], [0.6, 0, 0, 0]])
     (t if nan_side == "teacher" else s)[1, 2] = float("nan")
     for backend in backends_on_cpu():
-        for weight in (None, torch.tensor([1.0, 0.0, 1.0])):
+        for weight in (None, torch.tensor([1.0, -0.5, 1.0])):
             student = s.clone().requires_grad_()
             out = kdops.bounded_regression(student, t, target=y, weight=weight, backend=backend)
             assert out.isnan(), backend
@@ -131,13 +132,13 @@ def test_teacher_gets_no_gradient():
         assert t.grad is None or not t.grad.any(), backend
 
 
-@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("backend,device", opcheck_params())
 @pytest.mark.parametrize("with_weight", [False, True])
 def test_opcheck(backend, device, with_weight):
-    op = torch.ops.kdops_triton.bounded_regression if backend == "triton" else torch.ops.kdops.bounded_regression
+    op = registered_op("bounded_regression", backend)
     student, teacher, target, weight = _inputs((9, 4), torch.float32, device, 7, with_weight)
     weight = None if weight is None else weight.float()
-    opcheck(op.default, (student.requires_grad_(), teacher, target, weight, 0.1))
+    opcheck(op, (student.requires_grad_(), teacher, target, weight, 0.1))
 
 
 def test_compile_fullgraph():

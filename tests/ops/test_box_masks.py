@@ -7,7 +7,7 @@ from torch.library import opcheck
 
 import kdops
 from kdops.reference import box_masks as reference
-from support.backends import backend_params, on_cpu, require_backend
+from support.backends import backend_params, on_cpu, opcheck_params, registered_op, require_backend
 from support.fgd_inputs import random_boxes
 from support.parity import base_seed, described
 
@@ -100,11 +100,11 @@ def test_boxes_carry_no_gradient():
     assert not fg.requires_grad and not bg.requires_grad
 
 
-@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("backend,device", opcheck_params())
 def test_opcheck(backend, device):
-    op = torch.ops.kdops_triton.box_masks if backend == "triton" else torch.ops.kdops.box_masks
+    op = registered_op("box_masks", backend)
     boxes, index = _packed(random_boxes(2, 6, 7, 5))
-    opcheck(op.default, (boxes.to(device), index.to(device), 2, 6, 7))
+    opcheck(op, (boxes.to(device), index.to(device), 2, 6, 7))
 
 
 def test_compile_fullgraph():

@@ -7,7 +7,7 @@ from torch.library import opcheck
 import kdops
 from kdops.reference import cwd_loss as reference
 from support import parity
-from support.backends import backend_params, backends_on_cpu, on_cpu
+from support.backends import backends_on_cpu, on_cpu, opcheck_params, registered_op
 from support.numerics import assert_compiles_like_eager, randn
 
 TAUS = (1.0, 4.0)
@@ -57,11 +57,11 @@ def test_gradcheck_float64(backend, tau):
     assert torch.autograd.gradcheck(lambda s: kdops.cwd_loss(s, teacher, tau=tau, backend=backend), (student,))
 
 
-@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("backend,device", opcheck_params())
 def test_opcheck(backend, device):
-    op = torch.ops.kdops_triton.cwd_loss if backend == "triton" else torch.ops.kdops.cwd_loss
+    op = registered_op("cwd_loss", backend)
     student = randn((2, 3, 4, 5), torch.float32, device, 7, requires_grad=True)
-    opcheck(op.default, (student, randn((2, 3, 4, 5), torch.float32, device, 8), 2.0))
+    opcheck(op, (student, randn((2, 3, 4, 5), torch.float32, device, 8), 2.0))
 
 
 def test_compile_fullgraph():

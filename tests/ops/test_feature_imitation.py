@@ -10,7 +10,7 @@ from torch.library import opcheck
 import kdops
 from kdops.reference import feature_imitation as reference
 from support import parity
-from support.backends import backend_params, on_cpu, require_backend
+from support.backends import on_cpu, opcheck_params, registered_op, require_backend
 from support.numerics import assert_compiles_like_eager, randn
 
 MODES = list(itertools.product(("mse", "l1"), ("batch", "mean", "mask"), (False, True)))  # loss, normalize, mask
@@ -74,13 +74,13 @@ def test_gradcheck_float64(backend, loss, normalize, with_mask):
         (student, teacher))
 
 
-@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("backend,device", opcheck_params())
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_opcheck(backend, device, with_mask):
-    op = torch.ops.kdops_triton.feature_imitation if backend == "triton" else torch.ops.kdops.feature_imitation
+    op = registered_op("feature_imitation", backend)
     student, teacher, mask = _inputs((2, 3, 4, 5), torch.float32, device, 7, with_mask)
-    opcheck(op.default, (student.requires_grad_(), teacher, mask, 0, 2))
-    opcheck(op.default, (student, teacher.requires_grad_(), mask, 1, 0))
+    opcheck(op, (student.requires_grad_(), teacher, mask, 0, 2))
+    opcheck(op, (student, teacher.requires_grad_(), mask, 1, 0))
 
 
 def test_compile_fullgraph():

@@ -11,7 +11,7 @@ import kdops
 import kdops.nn.fgd
 from kdops.reference import fgd_feature_pass as reference
 from support import parity
-from support.backends import backend_params, require_backend
+from support.backends import backend_params, opcheck_params, registered_op, require_backend
 from support.fgd_inputs import focal_inputs, random_boxes
 from support.numerics import DTYPES, assert_compiles_like_eager, randn
 
@@ -97,12 +97,12 @@ def test_gradcheck_float64():
         (student.requires_grad_(), ws, wt))
 
 
-@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] != "cuda_emu"])  # test-only op
+@pytest.mark.parametrize("backend,device", opcheck_params())
 def test_opcheck(backend, device):
-    op = torch.ops.kdops_triton.fgd_feature_pass if backend == "triton" else torch.ops.kdops.fgd_feature_pass
+    op = registered_op("fgd_feature_pass", backend)
     student, teacher, fg, bg = focal_inputs((2, 3, 4, 5), torch.float32, device, 7, 0.5)
     ws, bs, wt, bt = _convs(3, torch.float32, 8, device)
-    opcheck(op.default,
+    opcheck(op,
             (student.requires_grad_(), teacher, fg, bg, ws, bs.detach(), wt, bt, 0.5, *WEIGHTS))
 
 

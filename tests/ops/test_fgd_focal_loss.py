@@ -7,7 +7,7 @@ from torch.library import opcheck
 import kdops
 from kdops.reference import fgd_focal_loss as reference
 from support import parity
-from support.backends import backend_params, on_cpu, require_backend
+from support.backends import on_cpu, opcheck_params, registered_op, require_backend
 from support.fgd_inputs import focal_inputs as _inputs
 from support.numerics import assert_compiles_like_eager, randn
 
@@ -56,11 +56,11 @@ def test_gradcheck_float64(backend):
         (student,))
 
 
-@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("backend,device", opcheck_params())
 def test_opcheck(backend, device):
-    op = torch.ops.kdops_triton.fgd_focal_loss if backend == "triton" else torch.ops.kdops.fgd_focal_loss
+    op = registered_op("fgd_focal_loss", backend)
     student, teacher, fg, bg = _inputs((2, 3, 4, 5), torch.float32, device, 7, 0.5)
-    opcheck(op.default, (student.requires_grad_(), teacher, fg, bg, 0.5, *WEIGHTS.values()))
+    opcheck(op, (student.requires_grad_(), teacher, fg, bg, 0.5, *WEIGHTS.values()))
 
 
 def test_compile_fullgraph():

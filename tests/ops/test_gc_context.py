@@ -7,7 +7,7 @@ from torch.library import opcheck
 import kdops
 from kdops.reference import gc_context as reference
 from support import parity
-from support.backends import backend_params, on_cpu, require_backend
+from support.backends import backend_params, on_cpu, opcheck_params, registered_op, require_backend
 from support.numerics import assert_close, randn
 
 
@@ -111,13 +111,13 @@ def test_gradcheck_float64(backend):
     assert torch.autograd.gradcheck(lambda f, w, b: kdops.gc_context(f, w, b, backend=backend), (feat, weight, bias))
 
 
-@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("backend,device", opcheck_params())
 def test_opcheck(backend, device):
-    op = torch.ops.kdops_triton.gc_context if backend == "triton" else torch.ops.kdops.gc_context
+    op = registered_op("gc_context", backend)
     feat = randn((2, 3, 4, 5), torch.float32, device, 7, requires_grad=True)
     weight = randn((3,), torch.float32, device, 8, requires_grad=True)
     bias = randn((1,), torch.float32, device, 9, requires_grad=True)
-    opcheck(op.default, (feat, weight, bias))
+    opcheck(op, (feat, weight, bias))
 
 
 def test_compile_fullgraph():

@@ -8,7 +8,7 @@ from torch.library import opcheck
 import kdops
 from kdops.reference import pkd_loss as reference
 from support import parity
-from support.backends import backend_params, backends_on_cpu, on_cpu
+from support.backends import backends_on_cpu, on_cpu, opcheck_params, registered_op
 from support.numerics import randn
 
 
@@ -82,13 +82,13 @@ def test_gradcheck_float64(backend):
     assert torch.autograd.gradcheck(lambda s, t: kdops.pkd_loss(s, t, backend=backend), (student, teacher))
 
 
-@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("backend,device", opcheck_params())
 def test_opcheck(backend, device):
-    op = torch.ops.kdops_triton.pkd_loss if backend == "triton" else torch.ops.kdops.pkd_loss
+    op = registered_op("pkd_loss", backend)
     student = _features((2, 3, 4, 5), torch.float32, device, 7)
     teacher = _features((2, 3, 4, 5), torch.float32, device, 8)
-    opcheck(op.default, (student.requires_grad_(), teacher))
-    opcheck(op.default, (student.detach(), teacher.requires_grad_()))
+    opcheck(op, (student.requires_grad_(), teacher))
+    opcheck(op, (student.detach(), teacher.requires_grad_()))
 
 
 def test_standardisation_invariance_and_constant_channels():

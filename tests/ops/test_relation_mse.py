@@ -7,7 +7,7 @@ from torch.library import opcheck
 import kdops
 from kdops.reference import relation_mse as reference
 from support import parity
-from support.backends import backend_params, on_cpu
+from support.backends import on_cpu, opcheck_params, registered_op
 from support.numerics import randn
 
 
@@ -50,12 +50,12 @@ def test_gradcheck_float64(backend):
     assert torch.autograd.gradcheck(lambda s, t, ds, dt: kdops.relation_mse(s, t, delta_s=ds, delta_t=dt, backend=backend), args)
 
 
-@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("backend,device", opcheck_params())
 def test_opcheck(backend, device):
-    op = torch.ops.kdops_triton.relation_mse if backend == "triton" else torch.ops.kdops.relation_mse
+    op = registered_op("relation_mse", backend)
     args = [randn((2, 3, 4, 5), torch.float32, device, 5 + i, requires_grad=True) for i in range(2)]
     args += [randn((2, 3), torch.float32, device, 7 + i, requires_grad=True) for i in range(2)]
-    opcheck(op.default, tuple(args))
+    opcheck(op, tuple(args))
 
 
 def test_compile_fullgraph():

@@ -10,7 +10,7 @@ from torch.library import opcheck
 import kdops
 from kdops.reference import soft_binary_cross_entropy as reference
 from support import parity
-from support.backends import backend_params, backends_on_cpu, on_cpu
+from support.backends import backends_on_cpu, on_cpu, opcheck_params, registered_op
 from support.numerics import assert_compiles_like_eager, randn
 
 MODES = list(itertools.product((False, True), (1.0, 2.0)))  # (with target, temperature)
@@ -80,12 +80,12 @@ def test_gradcheck_float64(backend, with_target, temperature):
         s, teacher, temperature=temperature, target=target, mu=MU, backend=backend, **WEIGHTS), (student,))
 
 
-@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("backend,device", opcheck_params())
 @pytest.mark.parametrize("with_target", [False, True])
 def test_opcheck(backend, device, with_target):
-    ns = torch.ops.kdops_triton if backend == "triton" else torch.ops.kdops
+    op = registered_op("soft_binary_cross_entropy", backend)
     student, teacher, target = _inputs((3, 7), torch.float32, device, 7, with_target)
-    opcheck(ns.soft_binary_cross_entropy.default, (student.requires_grad_(), teacher, target, 1.0, 1.5, 2.0, MU, -1))
+    opcheck(op, (student.requires_grad_(), teacher, target, 1.0, 1.5, 2.0, MU, -1))
 
 
 def test_compile_fullgraph():

@@ -10,7 +10,7 @@ from torch.library import opcheck
 import kdops
 from kdops.reference import soft_cross_entropy as reference
 from support import parity
-from support.backends import backend_params, backends_on_cpu, on_cpu, require_backend
+from support.backends import backends_on_cpu, on_cpu, opcheck_params, registered_op, require_backend
 from support.numerics import assert_compiles_like_eager, randn
 
 # (with target, temperature, class weights)
@@ -87,13 +87,13 @@ def test_gradcheck_float64(backend, with_target, temperature, with_weight, shape
                                            mu=MU, backend=backend), (student,))
 
 
-@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("backend,device", opcheck_params())
 @pytest.mark.parametrize("with_target,with_weight", [(False, False), (True, True)])
 def test_opcheck(backend, device, with_target, with_weight):
-    op = torch.ops.kdops_triton.soft_cross_entropy if backend == "triton" else torch.ops.kdops.soft_cross_entropy
+    op = registered_op("soft_cross_entropy", backend)
     student, teacher, weight, target = _inputs((6, 5), torch.float32, device, 7, with_target, with_weight)
     weight = None if weight is None else weight.float()
-    opcheck(op.default, (student.requires_grad_(), teacher, weight, target, 2.0, MU, -1))
+    opcheck(op, (student.requires_grad_(), teacher, weight, target, 2.0, MU, -1))
 
 
 def test_compile_fullgraph():

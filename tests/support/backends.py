@@ -59,6 +59,17 @@ def backend_params():
     return [backend_param(backend, device) for backend, device in FUSED]
 
 
+def opcheck_params():
+    """(backend, device) of the registered ops torch.library.opcheck checks: the native and the Triton ones
+    (the emulator's ops are test-only, without fake kernels)."""
+    return [backend_param(backend, device) for backend, device in FUSED if backend != cuda_emu.NAME]
+
+
+def registered_op(name: str, backend: str):
+    """The dispatcher op that `backend` runs for kdops.<name> (torch.ops.kdops.<name> or kdops_triton's)."""
+    return getattr(getattr(torch.ops, _backend.namespace(backend)), name).default
+
+
 def backends_on_cpu():
     """Every backend that runs on CPU tensors in this session (the Triton one through the interpreter, the
     CUDA kernels through the emulator)."""
