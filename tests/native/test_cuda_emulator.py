@@ -116,22 +116,24 @@ def _imitation(backend, shape, dtype, seed):
                            kdops.feature_imitation(s, t, loss="l1", backend=backend))
 
 
+def _box_masks(shape, dtype, seed):
+    """(fg, bg) of random boxes on an (N, C, H, W) feature's grid (zeros for N = 0)."""
+    n, _, h, w = shape
+    if n == 0:
+        return torch.zeros(0, h, w, dtype=dtype), torch.zeros(0, h, w, dtype=dtype)
+    return fgd_inputs.masks(n, h, w, seed, dtype=dtype)
+
+
 def _focal(backend, shape, dtype, seed):
     s, t = _features(shape, dtype, seed)
-    if shape[0] == 0:
-        fg = bg = torch.zeros(shape[0], shape[2], shape[3], dtype=dtype)
-    else:
-        fg, bg = fgd_inputs.masks(shape[0], shape[2], shape[3], seed, dtype=dtype)
+    fg, bg = _box_masks(shape, dtype, seed)
     return [s], lambda s: kdops.fgd_focal_loss(s, t, fg=fg, bg=bg, temperature=0.5, return_terms=True,
                                                backend=backend)
 
 
 def _feature_pass(backend, shape, dtype, seed):
     s, t = _features(shape, dtype, seed)
-    if shape[0] == 0:
-        fg = bg = torch.zeros(shape[0], shape[2], shape[3], dtype=dtype)
-    else:
-        fg, bg = fgd_inputs.masks(shape[0], shape[2], shape[3], seed, dtype=dtype)
+    fg, bg = _box_masks(shape, dtype, seed)
     c = shape[1]
     w_s, w_t = (randn((1, c, 1, 1), torch.float32, "cpu", seed + k) / c ** 0.5 for k in (2, 3))
     b_s = randn((1,), torch.float32, "cpu", seed + 4)
