@@ -8,12 +8,14 @@ namespace {
 using T = at::Tensor;
 using Forward = std::tuple<T, T>(const T&, double);
 using Backward = T(const T&, const T&, const T&, const T&, const T&, double);
+// The tensors the backward reads: kdops/ops/attention_masks.py's `saved`, in its order (test_registry.py).
+enum Saved { kFeat, kSpatial, kChannel, kCount };
 
 struct AttentionMasks : torch::autograd::Function<AttentionMasks> {
   static variable_list forward(AutogradContext* ctx, const T& feat, double temperature) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [spatial, channel] = op_handle<Forward>("kdops::attention_masks").call(feat, temperature);
-    ctx->save_for_backward({feat, spatial, channel});
+    ctx->save_for_backward(in_saved_order<Saved>({{kFeat, feat}, {kSpatial, spatial}, {kChannel, channel}}));
     ctx->saved_data["temperature"] = temperature;
     return {spatial, channel};
   }
@@ -22,7 +24,8 @@ struct AttentionMasks : torch::autograd::Function<AttentionMasks> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     return {op_handle<Backward>("kdops::attention_masks_backward")
-                .call(grads[0], grads[1], saved[0], saved[1], saved[2], ctx->saved_data["temperature"].toDouble()),
+                .call(grads[0], grads[1], saved[kFeat], saved[kSpatial], saved[kChannel],
+                      ctx->saved_data["temperature"].toDouble()),
             T()};
   }
 };

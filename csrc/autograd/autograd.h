@@ -8,8 +8,10 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <initializer_list>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 namespace kdops {
 namespace autograd {
@@ -37,6 +39,21 @@ constexpr const char* kFgdTeacherWhy = " (its attention masks are constants of t
 inline void check_no_grad(AutogradContext* ctx, size_t index, const char* op, const char* arg, const char* why = "") {
   TORCH_CHECK(!ctx->needs_input_grad(index), "kdops.", op, ": ", arg, " must not require grad, as ", arg,
               " gets no gradient", why, "; pass ", arg, ".detach()");
+}
+
+// The tensors a backward reads, saved by name: `Saved` is the op's enum of them (its Python declaration's
+// `saved` order, which tests/native/test_registry.py checks), ending with kCount; the backward reads s[kName].
+template <typename Saved>
+variable_list in_saved_order(std::initializer_list<std::pair<Saved, at::Tensor>> tensors) {
+  variable_list slots(Saved::kCount);
+  std::vector<bool> named(Saved::kCount, false);
+  for (const auto& [index, tensor] : tensors) {
+    TORCH_INTERNAL_ASSERT(!named[index], "saved tensor ", index, " is named twice");
+    named[index] = true;
+    slots[index] = tensor;
+  }
+  TORCH_INTERNAL_ASSERT(tensors.size() == Saved::kCount, "every saved tensor must be named");
+  return slots;
 }
 
 template <size_t... I>

@@ -9,6 +9,8 @@ using T = at::Tensor;
 using OptT = c10::optional<T>;
 using Forward = std::tuple<T, T>(const T&, const T&, const T&, const OptT&, double);
 using Backward = T(const T&, const T&, const T&, const T&, const OptT&, const T&, double);
+// The tensors the backward reads: kdops/ops/bounded_regression.py's `saved`, in its order (test_registry.py).
+enum Saved { kStudent, kTeacher, kTarget, kWeight, kNorm, kCount };
 
 struct BoundedRegression : torch::autograd::Function<BoundedRegression> {
   static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher, const T& target,
@@ -16,7 +18,8 @@ struct BoundedRegression : torch::autograd::Function<BoundedRegression> {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, norm] =
         op_handle<Forward>("kdops::bounded_regression").call(student, teacher, target, weight, margin);
-    ctx->save_for_backward({student, teacher, target, saved_or_undefined(weight), norm});
+    ctx->save_for_backward(in_saved_order<Saved>({{kStudent, student}, {kTeacher, teacher}, {kTarget, target},
+                                                   {kWeight, saved_or_undefined(weight)}, {kNorm, norm}}));
     ctx->saved_data["margin"] = margin;
     ctx->mark_non_differentiable({norm});
     return {loss, norm};
@@ -29,7 +32,8 @@ struct BoundedRegression : torch::autograd::Function<BoundedRegression> {
     if (ctx->needs_input_grad(0)) {
       const auto s = ctx->get_saved_variables();
       out[0] = op_handle<Backward>("kdops::bounded_regression_backward")
-                   .call(grads[0], s[0], s[1], s[2], optional_of(s[3]), s[4], ctx->saved_data["margin"].toDouble());
+                   .call(grads[0], s[kStudent], s[kTeacher], s[kTarget], optional_of(s[kWeight]), s[kNorm],
+                         ctx->saved_data["margin"].toDouble());
     }
     return out;
   }

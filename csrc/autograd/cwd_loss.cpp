@@ -8,12 +8,14 @@ namespace {
 using T = at::Tensor;
 using Forward = std::tuple<T, T>(const T&, const T&, double);
 using Backward = T(const T&, const T&, const T&, const T&, double);
+// The tensors the backward reads: kdops/ops/cwd_loss.py's `saved`, in its order (test_registry.py).
+enum Saved { kStudent, kTeacher, kRowStats, kCount };
 
 struct CwdLoss : torch::autograd::Function<CwdLoss> {
   static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher, double tau) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, row_stats] = op_handle<Forward>("kdops::cwd_loss").call(student, teacher, tau);
-    ctx->save_for_backward({student, teacher, row_stats});
+    ctx->save_for_backward(in_saved_order<Saved>({{kStudent, student}, {kTeacher, teacher}, {kRowStats, row_stats}}));
     ctx->saved_data["tau"] = tau;
     ctx->mark_non_differentiable({row_stats});
     return {loss, row_stats};
@@ -25,7 +27,7 @@ struct CwdLoss : torch::autograd::Function<CwdLoss> {
     if (ctx->needs_input_grad(0)) {
       const auto s = ctx->get_saved_variables();
       out[0] = op_handle<Backward>("kdops::cwd_loss_backward")
-                   .call(grads[0], s[0], s[1], s[2], ctx->saved_data["tau"].toDouble());
+                   .call(grads[0], s[kStudent], s[kTeacher], s[kRowStats], ctx->saved_data["tau"].toDouble());
     }
     return out;
   }

@@ -9,6 +9,8 @@ using T = at::Tensor;
 using OptT = c10::optional<T>;
 using Forward = std::tuple<T, T>(const T&, const T&, const OptT&, int64_t, int64_t);
 using Backward = T(const T&, const T&, const T&, const OptT&, const T&, int64_t);
+// The tensors the backward reads: kdops/ops/feature_imitation.py's `saved`, in its order (test_registry.py).
+enum Saved { kStudent, kTeacher, kMask, kNorm, kCount };
 
 struct FeatureImitation : torch::autograd::Function<FeatureImitation> {
   static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher, const OptT& mask,
@@ -16,7 +18,8 @@ struct FeatureImitation : torch::autograd::Function<FeatureImitation> {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, norm] =
         op_handle<Forward>("kdops::feature_imitation").call(student, teacher, mask, loss_kind, normalize);
-    ctx->save_for_backward({student, teacher, saved_or_undefined(mask), norm});
+    ctx->save_for_backward(in_saved_order<Saved>({{kStudent, student}, {kTeacher, teacher},
+                                                   {kMask, saved_or_undefined(mask)}, {kNorm, norm}}));
     ctx->saved_data["loss"] = loss_kind;
     ctx->mark_non_differentiable({norm});
     return {loss, norm};
@@ -29,7 +32,8 @@ struct FeatureImitation : torch::autograd::Function<FeatureImitation> {
     if (!need_student && !need_teacher) return out;
     const auto s = ctx->get_saved_variables();
     T grad = op_handle<Backward>("kdops::feature_imitation_backward")
-                 .call(grads[0], s[0], s[1], optional_of(s[2]), s[3], ctx->saved_data["loss"].toInt());
+                 .call(grads[0], s[kStudent], s[kTeacher], optional_of(s[kMask]), s[kNorm],
+                       ctx->saved_data["loss"].toInt());
     if (need_teacher) out[1] = -grad;
     if (need_student) out[0] = grad;
     return out;

@@ -12,6 +12,9 @@ using Forward = std::tuple<T, T, T, T, T, T, T, T, T, T, T, T>(const T&, const T
 using Backward = std::tuple<T, T, T>(const T&, const T&, const T&, const T&, const T&, const T&, const T&, const T&,
                                      const T&, const T&, const T&, const T&, const T&, const T&, const T&, const T&,
                                      const T&, const T&, const T&, const T&, double, double, double);
+// The tensors the backward reads: kdops/ops/fgd_feature_pass.py's `saved`, in its order (test_registry.py).
+enum Saved { kStudent, kTeacher, kFg, kBg, kStudentGcWeight, kTeacherGcWeight, kCtxS, kCtxT, kTeacherSpatial,
+             kTeacherChannel, kPixelAttGrad, kChannelAttGrad, kProbsS, kProbsT, kCount };
 
 struct FgdFeaturePass : torch::autograd::Function<FgdFeaturePass> {
   static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher, const T& fg, const T& bg,
@@ -23,8 +26,12 @@ struct FgdFeaturePass : torch::autograd::Function<FgdFeaturePass> {
                                gamma);
     const auto& [loss, terms, ctx_s, ctx_t, diff_sq, diff_sum, t_spatial, t_channel, pixel_att, channel_att, probs_s,
                  probs_t] = out;
-    ctx->save_for_backward({student, teacher, fg, bg, weight_s, weight_t, ctx_s, ctx_t, t_spatial, t_channel,
-                            pixel_att, channel_att, probs_s, probs_t});
+    ctx->save_for_backward(in_saved_order<Saved>({{kStudent, student}, {kTeacher, teacher}, {kFg, fg}, {kBg, bg},
+                                                   {kStudentGcWeight, weight_s}, {kTeacherGcWeight, weight_t},
+                                                   {kCtxS, ctx_s}, {kCtxT, ctx_t}, {kTeacherSpatial, t_spatial},
+                                                   {kTeacherChannel, t_channel}, {kPixelAttGrad, pixel_att},
+                                                   {kChannelAttGrad, channel_att}, {kProbsS, probs_s},
+                                                   {kProbsT, probs_t}}));
     ctx->saved_data["alpha"] = alpha;
     ctx->saved_data["beta"] = beta;
     ctx->saved_data["gamma"] = gamma;
@@ -40,17 +47,18 @@ struct FgdFeaturePass : torch::autograd::Function<FgdFeaturePass> {
     variable_list out(12);
     const bool need_student = ctx->needs_input_grad(0), need_ws = ctx->needs_input_grad(4),
                need_wt = ctx->needs_input_grad(6);
-    if (ctx->needs_input_grad(5)) out[5] = at::zeros({1}, s[4].options());
-    if (ctx->needs_input_grad(7)) out[7] = at::zeros({1}, s[5].options());
+    if (ctx->needs_input_grad(5)) out[5] = at::zeros({1}, s[kStudentGcWeight].options());
+    if (ctx->needs_input_grad(7)) out[7] = at::zeros({1}, s[kTeacherGcWeight].options());
     if (!(need_student || need_ws || need_wt)) return out;
-    const auto dtype = s[6].scalar_type();
+    const auto dtype = s[kCtxS].scalar_type();
     // The gradients of loss, terms, ctx_s, ctx_t, diff_sq, diff_sum; the other six outputs are saved statistics.
     const auto g = [&](size_t i) { return grads[i].to(dtype); };
     auto [grad_student, grad_ws, grad_wt] =
         op_handle<Backward>("kdops::fgd_feature_pass_backward")
-            .call(g(0), g(1), g(2), g(3), g(4), g(5), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9],
-                  s[10], s[11], s[12], s[13], ctx->saved_data["alpha"].toDouble(), ctx->saved_data["beta"].toDouble(),
-                  ctx->saved_data["gamma"].toDouble());
+            .call(g(0), g(1), g(2), g(3), g(4), g(5), s[kStudent], s[kTeacher], s[kFg], s[kBg], s[kStudentGcWeight],
+                  s[kTeacherGcWeight], s[kCtxS], s[kCtxT], s[kTeacherSpatial], s[kTeacherChannel], s[kPixelAttGrad],
+                  s[kChannelAttGrad], s[kProbsS], s[kProbsT], ctx->saved_data["alpha"].toDouble(),
+                  ctx->saved_data["beta"].toDouble(), ctx->saved_data["gamma"].toDouble());
     if (need_student) out[0] = grad_student;
     if (need_ws) out[4] = grad_ws;
     if (need_wt) out[6] = grad_wt;

@@ -9,6 +9,8 @@ using T = at::Tensor;
 using Forward = std::tuple<T, T, T, T, T, T>(const T&, const T&, const T&, const T&, double, double, double, double);
 using Backward = T(const T&, const T&, const T&, const T&, const T&, const T&, const T&, const T&, const T&, const T&,
                    double, double, double);
+// The tensors the backward reads: kdops/ops/fgd_focal_loss.py's `saved`, in its order (test_registry.py).
+enum Saved { kStudent, kTeacher, kFg, kBg, kTeacherSpatial, kTeacherChannel, kPixelAttGrad, kChannelAttGrad, kCount };
 
 struct FgdFocalLoss : torch::autograd::Function<FgdFocalLoss> {
   static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher, const T& fg, const T& bg,
@@ -16,7 +18,9 @@ struct FgdFocalLoss : torch::autograd::Function<FgdFocalLoss> {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, terms, t_spatial, t_channel, pixel_att, channel_att] =
         op_handle<Forward>("kdops::fgd_focal_loss").call(student, teacher, fg, bg, temperature, alpha, beta, gamma);
-    ctx->save_for_backward({student, teacher, fg, bg, t_spatial, t_channel, pixel_att, channel_att});
+    ctx->save_for_backward(in_saved_order<Saved>({{kStudent, student}, {kTeacher, teacher}, {kFg, fg}, {kBg, bg},
+                                                   {kTeacherSpatial, t_spatial}, {kTeacherChannel, t_channel},
+                                                   {kPixelAttGrad, pixel_att}, {kChannelAttGrad, channel_att}}));
     ctx->saved_data["alpha"] = alpha;
     ctx->saved_data["beta"] = beta;
     ctx->saved_data["gamma"] = gamma;
@@ -31,9 +35,10 @@ struct FgdFocalLoss : torch::autograd::Function<FgdFocalLoss> {
     variable_list out(8);
     if (!ctx->needs_input_grad(0)) return out;
     const auto s = ctx->get_saved_variables();
-    const auto dtype = s[4].scalar_type();
+    const auto dtype = s[kTeacherSpatial].scalar_type();
     out[0] = op_handle<Backward>("kdops::fgd_focal_loss_backward")
-                 .call(grads[0].to(dtype), grads[1].to(dtype), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+                 .call(grads[0].to(dtype), grads[1].to(dtype), s[kStudent], s[kTeacher], s[kFg], s[kBg],
+                       s[kTeacherSpatial], s[kTeacherChannel], s[kPixelAttGrad], s[kChannelAttGrad],
                        ctx->saved_data["alpha"].toDouble(), ctx->saved_data["beta"].toDouble(),
                        ctx->saved_data["gamma"].toDouble());
     return out;

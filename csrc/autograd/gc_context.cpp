@@ -8,12 +8,15 @@ namespace {
 using T = at::Tensor;
 using Forward = std::tuple<T, T>(const T&, const T&, const T&);
 using Backward = std::tuple<T, T>(const T&, const T&, const T&, const T&, const T&, bool);
+// The tensors the backward reads: kdops/ops/gc_context.py's `saved`, in its order (test_registry.py).
+enum Saved { kFeat, kWeight, kContext, kProbs, kCount };
 
 struct GcContext : torch::autograd::Function<GcContext> {
   static variable_list forward(AutogradContext* ctx, const T& feat, const T& weight, const T& bias) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [context, probs] = op_handle<Forward>("kdops::gc_context").call(feat, weight, bias);
-    ctx->save_for_backward({feat, weight, context, probs});
+    ctx->save_for_backward(in_saved_order<Saved>({{kFeat, feat}, {kWeight, weight}, {kContext, context},
+                                                   {kProbs, probs}}));
     ctx->mark_non_differentiable({probs});
     ctx->set_materialize_grads(false);  // an unused context costs no pass over the feature
     return {context, probs};
@@ -21,7 +24,7 @@ struct GcContext : torch::autograd::Function<GcContext> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
-    const T& weight = s[1];
+    const T& weight = s[kWeight];
     const bool need_feat = ctx->needs_input_grad(0), need_weight = ctx->needs_input_grad(1);
     variable_list out(3);
     // The bias only shifts every logit of an image: softmax ignores it, so its gradient is exactly zero.
@@ -32,8 +35,9 @@ struct GcContext : torch::autograd::Function<GcContext> {
       return out;
     }
     if (!need_feat && !need_weight) return out;
-    auto [grad_feat, grad_weight] = op_handle<Backward>("kdops::gc_context_backward")
-                                        .call(grad_context.to(s[2].scalar_type()), s[0], weight, s[2], s[3], need_feat);
+    auto [grad_feat, grad_weight] =
+        op_handle<Backward>("kdops::gc_context_backward")
+            .call(grad_context.to(s[kContext].scalar_type()), s[kFeat], weight, s[kContext], s[kProbs], need_feat);
     if (need_feat) out[0] = grad_feat;
     if (need_weight) out[1] = grad_weight;
     return out;

@@ -8,12 +8,14 @@ namespace {
 using T = at::Tensor;
 using Forward = std::tuple<T, T>(const T&, const T&);
 using Backward = T(const T&, const T&, const T&, const T&);
+// The tensors the backward reads: kdops/ops/pkd_loss.py's `saved`, in its order (test_registry.py).
+enum Saved { kStudent, kTeacher, kChannelStats, kCount };
 
 struct PkdLoss : torch::autograd::Function<PkdLoss> {
   static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, stats] = op_handle<Forward>("kdops::pkd_loss").call(student, teacher);
-    ctx->save_for_backward({student, teacher, stats});
+    ctx->save_for_backward(in_saved_order<Saved>({{kStudent, student}, {kTeacher, teacher}, {kChannelStats, stats}}));
     ctx->mark_non_differentiable({stats});
     return {loss, stats};
   }
@@ -23,12 +25,12 @@ struct PkdLoss : torch::autograd::Function<PkdLoss> {
     const auto s = ctx->get_saved_variables();
     const auto& backward_op = op_handle<Backward>("kdops::pkd_loss_backward");
     variable_list out(2);
-    if (ctx->needs_input_grad(0)) out[0] = backward_op.call(grads[0], s[0], s[1], s[2]);
+    if (ctx->needs_input_grad(0)) out[0] = backward_op.call(grads[0], s[kStudent], s[kTeacher], s[kChannelStats]);
     if (ctx->needs_input_grad(1)) {
       // The statistics seen from the teacher's side: (mean_S, std_S, mean_T, std_T, sq) -> (mean_T, std_T, ...).
-      const T& stats = s[2];
+      const T& stats = s[kChannelStats];
       const T swapped = at::cat({stats.narrow(1, 2, 2), stats.narrow(1, 0, 2), stats.narrow(1, 4, 1)}, 1);
-      out[1] = backward_op.call(grads[0], s[1], s[0], swapped);
+      out[1] = backward_op.call(grads[0], s[kTeacher], s[kStudent], swapped);
     }
     return out;
   }

@@ -10,6 +10,8 @@ using T = at::Tensor;
 using OptT = c10::optional<T>;
 using Forward = std::tuple<T, T>(const T&, const T&, const OptT&, double, double, double, double, int64_t);
 using Backward = T(const T&, const T&, const T&, const OptT&, const T&, double, double, double, double, int64_t);
+// The tensors the backward reads: kdops/ops/soft_binary_cross_entropy.py's `saved`, in its order (test_registry.py).
+enum Saved { kStudent, kTeacher, kTarget, kNorm, kCount };
 
 struct SoftBinaryCrossEntropy : torch::autograd::Function<SoftBinaryCrossEntropy> {
   static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher, const OptT& target,
@@ -18,7 +20,8 @@ struct SoftBinaryCrossEntropy : torch::autograd::Function<SoftBinaryCrossEntropy
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, norm] = op_handle<Forward>("kdops::soft_binary_cross_entropy")
                             .call(student, teacher, target, pos_weight, neg_weight, temperature, mu, ignore_index);
-    ctx->save_for_backward({student, teacher, saved_or_undefined(target), norm});
+    ctx->save_for_backward(in_saved_order<Saved>({{kStudent, student}, {kTeacher, teacher},
+                                                   {kTarget, saved_or_undefined(target)}, {kNorm, norm}}));
     ctx->saved_data["pos_weight"] = pos_weight;
     ctx->saved_data["neg_weight"] = neg_weight;
     ctx->saved_data["temperature"] = temperature;
@@ -35,9 +38,9 @@ struct SoftBinaryCrossEntropy : torch::autograd::Function<SoftBinaryCrossEntropy
       const auto s = ctx->get_saved_variables();
       auto& d = ctx->saved_data;
       out[0] = op_handle<Backward>("kdops::soft_binary_cross_entropy_backward")
-                   .call(grads[0], s[0], s[1], optional_of(s[2]), s[3], d["pos_weight"].toDouble(),
-                         d["neg_weight"].toDouble(), d["temperature"].toDouble(), d["mu"].toDouble(),
-                         d["ignore_index"].toInt());
+                   .call(grads[0], s[kStudent], s[kTeacher], optional_of(s[kTarget]), s[kNorm],
+                         d["pos_weight"].toDouble(), d["neg_weight"].toDouble(), d["temperature"].toDouble(),
+                         d["mu"].toDouble(), d["ignore_index"].toInt());
     }
     return out;
   }

@@ -12,6 +12,8 @@ using Forward = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&
 using Backward = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
                             const c10::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, double, double,
                             int64_t);
+// The tensors the backward reads: kdops/ops/soft_cross_entropy.py's `saved`, in its order (test_registry.py).
+enum Saved { kStudent, kTeacher, kClassWeight, kTarget, kNorm, kRowStats, kCount };
 
 struct SoftCrossEntropy : torch::autograd::Function<SoftCrossEntropy> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& student, const at::Tensor& teacher,
@@ -20,8 +22,10 @@ struct SoftCrossEntropy : torch::autograd::Function<SoftCrossEntropy> {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, norm, row_stats] = op_handle<Forward>("kdops::soft_cross_entropy")
                                        .call(student, teacher, class_weight, target, temperature, mu, ignore_index);
-    ctx->save_for_backward(
-        {student, teacher, saved_or_undefined(class_weight), saved_or_undefined(target), norm, row_stats});
+    ctx->save_for_backward(in_saved_order<Saved>({{kStudent, student}, {kTeacher, teacher},
+                                                   {kClassWeight, saved_or_undefined(class_weight)},
+                                                   {kTarget, saved_or_undefined(target)}, {kNorm, norm},
+                                                   {kRowStats, row_stats}}));
     ctx->saved_data["temperature"] = temperature;
     ctx->saved_data["mu"] = mu;
     ctx->saved_data["ignore_index"] = ignore_index;
@@ -35,8 +39,9 @@ struct SoftCrossEntropy : torch::autograd::Function<SoftCrossEntropy> {
     if (ctx->needs_input_grad(0)) {
       const auto saved = ctx->get_saved_variables();
       out[0] = op_handle<Backward>("kdops::soft_cross_entropy_backward")
-                   .call(grads[0], saved[0], saved[1], optional_of(saved[2]), optional_of(saved[3]), saved[4],
-                         saved[5], ctx->saved_data["temperature"].toDouble(), ctx->saved_data["mu"].toDouble(),
+                   .call(grads[0], saved[kStudent], saved[kTeacher], optional_of(saved[kClassWeight]),
+                         optional_of(saved[kTarget]), saved[kNorm], saved[kRowStats],
+                         ctx->saved_data["temperature"].toDouble(), ctx->saved_data["mu"].toDouble(),
                          ctx->saved_data["ignore_index"].toInt());
     }
     return out;

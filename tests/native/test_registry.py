@@ -1,9 +1,11 @@
-"""Each op's interface is declared once (kdops/_registry.py Op): the C++ schemas and the Triton op agree with it,
-and the public function and the reference take its arguments, keyword-only after the leading tensors, in
-schema order."""
+"""Each op's interface is declared once (kdops/_registry.py Op): the C++ schemas, the C++ autograd's saved
+tensors and the Triton op agree with it, and the public function and the reference take its arguments,
+keyword-only after the leading tensors, in schema order."""
 
 import importlib
 import inspect
+import pathlib
+import re
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from support.backends import require_backend
 OPS = ["attention_masks", "bounded_regression", "box_masks", "cwd_loss", "feature_imitation", "fgd_feature_pass",
        "fgd_focal_loss", "gc_context", "pkd_loss", "relation_mse", "soft_binary_cross_entropy", "soft_cross_entropy"]
 NOT_OP_ARGUMENTS = {"backend", "return_terms", "validate"}  # public-only options
+AUTOGRAD = pathlib.Path(__file__).resolve().parents[2] / "csrc" / "autograd"
 
 
 def _spec(name):
@@ -38,6 +41,24 @@ def test_schemas_match_the_declaration(name, namespace):
     assert _schema(namespace, name) == str(torch._C.parse_schema("x" + spec.schema))[1:]
     if spec.backward_schema is not None:
         assert _schema(namespace, name + "_backward") == str(torch._C.parse_schema("x" + spec.backward_schema))[1:]
+
+
+def _cpp_saved(name):
+    """The names of csrc/autograd/<op>.cpp's `enum Saved { kStudent, kTeacherSpatial, ..., kCount }`, in order."""
+    text = (AUTOGRAD / f"{name}.cpp").read_text()
+    body = re.search(r"enum Saved \{(.*?)\};", text, re.S).group(1)
+    names = [item.strip() for item in body.split(",") if item.strip()]
+    assert names[-1] == "kCount", names
+    return [re.sub(r"(?<!^)(?=[A-Z])", "_", n[1:]).lower() for n in names[:-1]]  # kTeacherSpatial -> teacher_spatial
+
+
+@pytest.mark.parametrize("name", [n for n in OPS if n != "box_masks"])  # box_masks has no autograd
+def test_the_cpp_autograd_saves_what_the_declaration_names_in_its_order(name):
+    """The C++ autograd saves and reads its tensors by the names of this enum (in_saved_order, s[kName]);
+    the backward op takes them in the same order after the output gradients."""
+    spec = _spec(name)
+    assert _cpp_saved(name) == list(spec.saved)
+    assert [a for a in spec.backward_args if a in spec.saved] == [s for s in spec.saved if s in spec.backward_args]
 
 
 @pytest.mark.parametrize("name", OPS)
