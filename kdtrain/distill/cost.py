@@ -7,28 +7,13 @@ kdops ops), not the student network behind it.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import torch
 
-from kdtrain.distill.context import DistillContext
-
 
 def _leaf(t):
     return t.detach().requires_grad_(t.is_floating_point()) if torch.is_tensor(t) else t
-
-
-def _detached(ctx: DistillContext) -> DistillContext:
-    roi = rpn = None
-    if ctx.roi is not None:
-        roi = dataclasses.replace(ctx.roi, student_logits=_leaf(ctx.roi.student_logits),
-                                  student_regression=_leaf(ctx.roi.student_regression))
-    if ctx.rpn is not None:
-        rpn = dataclasses.replace(ctx.rpn, student_logits=_leaf(ctx.rpn.student_logits),
-                                  student_deltas=_leaf(ctx.rpn.student_deltas))
-    return dataclasses.replace(ctx, student_features={k: _leaf(v) for k, v in ctx.student_features.items()},
-                               roi=roi, rpn=rpn)
 
 
 def _sync(device):
@@ -51,7 +36,7 @@ def measure_step_and_terms(distiller, images, targets, repeats: int = 3) -> dict
             _sync(device)
             step_times.append(time.perf_counter() - start)
             distiller.zero_grad(set_to_none=True)
-            ctx = _detached(distiller.last_context)
+            ctx = distiller.last_context.with_student_tensors(_leaf)
             distiller.last_context = None
             for name, term in distiller.terms.items():
                 _sync(device)

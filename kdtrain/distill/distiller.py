@@ -21,6 +21,7 @@ from kdops.nn.pairing import Level
 from kdtrain.distill import recipes, terms as T
 from kdtrain.distill.auto_weights import DEFAULT_ITERS, DEFAULT_RATIO, AutoWeights
 from kdtrain.distill.context import DistillContext, RoiOutputs, RpnPair
+from kdtrain.distill.grad_flags import new_flag, watched
 from kdtrain.distill.levels import image_strides, pair_levels, probe_levels
 from kdtrain.distill.rpn import anchor_layout_mismatch, rpn_forward_with_logits, teacher_rpn_outputs
 from kdtrain.errors import UsageError
@@ -61,6 +62,8 @@ class Distiller(nn.Module):
         self.profile = False       # when on, time each term (with CUDA sync)
         self.term_seconds: dict = {}
         self.raw: dict = {}          # the last step's unweighted losses (detached tensors)
+        self.watch_gradients = False  # when on, grad_flags: per term, whether its last gradient was finite
+        self.grad_flags: dict = {}    # term name -> 0-dim bool tensor, written during backward
         self.last_context = None   # kept only when profile is on (it holds the graph)
         self._log = log
         self._rpn_shape_warned = False
@@ -147,10 +150,11 @@ class Distiller(nn.Module):
         calibration.
         """
         student = self.student
+        computed = self.keys_to_compute(iteration)
         # One shared transform (the student's): both nets see the same padded batch.
         image_list, targets = student.transform(images, targets)
         s_feats = _as_dict(student.backbone(image_list.tensors))
-        need_teacher = bool(self.terms)
+        need_teacher = bool(computed)
         t_feats, t_image_list, t_targets = None, image_list, targets
         if need_teacher:
             with torch.no_grad():
@@ -160,28 +164,58 @@ class Distiller(nn.Module):
         # Terms see boxes in the teacher's padded pixels (level pairs carry teacher strides).
         ctx = DistillContext(s_feats, t_feats, self.pairs, t_targets)
         if self.family == "two_stage":
-            losses = self._faster_rcnn_losses(image_list, s_feats, t_feats, targets, ctx, t_image_list)
+            losses = self._faster_rcnn_losses(image_list, s_feats, t_feats, targets, ctx, t_image_list, computed)
         else:
             losses = self._one_stage_losses(image_list, s_feats, targets)
         if self.profile:
             self.last_context = ctx
         raw = {}
-        for name, term in self.terms.items():
+        self.term_seconds = dict.fromkeys(self.terms, 0.0)
+        self.grad_flags = {}
+        watch = self.watch_gradients and self.training and torch.is_grad_enabled()
+        for name, keys in computed.items():
             start = self._tick()
-            raw.update(term(ctx))
+            term_ctx = ctx
+            if watch:
+                self.grad_flags[name] = new_flag(ctx)
+                term_ctx = watched(ctx, self.grad_flags[name])
+            raw.update(self.terms[name](term_ctx, keys))
             self.term_seconds[name] = self._tick() - start
-        if self.auto is not None and not self.auto.calibrated and self.training and not self.profile \
-                and torch.is_grad_enabled():
+        if self._calibrating():
             self.auto.observe(sum(losses.values()), raw, [p for p in self.student.parameters() if p.requires_grad],
                               iteration)
         factor = recipes.warmup_factor(iteration, self.warmup_iters)
         for key, value in raw.items():
-            losses[f"distill_{key}"] = value * (self.weight(key) * factor)
+            weight = self.weight(key) * factor
+            # 0 only for a key still calibrating: logged as 0 and kept off the graph, so its backward never runs.
+            losses[f"distill_{key}"] = value * weight if weight != 0 else torch.zeros_like(value)
         # Detached tensors: converting them here would wait for the device every step.
         self.raw = {k: v.detach() for k, v in raw.items()}
         for term in self.terms.values():
             self.raw.update(getattr(term, "last_terms", {}))
         return losses
+
+    def _calibrating(self) -> bool:
+        """Whether this training step measures the automatic weights' gradients."""
+        return (self.auto is not None and not self.auto.calibrated and self.training and not self.profile
+                and torch.is_grad_enabled())
+
+    def keys_to_compute(self, iteration: int) -> dict:
+        """{term name: its loss keys to compute at ``iteration``}, terms without any left out.
+
+        A key whose weight is 0 at this iteration is not computed, so its backward never runs (0 times
+        a NaN gradient is NaN). An automatic key still calibrating is the exception: the calibration
+        measures its raw loss's gradient, though its weight is 0 until then. Profiling computes every key.
+        """
+        factor = recipes.warmup_factor(iteration, self.warmup_iters)
+        calibrating = self._calibrating()
+        computed = {}
+        for name in self.terms:
+            keys = [k for k in recipes.TERM_KEYS[name] if self.profile or self.weight(k) * factor != 0
+                    or (calibrating and k in self.auto.keys)]
+            if keys:
+                computed[name] = keys
+        return computed
 
     @property
     def last_raw(self) -> dict:
@@ -209,23 +243,24 @@ class Distiller(nn.Module):
             torch.cuda.synchronize()
         return time.perf_counter()
 
-    def _faster_rcnn_losses(self, image_list, s_feats, t_feats, targets, ctx, t_image_list):
+    def _faster_rcnn_losses(self, image_list, s_feats, t_feats, targets, ctx, t_image_list, computed):
         student, teacher = self.student, self.teacher
-        if self.rpn_distill:
+        if self.rpn_distill and "chen_rpn" in computed:
             proposals, rpn_losses, rpn_out = rpn_forward_with_logits(student.rpn, image_list, s_feats, targets)
             with torch.no_grad():
                 t_logits, t_deltas, t_shapes = teacher_rpn_outputs(teacher.rpn, t_feats)
             if t_shapes == rpn_out.level_shapes:
                 i = rpn_out.sampled
                 ctx.rpn = RpnPair(rpn_out.objectness[i], t_logits[i], rpn_out.deltas[i], t_deltas[i],
-                                  rpn_out.regression_targets[i], rpn_out.labels[i])
+                                  rpn_out.regression_targets[i], rpn_out.labels[i],
+                                  positive=slice(0, rpn_out.num_positive))
             elif not self._rpn_shape_warned:
                 self._log(f"[kdtrain] RPN distillation off: anchor grids differ "
                           f"(student {rpn_out.level_shapes}, teacher {t_shapes})")
                 self._rpn_shape_warned = True
         else:
             proposals, rpn_losses = student.rpn(image_list, s_feats, targets)
-        if "chen_rcn" not in self.terms:
+        if "chen_rcn" not in computed:
             _, det_losses = student.roi_heads(s_feats, proposals, image_list.image_sizes, targets)
             return {**rpn_losses, **det_losses}
         # Chen 2017: sample once (the student's proposals), then both box heads on them.

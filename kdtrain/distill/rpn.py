@@ -20,7 +20,8 @@ class RpnOutputs:
     deltas: torch.Tensor              # (N * anchors, 4) student box deltas
     labels: torch.Tensor              # (N * anchors,) 1 object, 0 background, -1 ignored
     regression_targets: torch.Tensor  # (N * anchors, 4)
-    sampled: torch.Tensor             # indices of the anchors the loss uses
+    sampled: torch.Tensor             # indices of the anchors the loss uses: the positive ones first
+    num_positive: int                 # how many of them are positive (known on the host: no wait)
     level_shapes: list                # (A, H, W) per level, to check layouts
     num_images: int
 
@@ -51,7 +52,7 @@ def rpn_forward_with_logits(rpn, images, features: dict, targets):
     objectness_loss = F.binary_cross_entropy_with_logits(objectness[sampled_inds], labels[sampled_inds])
     losses = {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}
     return boxes, losses, RpnOutputs(objectness, pred_bbox_deltas, labels, regression_targets, sampled_inds,
-                                     level_shapes, num_images)
+                                     int(sampled_pos_inds.numel()), level_shapes, num_images)
 
 
 def teacher_rpn_outputs(rpn, features: dict) -> tuple[torch.Tensor, torch.Tensor, list]:

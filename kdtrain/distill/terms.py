@@ -13,7 +13,7 @@ from torch import nn
 
 from kdops.nn import BoundedRegressionLoss, DistillBinaryCrossEntropy, DistillCrossEntropy
 from kdops.nn.maps_distiller import MapsDistiller, match_size as matched_student_feature  # noqa: F401 (visualize)
-from kdtrain.distill.context import DistillContext
+from kdtrain.distill.context import DistillContext, positive_rows
 
 
 class FeatureTerm(nn.Module):
@@ -36,7 +36,8 @@ class FeatureTerm(nn.Module):
         self.distiller = MapsDistiller(student_levels, teacher_levels, pairs, loss=(self.name, options),
                                        reduction=self.reduction)
 
-    def forward(self, ctx: DistillContext) -> dict:
+    def forward(self, ctx: DistillContext, keys=None) -> dict:
+        """{name: raw loss}; ``keys`` (the loss keys the Distiller uses this step) is always this one."""
         # Boxes in the teacher's padded pixels; MapsDistiller divides them by each pair's stride.
         boxes = [t["boxes"] for t in ctx.targets] if self.needs_boxes else None
         return {self.name: self.distiller.distil(ctx.student_features, ctx.teacher_features, boxes)["total"]}
@@ -79,8 +80,8 @@ class FGDTerm(FeatureTerm):
         super().__init__(student_levels, teacher_levels, pairs, family=self.family)
         self.last_terms: dict = {}
 
-    def forward(self, ctx):
-        out = super().forward(ctx)
+    def forward(self, ctx, keys=None):
+        out = super().forward(ctx, keys)
         self.last_terms = {}
         for module in self.distiller.losses:
             for k, v in module.last_terms.items():
@@ -104,14 +105,23 @@ class PKDTerm(FeatureTerm):
     name = "pkd"
 
 
-def bounded_over_rows(loss: BoundedRegressionLoss, student, teacher, target, positive) -> torch.Tensor:
-    """``loss`` summed over the positive rows and divided by all rows.
+def bounded_over_rows(loss: BoundedRegressionLoss, student, teacher, target, total_rows: int) -> torch.Tensor:
+    """``loss`` summed over the rows given (the positive ones) and divided by ``total_rows``, all sampled rows.
 
-    Chen 2017 eq. 1 averages L_reg over all N sampled rows, zero for the negatives, as
-    torchvision's own box losses do; kdops averages over the weighted rows, hence the factor.
+    Chen 2017 eq. 1 averages L_reg over all N sampled rows, zero for the negatives, as torchvision's
+    own box losses do; kdops averages over the rows it is given, hence the factor. Only the positive
+    rows are given, as torchvision's losses read only them: a negative row's target is encoded against
+    whatever box it was matched to, and an image without objects gives -inf (the log of a zero size).
     """
-    weight = positive.to(torch.float32)
-    return loss(student, teacher, target, weight=weight) * (weight.sum() / max(weight.shape[0], 1))
+    return loss(student, teacher, target) * (student.shape[0] / max(total_rows, 1))
+
+
+def _wants(keys, key: str) -> bool:
+    return keys is None or key in keys
+
+
+def _present(losses: dict) -> dict:
+    return {k: v for k, v in losses.items() if v is not None}
 
 
 class ChenRcnTerm(nn.Module):
@@ -125,17 +135,22 @@ class ChenRcnTerm(nn.Module):
         self.soft = DistillCrossEntropy(background_weight=background_weight, temperature=temperature)
         self.bounded = BoundedRegressionLoss(nu=1.0, margin=margin)  # nu is the chen_rcn_reg weight
 
-    def forward(self, ctx: DistillContext) -> dict:
+    def forward(self, ctx: DistillContext, keys=None) -> dict:
+        """{loss key: raw loss} of ``keys`` (None: both)."""
         roi = ctx.roi
-        rows = roi.labels.shape[0]
-        index = torch.arange(rows, device=roi.labels.device)
+        bounded = None
+        if _wants(keys, "chen_rcn_reg"):
+            rows, positive = roi.labels.shape[0], positive_rows(roi.labels, roi.positive)
+            labels = roi.labels[positive]
 
-        def gt_class_deltas(reg):  # (R, K*4) -> (R, 4) of each row's label (the background row for negatives)
-            return reg.reshape(rows, reg.shape[-1] // 4, 4)[index, roi.labels]
+            def gt_class_deltas(reg):  # (R, K*4) -> (P, 4): each positive row's deltas of its label
+                return reg.reshape(rows, reg.shape[-1] // 4, 4)[positive, labels]
 
-        bounded = bounded_over_rows(self.bounded, gt_class_deltas(roi.student_regression),
-                                    gt_class_deltas(roi.teacher_regression), roi.regression_targets, roi.labels > 0)
-        return {"chen_rcn_cls": self.soft(roi.student_logits, roi.teacher_logits), "chen_rcn_reg": bounded}
+            bounded = bounded_over_rows(self.bounded, gt_class_deltas(roi.student_regression),
+                                        gt_class_deltas(roi.teacher_regression), roi.regression_targets[positive],
+                                        rows)
+        soft = self.soft(roi.student_logits, roi.teacher_logits) if _wants(keys, "chen_rcn_cls") else None
+        return _present({"chen_rcn_cls": soft, "chen_rcn_reg": bounded})
 
 
 class ChenRpnTerm(nn.Module):
@@ -148,10 +163,15 @@ class ChenRpnTerm(nn.Module):
         self.soft = DistillBinaryCrossEntropy(pos_weight=pos_weight, neg_weight=neg_weight)
         self.bounded = BoundedRegressionLoss(nu=1.0, margin=margin)  # nu is the chen_rpn_reg weight
 
-    def forward(self, ctx: DistillContext) -> dict:
+    def forward(self, ctx: DistillContext, keys=None) -> dict:
+        """{loss key: raw loss} of ``keys`` (None: both); {} when the anchor layouts differ."""
         rpn = ctx.rpn
         if rpn is None:
             return {}
-        bounded = bounded_over_rows(self.bounded, rpn.student_deltas, rpn.teacher_deltas, rpn.regression_targets,
-                                    rpn.labels > 0)
-        return {"chen_rpn_cls": self.soft(rpn.student_logits, rpn.teacher_logits), "chen_rpn_reg": bounded}
+        bounded = None
+        if _wants(keys, "chen_rpn_reg"):
+            positive = positive_rows(rpn.labels, rpn.positive)
+            bounded = bounded_over_rows(self.bounded, rpn.student_deltas[positive], rpn.teacher_deltas[positive],
+                                        rpn.regression_targets[positive], rpn.labels.shape[0])
+        soft = self.soft(rpn.student_logits, rpn.teacher_logits) if _wants(keys, "chen_rpn_cls") else None
+        return _present({"chen_rpn_cls": soft, "chen_rpn_reg": bounded})
