@@ -61,12 +61,9 @@ def load(path: str, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        unsafe = _unsafe_globals(path)
+        unsafe = unsafe_globals(path)
         if unsafe:
-            raise UsageError(f"refused to load checkpoint {path}: it holds {', '.join(unsafe)}, which a kdtrain "
-                             "checkpoint never does (only tensors, numbers, strings and containers); loading it "
-                             "could run code. Use checkpoints written by kdtrain, or re-save the weights "
-                             "you trust as a plain state_dict") from None
+            raise refused(path, unsafe) from None
         raise _unreadable(path, e) from e
     except Exception as e:  # a torn or foreign file: torch.load raises EOFError, RuntimeError, KeyError, ...
         raise _unreadable(path, e) from e
@@ -81,10 +78,20 @@ def _unreadable(path: str, error: Exception) -> UsageError:
                       f"({type(error).__name__}{detail})")
 
 
-def _unsafe_globals(path: str) -> list[str]:
-    """The types a checkpoint asks the unpickler for beyond weights_only's."""
+def refused(path: str, unsafe: list[str], writer: str = "kdtrain",
+            holds: str = "tensors, numbers, strings and containers") -> UsageError:
+    """The one line for a checkpoint whose pickle asks for ``unsafe`` globals, which a checkpoint written by
+    ``writer`` never holds (it holds only ``holds``)."""
+    article = "an" if writer[:1].lower() in "aeiou" else "a"
+    return UsageError(f"refused to load checkpoint {path}: it holds {', '.join(unsafe)}, which {article} {writer} "
+                      f"checkpoint never does (only {holds}); loading it could run code. Use checkpoints written "
+                      f"by {writer}, or re-save the weights you trust as a plain state_dict")
+
+
+def unsafe_globals(path: str, allowed: tuple = ()) -> list[str]:
+    """The types a checkpoint asks the unpickler for beyond weights_only's, and beyond ``allowed`` (their names)."""
     try:
-        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        return [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
     except Exception:  # not a zip checkpoint at all: the caller reports the load error instead
         return []
 

@@ -6,6 +6,8 @@ events and errors when online. Here: YOLO_OFFLINE=1 before the import (ONLINE is
 error reports or pip auto-updates), a settings folder of kdtrain's own unless YOLO_CONFIG_DIR is set,
 with the integrations (ClearML, Comet, DVC, MLflow, Ray Tune, ...) off, and matplotlib's DejaVu Sans
 saved there under the names check_font looks for. The trainer keeps amp off (no AMP check) and plots off.
+ULTRALYTICS_SAFE_LOAD=1 (unless set otherwise) makes ultralytics load checkpoints with weights_only and
+its allow-list of model classes instead of unpickling them with full trust (kdtrain/yolo/safe_files.py).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def import_ultralytics(config_dir: str | None = None):
     if missing:
         raise ImportError(missing)
     os.environ["YOLO_OFFLINE"] = "1"  # read at import: no DNS probe, ONLINE = False
+    os.environ.setdefault("ULTRALYTICS_SAFE_LOAD", "1")  # read at import: checkpoints load weights_only
     own = "ultralytics" not in sys.modules and not os.environ.get("YOLO_CONFIG_DIR")
     if own:
         os.environ["YOLO_CONFIG_DIR"] = config_dir or default_config_dir()

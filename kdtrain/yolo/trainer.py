@@ -37,6 +37,7 @@ from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 from kdops.nn import FeatureDistiller  # noqa: E402
 from kdtrain.distill.recipes import DEFAULT_WEIGHTS  # noqa: E402
 from kdtrain.errors import UsageError  # noqa: E402
+from kdtrain.yolo.safe_files import check_files  # noqa: E402
 
 # recipe -> FeatureDistiller loss spec. FGD: the RetinaNet preset, FGD's one-stage setting (YOLO's
 # dense head is one-stage); imitation: kdops.nn.HintLoss' mean-normalised MSE, kdtrain's choice.
@@ -82,6 +83,7 @@ def load_teacher(spec, nc: int, channels: int = 3) -> tuple[nn.Module, object]:
             spec = TorchvisionBackbone(spec)
         return spec, "backbone" if isinstance(spec, TorchvisionBackbone) else None
     spec = str(spec)
+    check_files({"teacher": spec})  # before ultralytics unpickles or parses it
     if spec.endswith((".yaml", ".yml")):
         return DetectionModel(spec, nc=nc, ch=channels, verbose=False), None
     if not os.path.isfile(spec):
@@ -233,6 +235,7 @@ def train_yolo(student: str, data: str, teacher=None, recipe: str = "fgd", weigh
 
     from ultralytics.data.utils import check_det_dataset
 
+    check_files({"--student": student, "--teacher": teacher, "--data": data})  # before ultralytics reads any
     try:  # missing images are an error here, never a download (the trainer's own check would fetch a download: URL)
         check_det_dataset(data, autodownload=False)
     except (FileNotFoundError, KeyError, SyntaxError) as e:

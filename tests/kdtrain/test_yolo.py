@@ -182,3 +182,58 @@ def test_missing_ultralytics_is_one_line(monkeypatch, capsys):
     assert main(["yolo", "--teacher", "t.pt"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install ultralytics" in err[0] and "AGPL-3.0" in err[0]
+
+
+class _Payload:
+    """Unpickling this runs code: it writes the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def _yolo_checkpoint(path, extra=None):
+    """An ultralytics checkpoint as its trainer writes one (the EMA model in half precision), plus ``extra``."""
+    from kdtrain.yolo.offline import import_ultralytics
+
+    import_ultralytics()  # offline, before any ultralytics module
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel("yolov8n.yaml", verbose=False).half()  # its 80 classes: ultralytics logs nothing
+    torch.save({"epoch": -1, "model": None, "ema": model, "updates": 0, "optimizer": None,
+                "train_args": {"imgsz": 64}, "date": "2025-01-01", "version": "8", **(extra or {})}, path)
+    return str(path)
+
+
+@needs_ultralytics
+@pytest.mark.parametrize("flag", ["--teacher", "--student"])
+def test_a_payload_in_a_yolo_checkpoint_never_runs(offline, tmp_path, capsys, flag):
+    marker = tmp_path / "ran"
+    evil = _yolo_checkpoint(tmp_path / "evil.pt", {"notes": _Payload(marker)})
+    other = {"--teacher": ["--student", "yolov8n.yaml"], "--student": ["--teacher", "yolov8s.yaml"]}[flag]
+    with pytest.raises(SystemExit) as e:
+        main(["yolo", flag, evil, *other, "--data", offline["data"], "--output-dir", str(tmp_path / "runs"),
+              "--epochs", "1", "--imgsz", "64", "--batch", "2", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert not marker.exists(), "the payload ran"
+    assert e.value.code == 2 and "Traceback" not in err
+    assert f"refused to load checkpoint {evil}: it holds builtins.exec, which an ultralytics checkpoint never" in err
+    assert offline["attempts"] == []
+
+
+@needs_ultralytics
+def test_a_plain_yolo_checkpoint_passes_the_check_and_python_yaml_tags_are_refused(offline, tmp_path):
+    from kdtrain.errors import UsageError
+    from kdtrain.yolo.safe_files import check_files
+
+    check_files({"--teacher": _yolo_checkpoint(tmp_path / "good.pt")})  # ultralytics' own classes only
+    marker = tmp_path / "ran"
+    tagged = tmp_path / "tagged.yaml"
+    tagged.write_text(f"nc: 1\nnames: !!python/object/apply:os.system ['touch {marker}']\n")
+    for flag in ("--data", "--student", "--teacher"):
+        with pytest.raises(UsageError, match=rf"{flag}: {tagged} is not plain YAML \(could not determine a "
+                                             r"constructor for the tag .*python/object/apply:os.system"):
+            check_files({flag: str(tagged)})
+    assert not marker.exists()
