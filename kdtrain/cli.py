@@ -2,7 +2,8 @@
 
 Each subcommand is one module of kdtrain/commands/ (its parser and its run). This module wires them,
 checks kdtrain's third-party modules are installed, and turns a user error into one line and the
-usage (exit 2). It imports no torch, so ``--help`` answers at once.
+usage (exit 2), and a run that stopped (RunStopped) into its one line (exit 1). It imports no torch, so
+``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib.util
 import sys
 
 from kdtrain.commands import demo, efficacy, eval, plot, predict, pseudo_label, train, two_step, visualize, yolo
-from kdtrain.errors import UsageError
+from kdtrain.errors import RunStopped, UsageError
 
 COMMANDS = (train, eval, predict, pseudo_label, two_step, demo, efficacy, visualize, plot, yolo)  # --help order
 
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "With no subcommand it runs the built-in offline demo.",
         epilog="python -m kdtrain COMMAND --help lists the flags of a command.")
     parser.add_argument("--debug", action="store_true",
-                        help="on a usage error (bad flag value, missing file), show the traceback too")
+                        help="on a usage error (bad flag value, missing file) or a stopped run, show the traceback too")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(subparsers)
@@ -83,3 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         command_parser.error(str(e))  # usage line, message, exit code 2
+    except RunStopped as e:
+        if args.debug:
+            raise
+        print(f"{command_parser.prog}: stopped: {e}", file=sys.stderr)
+        return 1

@@ -8,12 +8,14 @@ missing file is reported before torch loads.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+from collections.abc import Hashable
 from typing import Optional
 
 from kdtrain.architectures import ARCHITECTURES
-from kdtrain.distill.recipes import AUTO_ITERS, AUTO_RATIO, parse_recipe, parse_weight_spec, parse_weights
-from kdtrain.errors import UsageError, require_dir, require_file
+from kdtrain.distill.recipes import AUTO_ITERS, AUTO_RATIO, check_weights_fit, parse_recipe
+from kdtrain.errors import UsageError, require_dir, require_file, require_writable_dir
 
 # Options with a fixed set of values (the CLI's choices; config-file values are checked against them too).
 CHOICES = {
@@ -26,10 +28,14 @@ CHOICES = {
     "amp": ("auto", "off", "bf16", "fp16"),
     "device": ("auto", "cpu", "cuda"),
     "variant": ("standard", "label-scarce"),
+    "nonfinite": ("stop", "skip"),
 }
-# Allowed values of numeric options: (test, what it says). Checked for flags, config files and the Python API.
+# Allowed values of numeric options: (test, what it says). Checked for flags, config files and the Python API,
+# of every command (their config dataclasses below); a float must also be finite.
 _POSITIVE_INT = (lambda v: v > 0, "an integer > 0")
 _FRACTION = (lambda v: 0 < v <= 1, "a number in (0, 1]")
+_UNIT = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
+_SEED = (lambda v: 0 <= v < 2 ** 32, "an integer in [0, 2^32 - 1]")  # numpy's seed range
 RANGES = {
     "iterations": _POSITIVE_INT, "batch_size": _POSITIVE_INT, "eval_batch_size": _POSITIVE_INT,
     "log_every": _POSITIVE_INT, "checkpoint_every": _POSITIVE_INT, "threads": _POSITIVE_INT,
@@ -40,7 +46,7 @@ RANGES = {
     "lr_warmup": (lambda v: v >= 0, "an integer >= 0"),
     "distill_warmup": (lambda v: v >= 0, "an integer >= 0"),
     "distill_auto_ratio": (lambda v: v > 0, "a number > 0"),
-    "distill_auto_iters": _POSITIVE_INT,
+    "distill_auto_iters": _POSITIVE_INT, "max_skipped_steps": _POSITIVE_INT,
     "aspect_ratio_group_factor": (lambda v: v >= -1, "an integer >= -1 (-1: off)"),
     "labeled_fraction": _FRACTION, "student_scale": _FRACTION,
     "hflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
@@ -51,6 +57,11 @@ RANGES = {
     "clip_grad": (lambda v: v >= 0, "a number >= 0 (0: off)"),
     "lr_steps": (lambda v: all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v),
                  "a list of integers > 0"),
+    "seed": _SEED, "labeled_subset_seed": _SEED,
+    # pseudo-label, predict and two-step
+    "score_threshold": _UNIT, "nms_iou": _UNIT, "merge_nms_iou": _UNIT, "max_detections": _POSITIVE_INT,
+    "pseudo_score_threshold": _UNIT, "pseudo_nms_iou": _UNIT, "pseudo_max_detections": _POSITIVE_INT,
+    "step1_iterations": _POSITIVE_INT, "step2_iterations": _POSITIVE_INT, "step2_lr": (lambda v: v > 0, "a number > 0"),
 }
 CACHE_DIR_ENV = "KDTRAIN_CACHE_DIR"
 DEFAULT_ITERATIONS = 1000  # when neither iterations nor epochs is set
@@ -110,6 +121,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: bool = False  # else checkpoint_last.pth is deleted once model_final.pth is written
     log_every: int = 20
+    nonfinite: str = "stop"         # a NaN/Inf loss or gradient: stop with its name, or skip the step (nonfinite.py)
+    max_skipped_steps: int = 10     # --nonfinite skip: stop after this many bad steps in a row
     eval_batch_size: int = 4
     no_eval: bool = False
     tensorboard: bool = False
@@ -127,11 +140,17 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_range(name: str, value) -> None:
-    """UsageError naming the flag, the config key and the allowed values unless RANGES[name] admits ``value``."""
+def check_range(name: str, value, flag: str | None = None) -> None:
+    """UsageError naming the flag, the config key and the allowed values unless RANGES[name] admits ``value``
+    (a finite one). ``flag``: the flag of a command without a config file (named alone)."""
     test, allowed = RANGES[name]
-    if value is not None and not test(value):
-        raise UsageError(f"{_flag(name)} (config key {name}): must be {allowed}, got {value!r}")
+    if value is None:
+        return
+    where = flag or f"{_flag(name)} (config key {name})"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"{where}: must be {allowed} and finite, got {value!r}")
+    if not test(value):
+        raise UsageError(f"{where}: must be {allowed}, got {value!r}")
 
 
 def _checked_value(path: str, name: str, value):
@@ -151,6 +170,26 @@ def _checked_value(path: str, name: str, value):
     return value
 
 
+def _yaml_load_unique_keys(stream):
+    """yaml.safe_load, but a key given twice in one mapping is an error (PyYAML keeps the last one silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, Hashable):
+                    break  # PyYAML's own error follows
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return yaml.load(stream, Loader=UniqueKeyLoader)
+
+
 def _parse_config_file(path: str):
     if path.endswith(".toml"):
         import tomllib
@@ -159,7 +198,7 @@ def _parse_config_file(path: str):
     else:
         import yaml
 
-        bad, mode, load = yaml.YAMLError, "r", yaml.safe_load
+        bad, mode, load = yaml.YAMLError, "r", _yaml_load_unique_keys
     try:
         with open(path, mode) as f:
             data = load(f)
@@ -203,14 +242,17 @@ def check_train_config(cfg: TrainConfig, need_data: bool = True) -> TrainConfig:
         raise UsageError("training needs --train-images and --train-ann (flags, or keys of the --config file)")
     for name in FIELDS:  # flags and config files are typed already; a TrainConfig built in Python is not
         setattr(cfg, name, _checked_value("TrainConfig", name, getattr(cfg, name)))
-    for name in RANGES:
+    for name in [n for n in RANGES if n in FIELDS]:
         check_range(name, getattr(cfg, name))
     for name, choices in CHOICES.items():
         value = getattr(cfg, name, None)
         if value is not None and value not in choices:
             raise UsageError(f"{_flag(name)}: {value!r} is not one of: {', '.join(choices)}")
-    parse_recipe(cfg.recipe)
-    parse_weights(cfg.distill_weights)
+    if cfg.min_size is not None and cfg.max_size is not None and cfg.max_size < cfg.min_size:
+        raise UsageError(f"--max-size {cfg.max_size} is below --min-size {cfg.min_size}: the cap on the longer "
+                         "side must be at least the shorter side's size")
+    check_weights_fit(cfg.recipe, cfg.distill_weights)
+    require_writable_dir(cfg.output_dir, "--output-dir")
     for name in ("train_images", "val_images"):
         if getattr(cfg, name):
             require_dir(getattr(cfg, name), _flag(name))
@@ -253,6 +295,11 @@ class TwoStepConfig:
     step2_iterations: Optional[int] = None
     step2_lr: Optional[float] = None
     step1_init: Optional[str] = None      # step 2 alone: the step-1 student (default OUTPUT/step1/model_final.pth)
+
+    @staticmethod
+    def step1_recipe_of(recipe: str) -> str:
+        """Step 1's recipe: the one given, else the paper's feature imitation (masked by the teacher's boxes)."""
+        return recipe if recipe != "none" else "imitation"
 
 
 def default_cache_dir() -> str:
@@ -317,10 +364,12 @@ class VisualizeConfig:
             raise UsageError(f"--num-images: must be an integer > 0, got {self.num_images}")
         if self.temperature is not None and not self.temperature > 0:
             raise UsageError(f"--temperature: must be a number > 0, got {self.temperature}")
+        check_range("threads", self.threads, "--threads")
         require_file(self.student, "--student")
         require_file(self.teacher, "--teacher")
         require_dir(self.images, "--images")
         require_file(self.ann, "--ann")
+        require_writable_dir(self.output_dir, "--output-dir")
         return self
 
 
@@ -395,13 +444,16 @@ def check_efficacy_config(b: EfficacyConfig) -> None:
         recipe, weights = split_spec(spec)
         try:
             terms = parse_recipe(recipe)
-            parse_weight_spec(weights)
+            check_weights_fit(recipe, weights)
         except UsageError as e:
             raise UsageError(f"--recipes: {spec!r}: {e}") from None
         if not terms and weights:
             raise UsageError(f"--recipes: {spec!r}: recipe {recipe!r} has no distillation weights to set")
     if not b.seeds or len(set(b.seeds)) != len(b.seeds):
         raise UsageError(f"--seeds: expected distinct seeds, got {b.seeds!r}")
+    for seed in b.seeds:
+        check_range("seed", seed, "--seeds")
+    require_writable_dir(b.output_dir, "--output-dir")
     for name in ("iterations", "batch_size", "lr", "distill_warmup", "distill_auto_ratio", "distill_auto_iters",
                  "workers", "threads"):
         check_range(name, getattr(b, name))

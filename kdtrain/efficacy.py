@@ -5,7 +5,9 @@ table gives per recipe the mean +- std over seeds of mAP, AP50 and APs, the pair
 the undistilled student (``none``, same seed), the wall time of a run and what the distillation terms
 cost per training step. OUTPUT_DIR/efficacy_results.json is rewritten after every finished run, so
 a killed efficacy run started again with the same settings skips the finished runs and restarts the one
-it was in. The data, teacher and student default to the demo's (kdtrain/demo/common.py).
+it was in. A run that fails (its loss goes non-finite, it runs out of memory, ...) is recorded as
+failed with its one-line reason, listed under the table, and the others go on; started again, the
+table retries it. The data, teacher and student default to the demo's (kdtrain/demo/common.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tqdm import tqdm
 from kdtrain.config import EfficacyConfig, check_efficacy_config, split_spec
 from kdtrain.demo import prepare_data_and_teacher, profile_terms, run_record, student_config
 from kdtrain.engine import train
-from kdtrain.errors import UsageError
+from kdtrain.errors import UsageError, one_line
 from kdtrain.result_plots import seed_gains, write_seed_plot
 
 RESULTS, TABLE, PLOT = "efficacy_results.json", "efficacy_results.md", "efficacy_results.png"
@@ -45,8 +47,8 @@ def _data_and_teacher(b: EfficacyConfig, log) -> tuple[dict, str, dict]:
 
     data = {"train": {"images": b.train_images, "ann": b.train_ann}, "val": {"images": b.val_images, "ann": b.val_ann}}
     teacher, _, _ = load_detector(b.teacher)
-    metrics = evaluate(teacher, CocoDetection(b.val_images, b.val_ann, require_annotations=False), DistInfo(), 8,
-                       0, b.progress, desc="eval[teacher]")
+    val_set = CocoDetection(b.val_images, b.val_ann, require_annotations=False, scoring=True)
+    metrics = evaluate(teacher, val_set, DistInfo(), 8, 0, b.progress, desc="eval[teacher]")
     return data, b.teacher, {**metrics, "params": count_parameters(teacher)}
 
 
@@ -101,6 +103,31 @@ def _train_one(b: EfficacyConfig, data: dict, teacher: str, spec: str, seed: int
               "wall_seconds": time.perf_counter() - started, "distill_weights": summary["distill_weights"],
               "auto_weights": summary["auto_weights"]}
     return record, summary
+
+
+def failed_record(spec: str, seed: int, error: Exception, seconds: float) -> dict:
+    """A run that raised: its name, seed and one-line reason (the error's type and first line)."""
+    return {"name": spec, "seed": seed, "recipe": split_spec(spec)[0], "weights": split_spec(spec)[1] or "default",
+            "failed": one_line(error), "wall_seconds": seconds}
+
+
+def finished(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if "failed" not in r]
+
+
+def failed_runs(b: EfficacyConfig, runs: list[dict]) -> list[dict]:
+    """The runs of this table (its recipes and seeds) that failed."""
+    return [r for r in runs if "failed" in r and r["name"] in b.recipes and r["seed"] in b.seeds]
+
+
+def failed_runs_table(failed: list[dict]) -> str:
+    """The failed runs under the table, or "" when none failed."""
+    if not failed:
+        return ""
+    lines = ["Failed runs (in no row above; the next invocation with the same settings retries them):", "",
+             "| recipe | seed | reason |", "| --- | --- | --- |"]
+    lines += [f"| {r['name']} | {r['seed']} | {r['failed'].replace('|', '/')} |" for r in failed]
+    return "\n" + "\n".join(lines) + "\n"
 
 
 def _overhead(b: EfficacyConfig, data: dict, teacher: str, recipe: str, student_path: str) -> dict:
@@ -177,7 +204,7 @@ def _caption(b: EfficacyConfig, teacher: str) -> str:
 def _save(b: EfficacyConfig, results: dict, teacher_row: dict, started: float) -> None:
     """The rows so far and every run, to OUTPUT_DIR/efficacy_results.json."""
     results.update(config=dataclasses.asdict(b), teacher=teacher_row,
-                   rows=summarize(b, results["runs"], results["overhead"]),
+                   rows=summarize(b, finished(results["runs"]), results["overhead"]),
                    compute_seconds=sum(r["wall_seconds"] for r in results["runs"]),
                    wall_seconds_this_invocation=time.perf_counter() - started)
     _write_json(os.path.join(b.output_dir, RESULTS), results)
@@ -189,7 +216,7 @@ def run_efficacy(b: EfficacyConfig, log=print) -> dict:
     os.makedirs(b.output_dir, exist_ok=True)
     results = _load_results(b, log)  # before the teacher: a settings clash fails at once
     data, teacher, teacher_row = _data_and_teacher(b, log)
-    done = {(r["name"], r["seed"]) for r in results["runs"]}
+    done = {(r["name"], r["seed"]) for r in finished(results["runs"])}
     # Seed-major: an interrupted run has whole seeds, whose gains pair up.
     plan = [(spec, seed) for seed in b.seeds for spec in b.recipes]
     todo = [p for p in plan if p not in done]
@@ -201,22 +228,32 @@ def run_efficacy(b: EfficacyConfig, log=print) -> dict:
     for spec, seed in todo:
         bar.set_postfix_str(f"{spec} seed {seed}")
         log(f"[efficacy] {spec} seed {seed}: {b.iterations} iterations")
-        record, summary = _train_one(b, data, teacher, spec, seed, log)
+        run_started = time.perf_counter()
+        try:
+            record, summary = _train_one(b, data, teacher, spec, seed, log)
+        except UsageError:
+            raise  # the settings: every run would fail the same way
+        except Exception as e:  # this run only: recorded, and the table goes on
+            record, summary = failed_record(spec, seed, e, time.perf_counter() - run_started), None
+            log(f"[efficacy] {spec} seed {seed} failed: {record['failed']}")
         recipe = split_spec(spec)[0]
-        if recipe != BASELINE and recipe not in results["overhead"]:  # once per recipe: weights do not change it
-            results["overhead"][recipe] = _overhead(b, data, teacher, recipe, summary["final_checkpoint"])
-        if not b.keep_models:
-            os.remove(summary["final_checkpoint"])
-        results["runs"].append(record)
+        if summary is not None:
+            if recipe != BASELINE and recipe not in results["overhead"]:  # once per recipe: weights do not change it
+                results["overhead"][recipe] = _overhead(b, data, teacher, recipe, summary["final_checkpoint"])
+            if not b.keep_models:
+                os.remove(summary["final_checkpoint"])
+        results["runs"] = [r for r in results["runs"] if (r["name"], r["seed"]) != (spec, seed)] + [record]
         _save(b, results, teacher_row, started)
         bar.update(1)
     bar.close()
     _save(b, results, teacher_row, started)
     caption = _caption(b, teacher)
+    failed = failed_runs(b, results["runs"])
+    table = markdown_table(results["rows"], teacher_row, caption) + failed_runs_table(failed)
     with open(os.path.join(b.output_dir, TABLE), "w") as f:
-        f.write(markdown_table(results["rows"], teacher_row, caption))
-    write_seed_plot(results["rows"], results["runs"], os.path.join(b.output_dir, PLOT), BASELINE,
+        f.write(table)
+    write_seed_plot(results["rows"], finished(results["runs"]), os.path.join(b.output_dir, PLOT), BASELINE,
                     f"kdtrain efficacy: {len(b.recipes)} recipes x {len(b.seeds)} seed(s)", caption)
-    log(markdown_table(results["rows"], teacher_row, caption))
+    log(table)
     log(f"[efficacy] results in {', '.join(os.path.join(b.output_dir, n) for n in (RESULTS, TABLE, PLOT))}")
     return results

@@ -30,14 +30,19 @@ from kdtrain.errors import UsageError
 from kdtrain.evaluate import evaluate
 from kdtrain.metrics_log import MetricsWriter
 from kdtrain.model_args import check_model_args
-from kdtrain.models import ModelSpec, build_detector, count_parameters, load_detector
-from kdtrain.resume import FINAL, load_training_state, restart_metrics, resume_path
+from kdtrain.models import ModelSpec, build_detector, check_weights_name, count_parameters, load_detector
+from kdtrain.nonfinite import ELSEWHERE, NonFiniteError, SkippedSteps, agreed, all_finite, culprit, step_flags, \
+    stop_message
+from kdtrain.resume import FINAL, load_training_state, load_weights, restart_metrics, restore, resume_path
 from kdtrain.runtime import amp_dtype, autocast, seed_everything, set_threads
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
     check_train_config(cfg)
     check_model_args(cfg.arch, cfg.model_kwargs)
+    check_weights_name(cfg.arch, cfg.weights, "--weights")
+    if cfg.teacher_arch:
+        check_weights_name(cfg.teacher_arch, cfg.teacher_weights, "--teacher-weights")
     info = init_distributed(cfg.device)
     try:
         return _train(cfg, info, log if info.is_main else (lambda *a, **k: None))
@@ -51,6 +56,10 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
     device = info.device
     train_set, val_set = build_datasets(cfg)
     check_dataset_images((train_set, val_set), info, cfg.progress)
+    if cfg.num_classes is not None and cfg.num_classes < train_set.num_classes:
+        raise UsageError(f"--num-classes {cfg.num_classes}: the labels of {cfg.train_ann} go up to "
+                         f"{train_set.num_classes - 1}, so at least {train_set.num_classes} classes (with the "
+                         "background); give that, or leave it unset")
     num_classes = cfg.num_classes or train_set.num_classes
     with torch.random.fork_rng(devices=[]):  # a random-init teacher must not change the student's init
         teacher = build_teacher(cfg, num_classes) if cfg.recipe != "none" else None
@@ -59,8 +68,8 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
                      dict(cfg.model_kwargs))
     student = build_detector(spec)
     if cfg.init:
-        init_model, _, _ = load_detector(cfg.init)
-        student.load_state_dict(init_model.state_dict())
+        init_model, init_spec, _ = load_detector(cfg.init)
+        load_weights(student, init_model.state_dict(), f"--init {cfg.init}", init_spec.to_dict(), spec.to_dict())
     distiller = Distiller(student, teacher, cfg.recipe, cfg.distill_weights, cfg.distill_warmup,
                           cfg.imitation_mask, log=log, student_scale=cfg.student_scale,
                           auto_ratio=cfg.distill_auto_ratio, auto_iters=cfg.distill_auto_iters).to(device)
@@ -74,7 +83,8 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
 
     stream = TrainBatchStream(train_set, cfg.batch_size, cfg.seed, cfg.workers, cfg.aspect_ratio_group_factor,
                               info.rank, info.world_size)
-    total = cfg.iterations if cfg.iterations is not None else math.ceil(cfg.epochs * len(stream.batches_of_epoch(0)))
+    total = cfg.iterations if cfg.iterations is not None else \
+        epochs_to_iterations(cfg, len(stream.batches_of_epoch(0)))
     scheduler = build_scheduler(optimizer, total, cfg.lr_warmup, cfg.lr_schedule, cfg.lr_steps, cfg.lr_gamma)
     if distiller.auto is not None and cfg.distill_auto_iters >= total:
         raise UsageError(f"--distill-auto-iters {cfg.distill_auto_iters}: the automatic weights would still be "
@@ -87,18 +97,7 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
     resume = resume_path(cfg)
     if resume:
         state = load_training_state(resume, total)
-        distiller.student.load_state_dict(state["model_state"])
-        distiller.terms.load_state_dict(state["distill_state"])
-        if distiller.auto is not None:
-            distiller.auto.load_state_dict(state.get("auto_weights"))
-            if distiller.auto.calibrated:
-                log("[kdtrain] automatic distillation weights from the checkpoint: "
-                    + ", ".join(f"{k}={w:.4g}" for k, w in distiller.auto.weights.items()))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start = int(state["iteration"])
-        ckpt_io.set_rng_state(state["rng"])
+        start = restore(state, resume, cfg, spec.to_dict(), distiller, optimizer, scheduler, scaler, log)
         log(f"[kdtrain] resumed from {resume} at iteration {start}/{total}")
     if info.is_main:
         os.makedirs(cfg.output_dir, exist_ok=True)
@@ -114,7 +113,10 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
         model = DistributedDataParallel(distiller, device_ids=[device.index] if device.type == "cuda" else None,
                                         find_unused_parameters=bool(distiller.terms))
 
+    checkpoint = [(resume, start) if resume else None]  # (path, iteration) a stopped run can resume from
+
     def save(iteration):
+        checkpoint[0] = (os.path.join(cfg.output_dir, ckpt_io.LAST), iteration)
         if not info.is_main:
             return
         ckpt_io.atomic_save({
@@ -126,6 +128,25 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
             "categories": train_set.categories, "label_to_cat_id": train_set.label_to_cat_id,
         }, os.path.join(cfg.output_dir, ckpt_io.LAST))
 
+    def stop(at, what, in_a_row=0):
+        return NonFiniteError(stop_message(at, what, cfg, distiller.effective_weights(), checkpoint[0], in_a_row))
+
+    def write_record(window, iteration, epoch):
+        record = {"kind": "train", "iteration": iteration, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                  **window.means(), "seconds_per_iter": (time.perf_counter() - window_start) / len(window)}
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
+        writer.write(record)
+
+    def check_finite(window, epoch):
+        bad = window.first_nonfinite()
+        if bad:
+            window.steps = [step for step in window.steps if step[0] < bad[0]]
+            if len(window):  # the steps before the bad one, for the record
+                write_record(window, bad[0], epoch)
+            raise stop(*bad)
+
+    distiller.watch_gradients = True  # which term's gradient went non-finite, if one does
+    skips = SkippedSteps(cfg.max_skipped_steps, stop, log, writer.write) if cfg.nonfinite == "skip" else None
     model.train()
     bar = tqdm(total=total, initial=start, desc=f"train[{cfg.recipe}]", disable=not (cfg.progress and info.is_main),
                dynamic_ncols=True)
@@ -143,14 +164,18 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
             losses = model(images, targets, iteration)
         report = distiller.calibration_report(iteration)  # a record in the step that fixes the automatic weights
         loss = sum(losses.values())
-        window.add(iteration, {**losses, "loss": loss, **{f"raw_{k}": v for k, v in distiller.raw.items()}})
+        values = {**losses, "loss": loss, **{f"raw_{k}": v for k, v in distiller.raw.items()}}
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        clipped_norm = None
         if cfg.clip_grad > 0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
+            clipped_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        flags = step_flags(gradient_norm(params, clipped_norm, scaler), distiller.grad_flags)
+        if skips is None or skips.apply(iteration, values, flags):
+            scaler.step(optimizer)
+            scaler.update()
+            window.add(iteration, values, flags)
         scheduler.step()
         iteration += 1
         step_seconds += time.perf_counter() - step_start
@@ -160,14 +185,12 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
         if report is not None:
             writer.write(report)
         if iteration % cfg.log_every == 0 or iteration == total:
-            window.check_finite()
-            record = {"kind": "train", "iteration": iteration, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                      **window.means(), "seconds_per_iter": (time.perf_counter() - window_start) / len(window)}
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
-            writer.write(record)
+            check_finite(window, epoch)
+            if len(window):  # else every step of it was skipped
+                write_record(window, iteration, epoch)
             window, window_start = StepWindow(), time.perf_counter()
         if iteration % cfg.checkpoint_every == 0 and iteration < total:
-            window.check_finite()  # never checkpoint a diverged model
+            check_finite(window, epoch)  # never checkpoint a diverged model
             save(iteration)
     bar.close()
     if cfg.keep_checkpoints:
@@ -182,7 +205,7 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
     summary = {"iterations": iteration, "final_checkpoint": final_path, "params": count_parameters(distiller.student),
                "train_seconds_per_iter": step_seconds / steps_run,
                "distill_term_seconds_per_iter": {k: v / steps_run for k, v in term_seconds_sum.items()},
-               "distill_weights": distiller.effective_weights(),
+               "distill_weights": distiller.effective_weights(), "skipped_steps": skips.total if skips else 0,
                "auto_weights": distiller.auto.report if distiller.auto is not None else None}
     if val_set is not None:
         metrics = evaluate(distiller.student, val_set, info, cfg.eval_batch_size, cfg.workers, cfg.progress)
@@ -230,7 +253,8 @@ def build_datasets(cfg: TrainConfig):
     val_set = None
     if cfg.val_images and cfg.val_ann and not cfg.no_eval:
         val_set = CocoDetection(cfg.val_images, cfg.val_ann, train=False, invalid_boxes=cfg.invalid_boxes,
-                                category_ids_as_labels=cfg.category_ids_as_labels, require_annotations=False)
+                                category_ids_as_labels=cfg.category_ids_as_labels, require_annotations=False,
+                                scoring=True)
         if val_set.cat_id_to_label != train_set.cat_id_to_label:
             raise DatasetError(f"{cfg.val_ann}: categories differ from {cfg.train_ann}")
     return train_set, val_set
@@ -251,6 +275,15 @@ def export_student(student, spec: ModelSpec, dataset, path: str, extra: dict | N
         "label_to_cat_id": dataset.label_to_cat_id,
         **(extra or {}),
     }, path)
+
+
+def epochs_to_iterations(cfg: TrainConfig, per_epoch: int) -> int:
+    """--epochs as iterations (a partial last epoch counts); UsageError when that is less than one."""
+    if cfg.epochs * per_epoch < 1:
+        raise UsageError(f"--epochs {cfg.epochs:g} is less than one iteration: an epoch here is {per_epoch} "
+                         f"iterations (batches of {cfg.batch_size}); give at least {1 / per_epoch:.3g}, or "
+                         "--iterations")
+    return math.ceil(cfg.epochs * per_epoch)
 
 
 def lr_factor(it: int, total: int, warmup_iters: int, warmup_factor: float, kind: str,
@@ -278,33 +311,44 @@ def build_scheduler(optimizer, total: int, warmup_iters: int, kind: str, steps=(
     )
 
 
+def gradient_norm(params, clipped_norm, scaler):
+    """The gradient's norm, for its finiteness flag: the clipping's when it clips; None under fp16 loss
+    scaling, whose scaler skips the steps that overflow itself."""
+    if scaler.is_enabled():
+        return None
+    if clipped_norm is not None:
+        return clipped_norm
+    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+
+
 class StepWindow:
-    """The losses of the steps since the last metrics record, kept as tensors on their device.
+    """The losses and gradient flags of the steps since the last metrics record, kept as tensors on their device.
 
     Reading a loss (``float``, ``isfinite`` in an ``if``) waits for the device; doing it once per record
     instead of once per step keeps the training loop free of host syncs.
     """
 
     def __init__(self):
-        self.steps: list[tuple[int, dict]] = []  # (iteration, {name: 0-dim tensor})
+        self.steps: list[tuple[int, dict, dict]] = []  # (iteration, {name: 0-dim tensor}, {flag: 0-dim bool})
 
     def __len__(self) -> int:
         return len(self.steps)
 
-    def add(self, iteration: int, values: dict) -> None:
-        self.steps.append((iteration, {k: v.detach() for k, v in values.items()}))
+    def add(self, iteration: int, values: dict, flags: dict | None = None) -> None:
+        self.steps.append((iteration, {k: v.detach() for k, v in values.items()}, dict(flags or {})))
 
-    def check_finite(self, key: str = "loss") -> None:
-        """FloatingPointError naming the first step whose ``key`` is not finite, with its values."""
+    def first_nonfinite(self):
+        """(iteration, what went non-finite first: kdtrain/nonfinite.py's name) of the first step with a
+        non-finite value or a cleared flag on any torchrun process, else None."""
         if not self.steps:
-            return
-        finite = torch.isfinite(torch.stack([v[key].float() for _, v in self.steps]))
-        if not bool(finite.all()):
-            iteration, values = self.steps[int((~finite).nonzero()[0, 0])]
-            raise FloatingPointError(f"non-finite {key} at iteration {iteration}: "
-                                     + ", ".join(f"{k}={float(v):.4g}" for k, v in values.items() if k != key))
+            return None
+        ok = agreed(torch.stack([all_finite(values, flags) for _, values, flags in self.steps]))
+        if bool(ok.all()):
+            return None
+        iteration, values, flags = self.steps[ok.tolist().index(False)]
+        return iteration, culprit(values, flags) or ELSEWHERE
 
     def means(self) -> dict:
         """{name: mean over the steps that have it} as floats."""
-        names = dict.fromkeys(k for _, values in self.steps for k in values)
-        return {k: float(torch.stack([v[k].float() for _, v in self.steps if k in v]).mean()) for k in names}
+        names = dict.fromkeys(k for _, values, _ in self.steps for k in values)
+        return {k: float(torch.stack([v[k].float() for _, v, _ in self.steps if k in v]).mean()) for k in names}

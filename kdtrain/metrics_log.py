@@ -42,9 +42,13 @@ def read_jsonl(path: str, warn=print) -> list[dict]:
     records = []
     for number, line in enumerate(lines, start=1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as e:
             if number < len(lines):  # inside the file: not a torn write but a damaged log
                 raise UsageError(f"{path}: line {number} is not a json record ({e})") from None
             warn(f"[kdtrain] warning: {path}: ignoring its torn last line {line.strip()[:60]!r}")
+            continue
+        if not isinstance(record, dict):
+            raise UsageError(f"{path}: line {number} is not a json record (an object): {line.strip()[:60]!r}")
+        records.append(record)
     return records

@@ -56,6 +56,13 @@ def _verify_weights(enum_or_builder, name):
 
 def build_detector(spec: ModelSpec) -> nn.Module:
     """Build the detector; from-scratch models get plain trainable BatchNorm."""
+    model = _build_detector(spec)
+    if "anchor_sizes" in spec.kwargs:
+        _check_anchor_levels(model, spec)
+    return model
+
+
+def _build_detector(spec: ModelSpec) -> nn.Module:
     kwargs = dict(spec.kwargs)
     if spec.arch in FIXED_SIZE_DETECTORS:
         model = _build_fixed_size(spec, kwargs)
@@ -145,16 +152,47 @@ def _anchor_generator(sizes, scales=(1.0,)) -> AnchorGenerator:
                            aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
 
 
+# torchvision builders that set their own anchor generator (and heads sized for it).
+_OWN_ANCHORS = ("fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
+                "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn_v2")
+
+
 def _set_anchor_generator(arch: str, kwargs: dict, sizes) -> None:
     if not isinstance(sizes, (list, tuple)) or not sizes or not all(
             isinstance(s, (int, float)) and s > 0 for s in sizes):
         raise UsageError(f"anchor_sizes must be a non-empty list of positive sizes (one per FPN level), got {sizes!r}")
+    if arch in _OWN_ANCHORS:
+        raise UsageError(f"anchor_sizes is not supported for {arch}: torchvision's builder sets its own anchors "
+                         "(fasterrcnn_mobilenet_v3_large_hires_fpn and the ResNet Faster R-CNNs take them)")
     if arch.startswith("fasterrcnn"):
         kwargs["rpn_anchor_generator"] = _anchor_generator(sizes)
     elif arch.startswith("retinanet"):  # RetinaNet: three octave scales per level, as torchvision's
         kwargs["anchor_generator"] = _anchor_generator(sizes, scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)))
     else:
         raise UsageError(f"anchor_sizes is not supported for {arch} (FCOS is anchor-free)")
+
+
+def _check_anchor_levels(model: nn.Module, spec: ModelSpec) -> None:
+    """anchor_sizes has one size per feature level of the backbone (torchvision asserts it at the first step)."""
+    from kdtrain.distill.levels import probe_levels
+
+    levels = len(probe_levels(model.backbone)[0])
+    sizes = spec.kwargs["anchor_sizes"]
+    if len(sizes) != levels:
+        raise UsageError(f"anchor_sizes={list(sizes)}: {spec.arch} has {levels} feature levels; give one size per "
+                         f"level, {levels} sizes (e.g. {[16 * 2 ** i for i in range(levels)]})")
+
+
+def check_weights_name(arch: str, name: Optional[str], flag: str) -> None:
+    """UsageError unless ``name`` names torchvision weights of ``arch`` (checked before anything downloads)."""
+    if name is None or arch not in _TORCHVISION_BUILDERS:
+        return  # kdtrain's own compositions refuse detector weights when they are built
+    weights = get_model_weights(_TORCHVISION_BUILDERS[arch])
+    try:
+        weights.verify(name)
+    except (KeyError, ValueError):
+        raise UsageError(f"{flag} {name}: not a weights name of {arch}; torchvision has DEFAULT, "
+                         + ", ".join(w.name for w in weights)) from None
 
 
 def torchvision_frozen_bn():

@@ -6,11 +6,10 @@ import json
 import os
 
 import torch
-from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
 from kdtrain.data.coco import DatasetError
+from kdtrain.data.images import read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -22,14 +21,6 @@ def list_images(folder: str) -> list[str]:
     if not names:
         raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
     return names
-
-
-def read_image(path: str) -> torch.Tensor:
-    try:
-        with Image.open(path) as im:
-            return pil_to_tensor(im.convert("RGB")).float().div_(255.0)
-    except (UnidentifiedImageError, OSError) as e:
-        raise DatasetError(f"cannot read image {path}: {e}") from None
 
 
 @torch.no_grad()

@@ -17,11 +17,9 @@ from kdtrain.config import PseudoLabelConfig, TrainConfig, TwoStepConfig
 from kdtrain.data.coco import DatasetError, load_coco_json
 from kdtrain.distributed import barrier, init_distributed
 from kdtrain.engine import FINAL, train
-from kdtrain.errors import UsageError, require_file
+from kdtrain.errors import RunStopped, UsageError, require_file
 from kdtrain.models import load_detector
 from kdtrain.pseudo.labeler import pseudo_label
-
-STEP1_RECIPE = "imitation"  # the paper's feature matching with imitation masking
 
 
 def _check_same_categories(pseudo_ann: str, labeled_ann: Optional[str]) -> None:
@@ -56,7 +54,7 @@ def step1_config(c: TwoStepConfig, pseudo_ann: str, images: str) -> TrainConfig:
     b = c.base
     return dataclasses.replace(
         b, train_images=images, train_ann=pseudo_ann, labeled_fraction=1.0,
-        recipe=b.recipe if b.recipe != "none" else STEP1_RECIPE,
+        recipe=TwoStepConfig.step1_recipe_of(b.recipe),
         imitation_mask="boxes" if b.imitation_mask == "none" else b.imitation_mask,
         iterations=c.step1_iterations or b.iterations, epochs=None if c.step1_iterations else b.epochs,
         output_dir=os.path.join(b.output_dir, "step1"))
@@ -66,10 +64,18 @@ def step2_config(c: TwoStepConfig, init: str) -> TrainConfig:
     b = c.base
     _, spec, _ = load_detector(init)  # keep step 1's input size (a low-resolution student stays one)
     return dataclasses.replace(
-        b, init=init, recipe="none", teacher=None, teacher_arch=None, student_scale=1.0,
+        b, init=init, recipe="none", distill_weights=None, teacher=None, teacher_arch=None, student_scale=1.0,
         min_size=spec.min_size, max_size=spec.max_size,
         iterations=c.step2_iterations or b.iterations, epochs=None if c.step2_iterations else b.epochs,
         lr=c.step2_lr if c.step2_lr is not None else b.lr, output_dir=os.path.join(b.output_dir, "step2"))
+
+
+def _named_step(step: str, run):
+    """``run()``; a run that stops says which step it was."""
+    try:
+        return run()
+    except RunStopped as e:
+        raise type(e)(f"{step}: {e}") from e
 
 
 def run_two_step(c: TwoStepConfig, log=print) -> dict:
@@ -83,11 +89,11 @@ def run_two_step(c: TwoStepConfig, log=print) -> dict:
         pseudo_ann = ensure_pseudo_labels(c, images, log)
         _check_same_categories(pseudo_ann, c.base.train_ann if 2 in c.steps else None)
         log(f"[kdtrain] two-step, step 1: train on pseudo-labels {pseudo_ann}")
-        out["step1"] = train(step1_config(c, pseudo_ann, images), log=log)
+        out["step1"] = _named_step("step 1", lambda: train(step1_config(c, pseudo_ann, images), log=log))
         init = out["step1"]["final_checkpoint"]
     if 2 in c.steps:
         require_file(init, "step 2 starts from the step-1 student (--step1-init)")
         log(f"[kdtrain] two-step, step 2: fine-tune {init} on {c.base.train_ann}"
             + (f" (labeled fraction {c.base.labeled_fraction:g})" if c.base.labeled_fraction < 1 else ""))
-        out["step2"] = train(step2_config(c, init), log=log)
+        out["step2"] = _named_step("step 2", lambda: train(step2_config(c, init), log=log))
     return out

@@ -50,7 +50,6 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     config = config_from(EfficacyConfig, args)
     check_efficacy_config(config)
-    from kdtrain.efficacy import run_efficacy
+    from kdtrain.efficacy import failed_runs, run_efficacy
 
-    run_efficacy(config)
-    return 0
+    return 1 if failed_runs(config, run_efficacy(config)["runs"]) else 0  # failed runs: listed under the table

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import sys
 
-from kdtrain.commands.flags import add, add_checkpoint_flags, add_inference_batch_flag, add_runtime_flags
+from kdtrain.commands.flags import add, add_checkpoint_flags, add_inference_batch_flag, add_runtime_flags, check_flags
 from kdtrain.config import TrainConfig
 from kdtrain.data.coco_json import DatasetError
-from kdtrain.errors import require_dir, require_file
+from kdtrain.errors import require_dir, require_file, require_writable_file
 
 
 def add_parser(subparsers) -> None:
@@ -61,6 +61,9 @@ def run(args) -> int:
     require_file(args.checkpoint, "--checkpoint")
     require_dir(args.images, "--images")
     require_file(args.ann, "--ann")
+    check_flags(args, batch_size="eval_batch_size", workers="workers", threads="threads")
+    if args.output:
+        require_writable_file(args.output, "--output")
     from kdtrain.data.coco import CocoDetection
     from kdtrain.data.image_check import check_images
     from kdtrain.distributed import DistInfo
@@ -72,7 +75,7 @@ def run(args) -> int:
     device = resolve_device(args.device)
     model, _, ckpt = load_detector(args.checkpoint)
     model.to(device)
-    dataset = CocoDetection(args.images, args.ann, category_ids_as_labels=args.category_ids_as_labels)
+    dataset = CocoDetection(args.images, args.ann, category_ids_as_labels=args.category_ids_as_labels, scoring=True)
     check_images([dataset.image_path(i) for i in range(len(dataset))], args.progress)
     label_to_cat_id = checkpoint_label_map(ckpt, args.checkpoint, dataset, warn=lambda m: print(m, file=sys.stderr))
     metrics = evaluate(model, dataset, DistInfo(device=device), args.batch_size, args.workers, args.progress,

@@ -12,7 +12,7 @@ import dataclasses
 import json
 
 from kdtrain.architectures import ARCHITECTURES
-from kdtrain.config import CACHE_DIR_ENV, CHOICES, TrainConfig
+from kdtrain.config import CACHE_DIR_ENV, CHOICES, TrainConfig, check_range
 
 S = argparse.SUPPRESS  # train flags not given stay absent, so config-file values survive
 
@@ -56,6 +56,13 @@ def config_from(config, args):
     """``config`` (a dataclass) built from the flags of ``args`` that are its fields; the others keep their
     defaults."""
     return config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config) if hasattr(args, f.name)})
+
+
+def check_flags(args, **rules) -> None:
+    """UsageError naming the flag whose value breaks its rule: ``rules`` maps a dest of ``args`` to its
+    config.RANGES key, e.g. check_flags(args, batch_size="eval_batch_size", threads="threads")."""
+    for dest, rule in rules.items():
+        check_range(rule, getattr(args, dest, None), "--" + dest.replace("_", "-"))
 
 
 # ---- argument types ---------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import os
 
 from kdtrain.commands.flags import add, config_from
 from kdtrain.config import PlotConfig
-from kdtrain.errors import UsageError, require_dir
+from kdtrain.errors import UsageError, require_dir, require_writable_file
 from kdtrain.metrics_log import read_jsonl
 
 NOT_LOSSES = {"kind", "iteration", "epoch", "lr", "seconds_per_iter"}
@@ -44,6 +44,10 @@ def run_records(run_dir: str) -> tuple[list[dict], list[dict]]:
                          "run has one in step1/ and in step2/)")
     records = read_jsonl(path)
     train = [r for r in records if r.get("kind", "train") == "train" and "iteration" in r]
+    for r in train:
+        if isinstance(r["iteration"], bool) or not isinstance(r["iteration"], int):
+            raise UsageError(f"RUN_DIR: {path} has a training record whose iteration is {r['iteration']!r}, not an "
+                             "integer; it was not written by kdtrain train")
     if not train:
         raise UsageError(f"RUN_DIR: {path} has no training records yet (one is written every --log-every "
                          "iterations)")
@@ -60,9 +64,23 @@ def loss_keys(records: list[dict]) -> tuple[list[str], list[str]]:
     return ([TOTAL] if TOTAL in keys else []) + detection, distill
 
 
+def check_output(path: str) -> None:
+    """UsageError unless matplotlib writes ``path``'s extension and the file can be written."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    extension = os.path.splitext(path)[1].lstrip(".").lower()
+    if extension not in formats:
+        raise UsageError(f"--output {path}: {'.' + extension if extension else 'no'} extension; the plot is written "
+                         f"as one of: {', '.join('.' + f for f in sorted(formats))}")
+    require_writable_file(path, "--output")
+
+
 def plot_run(cfg: PlotConfig) -> tuple[str, dict]:
     """Write the figure; returns (its path, {loss key: its matplotlib Line2D})."""
     records, evals = run_records(cfg.run_dir)
+    path = cfg.output or os.path.join(cfg.run_dir, "losses.png")
+    check_output(path)
     from matplotlib.figure import Figure  # here: --help loads no matplotlib
 
     detection, distill = loss_keys(records)
@@ -84,7 +102,6 @@ def plot_run(cfg: PlotConfig) -> tuple[str, dict]:
         ax.legend(fontsize=8)
     final = f"; final eval mAP {evals[-1]['mAP']:.4f}" if evals and evals[-1].get("mAP") is not None else ""
     fig.suptitle(f"{os.path.abspath(cfg.run_dir)}: {records[-1]['iteration']} iterations{final}", fontsize=10)
-    path = cfg.output or os.path.join(cfg.run_dir, "losses.png")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
     return path, lines

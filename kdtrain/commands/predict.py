@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from kdtrain.commands.flags import add, add_checkpoint_flags, add_inference_batch_flag, add_runtime_flags
+from kdtrain.commands.flags import add, add_checkpoint_flags, add_inference_batch_flag, add_runtime_flags, check_flags
 from kdtrain.config import TrainConfig
-from kdtrain.errors import require_dir, require_file
+from kdtrain.errors import require_dir, require_file, require_writable_file
 
 
 def add_parser(subparsers) -> None:
@@ -27,6 +27,8 @@ def run(args) -> int:
     require_dir(args.images, "--images")
     if args.ann:
         require_file(args.ann, "--ann")
+    check_flags(args, batch_size="eval_batch_size", threads="threads", score_threshold="score_threshold")
+    require_writable_file(args.output, "--output")
     from kdtrain.data.coco import load_coco_json
     from kdtrain.models import load_detector
     from kdtrain.predict import predict_folder, write_results

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 
-from kdtrain.commands.flags import add, add_runtime_flags, config_from
+from kdtrain.commands.flags import add, add_runtime_flags, check_flags, config_from
 from kdtrain.config import PseudoLabelConfig, TrainConfig
-from kdtrain.errors import require_dir, require_file
+from kdtrain.errors import require_dir, require_file, require_writable_file
 
 
 def add_parser(subparsers) -> None:
@@ -48,6 +48,9 @@ def run(args) -> int:
         require_file(path, "--class-map")
     if args.categories_from:
         require_file(args.categories_from, "--categories-from")
+    check_flags(args, batch_size="batch_size", workers="workers", threads="threads", score_threshold="score_threshold",
+                nms_iou="nms_iou", merge_nms_iou="merge_nms_iou", max_detections="max_detections")
+    require_writable_file(args.output, "--output")
     from kdtrain.distributed import cleanup, init_distributed
     from kdtrain.pseudo.labeler import pseudo_label
     from kdtrain.runtime import set_threads

@@ -88,6 +88,10 @@ def add_train_arguments(p) -> None:
     add(g, "--keep-checkpoints", "keep checkpoint_last.pth when the run has finished (else it is deleted once "
                                  "model_final.pth is written)", T, action="store_true")
     add(g, "--log-every", "iterations between metrics.jsonl records", T, type=int)
+    add(g, "--nonfinite", "a step whose loss or gradient is NaN or Inf: stop, naming what went first (checked "
+                          "every --log-every iterations), or skip the step (checked every step)", T,
+        choices=CHOICES["nonfinite"])
+    add(g, "--max-skipped-steps", "--nonfinite skip: stop after this many bad steps in a row", T, type=int)
     add(g, "--eval-batch-size", "images per batch in evaluation", T, type=int)
     add(g, "--no-eval", "skip the final evaluation", T, action="store_true")
     add(g, "--tensorboard", "also log to OUTPUT_DIR/tb (needs tensorboard)", T, action="store_true")

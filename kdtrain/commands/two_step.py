@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from kdtrain.commands.flags import S, add, int_list
+from kdtrain.commands.flags import S, add, check_flags, int_list
 from kdtrain.commands.train import add_train_arguments, print_eval, train_config
-from kdtrain.config import TwoStepConfig, check_train_config
+from kdtrain.config import RANGES, TwoStepConfig, check_train_config
 from kdtrain.errors import require_dir, require_file
 
 OWN_FLAGS = tuple(f.name for f in dataclasses.fields(TwoStepConfig) if f.name != "base")  # the rest: train's
@@ -50,7 +50,10 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     values = vars(args).copy()
     own = {k: values.pop(k) for k in OWN_FLAGS if k in values}
-    base = check_train_config(train_config(values), need_data=False)  # each step checks its own data
+    check_flags(argparse.Namespace(**own), **{k: k for k in own if k in RANGES})
+    base = train_config(values)
+    # Each step checks its own data; the distillation options are step 1's, whose recipe is never none.
+    check_train_config(dataclasses.replace(base, recipe=TwoStepConfig.step1_recipe_of(base.recipe)), need_data=False)
     if own.get("pseudo_ann"):
         require_file(own["pseudo_ann"], "--pseudo-ann")
     if own.get("unlabeled_images"):

@@ -12,11 +12,11 @@ from typing import Optional
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.functional import pil_to_tensor
 
 from kdtrain.config import check_range
 from kdtrain.data.coco_json import DatasetError, check_unique, entries, integer, load_coco_json, optional_size, \
     require
+from kdtrain.data.images import read_image
 
 __all__ = ["CocoDetection", "DatasetError", "collate", "keep_labeled_fraction", "load_coco_json"]
 
@@ -26,7 +26,9 @@ class CocoDetection(torch.utils.data.Dataset):
 
     Labels are contiguous 1..K in sorted category-id order (0 is background),
     unless ``category_ids_as_labels`` keeps COCO ids as labels (what torchvision's
-    COCO-pretrained detectors expect, with 91 classes).
+    COCO-pretrained detectors expect, with 91 classes; the ids must then be >= 1).
+    ``scoring``: the json is also the ground truth of a COCO evaluation (pycocotools), which
+    reads every annotation's ``id``, ``area`` and ``iscrowd``: they are required.
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class CocoDetection(torch.utils.data.Dataset):
         invalid_boxes: str = "error",
         category_ids_as_labels: bool = False,
         require_annotations: Optional[bool] = None,
+        scoring: bool = False,
     ):
         if invalid_boxes not in ("error", "skip"):
             raise ValueError("invalid_boxes must be 'error' or 'skip'")
@@ -50,6 +53,10 @@ class CocoDetection(torch.utils.data.Dataset):
         self.categories = self._read_categories(data, ann_file)
         cat_ids = [c["id"] for c in self.categories]
         if category_ids_as_labels:
+            if min(cat_ids) < 1:
+                raise DatasetError(f"{ann_file}: category id {min(cat_ids)} cannot be a label with "
+                                   "--category-ids-as-labels (label 0 is the background); the ids must be >= 1, "
+                                   "or drop the flag to number the categories 1..K")
             self.cat_id_to_label = {c: c for c in cat_ids}
         else:
             self.cat_id_to_label = {c: i + 1 for i, c in enumerate(cat_ids)}
@@ -76,6 +83,8 @@ class CocoDetection(torch.utils.data.Dataset):
         self.skipped_annotations = 0
         first_of_ann = {}
         for where, ann in entries(data, "annotations", ann_file):
+            if scoring:
+                self._check_scoring_fields(ann, where)
             if "id" in ann:  # pycocotools indexes by it: a duplicate hides a ground-truth box from evaluation
                 where = f"{where} (id {ann['id']!r})"
                 check_unique(first_of_ann, integer(ann, "id", where), "annotation id", where)
@@ -98,6 +107,18 @@ class CocoDetection(torch.utils.data.Dataset):
             require_annotations = train
         if require_annotations and not any(self.boxes):
             raise DatasetError(f"{ann_file}: the annotation list is empty, there is nothing to train on")
+
+    @staticmethod
+    def _check_scoring_fields(ann: dict, where: str) -> None:
+        for key in ("id", "area", "iscrowd"):
+            if key not in ann:
+                raise DatasetError(f"{where}: missing key {key!r}, which COCO scoring reads (every annotation of an "
+                                   "evaluation json needs 'id', 'area' (w*h) and 'iscrowd' (0 or 1))")
+        area, crowd = ann["area"], ann["iscrowd"]
+        if isinstance(area, bool) or not isinstance(area, (int, float)) or not math.isfinite(area) or area < 0:
+            raise DatasetError(f"{where}: 'area' must be a finite number >= 0, got {area!r}")
+        if crowd not in (0, 1) or isinstance(crowd, float):
+            raise DatasetError(f"{where}: 'iscrowd' must be 0 or 1, got {crowd!r}")
 
     @staticmethod
     def _read_categories(data: dict, ann_file: str) -> list[dict]:
@@ -152,13 +173,7 @@ class CocoDetection(torch.utils.data.Dataset):
         return float(width) / float(height)
 
     def load_image(self, index: int) -> torch.Tensor:
-        path = self.image_path(index)
-        try:
-            with Image.open(path) as im:
-                image = pil_to_tensor(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise DatasetError(f"cannot read image {path}: {e}") from None
-        return image.float().div_(255.0)
+        return read_image(self.image_path(index))
 
     def __getitem__(self, index: int):
         image = self.load_image(index)

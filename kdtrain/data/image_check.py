@@ -1,9 +1,11 @@
 """Every image of a run decoded once before it starts, so a corrupt or truncated file fails at once, named.
 
 Without it a bad file stops training at the iteration that loads it, or the final evaluation after
-all the training. Images that decoded are remembered by (path, size, mtime) in
+all the training. Images that decoded are remembered by (path, size, mtime, ctime, inode) in
 ``KDTRAIN_CACHE_DIR/checked_images.json`` (default ~/.cache/kdtrain): one cache for every run folder
-and for read-only datasets, so a rerun only decodes files that changed.
+and for read-only datasets, so a rerun only decodes files that changed. Size and mtime alone are not
+enough: a copy or restore that keeps them (cp -p, rsync -t, touch -r) puts other bytes under the
+same stamp; the inode-change time (ctime) moves with every write and rename and no tool can set it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tqdm import tqdm
 
 from kdtrain.config import default_cache_dir
 from kdtrain.data.coco_json import DatasetError
+from kdtrain.data.images import check_image
 
 CACHE_FILE = "checked_images.json"
 MAX_THREADS = 4  # decoding releases the GIL; more threads only compete with training for the cores
@@ -26,15 +29,15 @@ SHOW_FAILURES = 5
 
 def _stamp(path: str) -> list:
     st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns]
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def _decode(path: str) -> str | None:
-    """None if the whole image decodes, else why not."""
+    """None if the whole image decodes and can be read as intensities (kdtrain/data/images.py), else why not."""
     try:
         with Image.open(path) as im:
             im.load()
-        return None
+            return check_image(im)
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...: all mean unusable
         return f"{type(e).__name__}: {e}"
 

@@ -7,6 +7,8 @@ below); raw imitation at weight ~1 on sum-reduced features hurt in planning.
 
 from __future__ import annotations
 
+import math
+
 from kdtrain.errors import UsageError
 
 RECIPES = {
@@ -45,13 +47,15 @@ TERM_KEYS = {
 
 
 def parse_recipe(recipe: str) -> tuple[str, ...]:
-    """'fgd,chen2017' -> ordered unique term names; 'none' -> ()."""
+    """'fgd,chen2017' -> ordered unique term names; 'none' -> (). Recipes that share a term (imitation,chen2017)
+    run it once; one recipe named twice is refused."""
     terms: list[str] = []
-    for name in (part.strip() for part in recipe.split(",")):
-        if not name:
-            continue
+    names = [part.strip() for part in recipe.split(",") if part.strip()]
+    for i, name in enumerate(names):
         if name not in RECIPES:
             raise UsageError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)} (comma-combinable)")
+        if name in names[:i]:
+            raise UsageError(f"--recipe {recipe}: {name} is named twice; name each recipe once")
         for term in RECIPES[name]:
             if term not in terms:
                 terms.append(term)
@@ -92,9 +96,33 @@ def parse_weight_spec(text: str | dict | None) -> tuple[dict, tuple[str, ...]]:
                 weights[k] = float(value)
             except ValueError:
                 raise UsageError(f"--distill-weights: {key}={value!r}: expected a number or {AUTO}") from None
+            if not (math.isfinite(weights[k]) and weights[k] >= 0):
+                raise UsageError(f"--distill-weights: {key}={value}: a weight must be a finite number >= 0 "
+                                 "(0 turns the term off)")
             if k in auto:
                 auto.remove(k)
     return weights, tuple(dict.fromkeys(auto))
+
+
+def named_weight_keys(text: str | dict | None) -> dict:
+    """{name as given: its loss keys} of the weights ``text`` names (a bare ``auto`` names none)."""
+    if not text or (isinstance(text, str) and text.strip() == AUTO):
+        return {}
+    items = text.items() if isinstance(text, dict) else (p.split("=", 1) for p in text.split(",") if p.strip())
+    names = [str(item[0]).strip() for item in items]
+    return {name: TERM_KEYS.get(name, (name,)) for name in names}
+
+
+def check_weights_fit(recipe: str, text: str | dict | None) -> None:
+    """UsageError for a bad weight spec, or a weight named for a term the recipe does not run."""
+    parse_weight_spec(text)
+    terms = parse_recipe(recipe)
+    keys = {k for term in terms for k in TERM_KEYS[term]}
+    for name, its_keys in named_weight_keys(text).items():
+        if not set(its_keys) & keys:
+            runs = ", ".join(sorted(keys)) if keys else "no distillation term"
+            raise UsageError(f"--distill-weights {name}: recipe {recipe!r} has no such term (it runs {runs}); "
+                             "drop the weight or add its recipe")
 
 
 def parse_weights(text: str | dict | None) -> dict:

@@ -1,6 +1,8 @@
 """Teachers predict on an image folder; predictions merge affirmatively into one COCO json.
 
-Under torchrun each rank labels a shard of the images and rank 0 merges and writes.
+Under torchrun each rank labels a shard of the images and rank 0 merges and writes. An image that
+cannot be read or labelled is left out, named with its reason in the log and in the json's ``info``
+(``failed_images``), and the others are labelled.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from kdtrain.config import PseudoLabelConfig
 from kdtrain.data.coco import collate, load_coco_json
 from kdtrain.data.image_check import check_images
 from kdtrain.distributed import DistInfo, gather_to_main
-from kdtrain.errors import UsageError
+from kdtrain.errors import UsageError, one_line
 from kdtrain.models import load_detector
-from kdtrain.predict import list_images, read_image
+from kdtrain.data.images import read_image
+from kdtrain.predict import list_images
 from kdtrain.pseudo.class_map import (TeacherClasses, read_mapping_file, resolve_label_maps,
                                       student_categories)
 
@@ -56,7 +59,11 @@ class _Images(torch.utils.data.Dataset):
         return len(self.names)
 
     def __getitem__(self, i):
-        return self.names[i], read_image(os.path.join(self.folder, self.names[i]))
+        """(name, image, None), or (name, None, why) for an image that cannot be read."""
+        try:
+            return self.names[i], read_image(os.path.join(self.folder, self.names[i])), None
+        except Exception as e:  # this image is left out, not the whole folder
+            return self.names[i], None, one_line(e)
 
 
 def _mapping_per_teacher(cfg: PseudoLabelConfig) -> tuple[list, list]:
@@ -91,33 +98,57 @@ def load_teachers(cfg: PseudoLabelConfig, device):
     return models, label_maps, categories
 
 
+def _teacher_boxes(models, label_maps, images: list, cfg: PseudoLabelConfig) -> list:
+    """Per image, every teacher's kept boxes as (x1, y1, x2, y2, score, student category id)."""
+    merged = [[] for _ in images]
+    for model, label_map in zip(models, label_maps):
+        for i, det in enumerate(model(images)):
+            boxes, scores, labels = filter_detections(det["boxes"], det["scores"], det["labels"],
+                                                      cfg.score_threshold, cfg.nms_iou, cfg.max_detections)
+            for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+                if label in label_map:  # classes the mapping drops are not the student's
+                    merged[i].append((*box, score, label_map[label]))
+    return merged
+
+
 @torch.no_grad()
 def label_images(models, label_maps, folder: str, names: list[str], cfg: PseudoLabelConfig, device,
-                 show_progress: bool) -> dict:
-    """{file name: (width, height, [(x1, y1, x2, y2, score, student category id), ...])} for ``names``."""
+                 show_progress: bool) -> tuple[dict, dict]:
+    """({file name: (width, height, [(x1, y1, x2, y2, score, student category id), ...])},
+    {file name: why it failed}) for ``names``. A batch that fails is labelled again image by image, so
+    only the image at fault is left out."""
     loader = torch.utils.data.DataLoader(_Images(folder, names), batch_size=cfg.batch_size,
                                          num_workers=cfg.workers, collate_fn=collate)
-    out = {}
+    out, failed = {}, {}
     bar = tqdm(total=len(names), desc="pseudo-label", disable=not show_progress, dynamic_ncols=True)
-    for batch_names, images in loader:
-        images = [im.to(device, non_blocking=True) for im in images]
-        merged = [[] for _ in images]
-        for model, label_map in zip(models, label_maps):
-            for i, det in enumerate(model(images)):
-                boxes, scores, labels = filter_detections(det["boxes"], det["scores"], det["labels"],
-                                                          cfg.score_threshold, cfg.nms_iou, cfg.max_detections)
-                for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
-                    if label in label_map:  # classes the mapping drops are not the student's
-                        merged[i].append((*box, score, label_map[label]))
+    for batch in loader:
+        bar.update(len(batch[0]))
+        failed.update((name, why) for name, _, why in zip(*batch) if why is not None)
+        readable = [(name, image) for name, image, why in zip(*batch) if why is None]
+        if not readable:
+            continue
+        batch_names = [name for name, _ in readable]
+        images = [image.to(device, non_blocking=True) for _, image in readable]
+        try:
+            merged = _teacher_boxes(models, label_maps, list(images), cfg)
+        except Exception:  # find the image at fault
+            merged = []
+            for name, image in zip(batch_names, images):
+                try:
+                    merged += _teacher_boxes(models, label_maps, [image], cfg)
+                except Exception as e:
+                    failed[name] = one_line(e)
+                    merged.append(None)
         for name, image, dets in zip(batch_names, images, merged):
+            if dets is None:
+                continue
             if cfg.merge_nms_iou is not None and dets:
                 t = torch.tensor(dets, dtype=torch.float64)
                 boxes, scores, cats = filter_detections(t[:, :4], t[:, 4], t[:, 5].long(), 0.0, cfg.merge_nms_iou, None)
                 dets = [(*b, s, c) for b, s, c in zip(boxes.tolist(), scores.tolist(), cats.tolist())]
             out[name] = (int(image.shape[-1]), int(image.shape[-2]), dets)
-        bar.update(len(batch_names))
     bar.close()
-    return out
+    return out, failed
 
 
 def to_coco(labels_by_name: dict, categories: list[dict], keep_empty: bool, info: dict) -> dict:
@@ -159,14 +190,18 @@ def pseudo_label(cfg: PseudoLabelConfig, info: Optional[DistInfo] = None, log=pr
     shards = gather_to_main(mine, info)
     if not info.is_main:
         return None
-    merged = {k: v for part in shards for k, v in part.items()}
+    merged = {k: v for part, _ in shards for k, v in part.items()}
+    failed = dict(sorted((k, v) for _, part in shards for k, v in part.items()))
     meta = {"description": "kdtrain pseudo-labels", "teachers": list(cfg.teachers),
             "score_threshold": cfg.score_threshold, "nms_iou": cfg.nms_iou, "max_detections": cfg.max_detections,
-            "merge_nms_iou": cfg.merge_nms_iou}
+            "merge_nms_iou": cfg.merge_nms_iou, "failed_images": failed}
     coco = to_coco(merged, categories, cfg.keep_empty, meta)
     write_json_atomic(coco, cfg.output)
+    for name, why in failed.items():
+        log(f"[kdtrain] pseudo-labels: left out {name}: {why}")
     summary = {"images": len(names), "images_written": len(coco["images"]), "boxes": len(coco["annotations"]),
-               "output": cfg.output, "images_per_second": len(shard) / max(seconds, 1e-9) * info.world_size}
+               "failed_images": len(failed), "output": cfg.output,
+               "images_per_second": len(shard) / max(seconds, 1e-9) * info.world_size}
     log(f"[kdtrain] pseudo-labels: {summary['boxes']} boxes on {summary['images_written']}/{len(names)} images "
         f"-> {cfg.output} ({summary['images_per_second']:.2f} images/s)")
     return summary

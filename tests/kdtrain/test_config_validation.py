@@ -60,7 +60,11 @@ def test_python_api_values_are_type_checked_too():
 
 
 def test_every_range_rule_has_a_field():
-    assert set(RANGES) <= {f for f in TrainConfig.__dataclass_fields__}
+    from kdtrain.config import EfficacyConfig, PseudoLabelConfig, TwoStepConfig
+
+    fields = {f for config in (TrainConfig, PseudoLabelConfig, TwoStepConfig, EfficacyConfig)
+              for f in config.__dataclass_fields__}
+    assert set(RANGES) <= fields
 
 
 def test_unknown_model_arg_is_refused_before_training(tiny_data, tmp_path, capsys):

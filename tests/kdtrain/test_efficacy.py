@@ -11,8 +11,8 @@ from kdtrain.config import EfficacyConfig
 from kdtrain.errors import UsageError
 
 
-class _Killed(Exception):
-    pass
+class _Killed(BaseException):
+    """A kill (as KeyboardInterrupt or SIGKILL), not a failed run: it stops the table."""
 
 
 def _args(out, cache, *extra):
@@ -89,6 +89,23 @@ def test_efficacy_table_and_resume_after_a_kill(tmp_path, monkeypatch, capsys):
     assert "iterations 3 -> 4" in capsys.readouterr().err
 
 
+def _without_training(monkeypatch, train_one):
+    """The table's runs are ``train_one``; no data or teacher is made, and every recipe costs a quarter step."""
+    monkeypatch.setattr(efficacy, "_train_one", train_one)
+    monkeypatch.setattr(efficacy, "_data_and_teacher",
+                        lambda b, log: ({}, "teacher.pth", {"mAP": 0.3, "AP50": 0.5, "APs": 0.1}))
+    monkeypatch.setattr(efficacy, "_overhead", lambda b, data, teacher, recipe, path: {
+        "seconds": {"step": 1.0, recipe: 0.25}, "fraction_of_step": 0.25})
+
+
+def _made_up_run(spec, seed, m, weights, model):
+    """What _train_one returns for a run whose metrics are ``m`` (mAP), 2m (AP50) and m/2 (APs)."""
+    return ({"name": spec, "seed": seed, "mAP": m, "AP50": 2 * m, "APs": m / 2, "params": 1,
+             "train_seconds_per_iter": 0.5, "recipe": spec.split(":")[0], "weights": "auto",
+             "wall_seconds": 60.0, "distill_weights": weights, "auto_weights": None},
+            {"final_checkpoint": str(model)})
+
+
 def test_efficacy_bookkeeping_without_training(tmp_path, monkeypatch, capsys):
     """The slow test's bookkeeping, each run's training replaced by made-up metrics: the runs a killed
     invocation finished are skipped, rows, paired gains, the table and the plot."""
@@ -103,17 +120,9 @@ def test_efficacy_bookkeeping_without_training(tmp_path, monkeypatch, capsys):
         m = made_up[(spec, seed)]
         model = tmp_path / f"{spec}-{seed}.pth"
         model.write_bytes(b"weights")
-        weights = {"imitation": 0.3 + seed} if spec != "none" else {}
-        return ({"name": spec, "seed": seed, "mAP": m, "AP50": 2 * m, "APs": m / 2, "params": 1,
-                 "train_seconds_per_iter": 0.5, "recipe": spec.split(":")[0], "weights": "auto",
-                 "wall_seconds": 60.0, "distill_weights": weights, "auto_weights": None},
-                {"final_checkpoint": str(model)})
+        return _made_up_run(spec, seed, m, {"imitation": 0.3 + seed} if spec != "none" else {}, model)
 
-    monkeypatch.setattr(efficacy, "_train_one", train_one)
-    monkeypatch.setattr(efficacy, "_data_and_teacher",
-                        lambda b, log: ({}, "teacher.pth", {"mAP": 0.3, "AP50": 0.5, "APs": 0.1}))
-    monkeypatch.setattr(efficacy, "_overhead", lambda b, data, teacher, recipe, path: {
-        "seconds": {"step": 1.0, recipe: 0.25}, "fraction_of_step": 0.25})
+    _without_training(monkeypatch, train_one)
     out = tmp_path / "efficacy"
     args = ["efficacy", "--recipes", "none", "imitation:auto", "--seeds", "0,1", "--output-dir", str(out),
             "--no-progress"]
@@ -140,6 +149,48 @@ def test_efficacy_bookkeeping_without_training(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):  # another budget into the same folder
         main(args + ["--iterations", "250"])
     assert "iterations 240 -> 250" in capsys.readouterr().err
+
+
+def test_a_failed_run_is_recorded_and_the_table_goes_on(tmp_path, monkeypatch, capsys):
+    """One run stops with a non-finite loss: it is listed as failed with its one line, the others finish,
+    the command exits 1; started again, only the failed run runs, and its result replaces the failure."""
+    from kdtrain.nonfinite import NonFiniteError
+
+    ran, fail = [], {("imitation:auto", 0)}
+
+    def train_one(b, data, teacher, spec, seed, log):
+        ran.append((spec, seed))
+        if (spec, seed) in fail:
+            raise NonFiniteError("iteration 3: the gradient of distillation term imitation is not finite (NaN or "
+                                 "Inf); try a lower weight\nsecond line")
+        return _made_up_run(spec, seed, 0.1 + 0.01 * seed + (0.02 if spec != "none" else 0.0), {},
+                            tmp_path / "absent.pth")
+
+    _without_training(monkeypatch, train_one)
+    out = tmp_path / "efficacy"
+    args = ["efficacy", "--recipes", "none", "imitation:auto", "--seeds", "0,1", "--output-dir", str(out),
+            "--no-progress", "--keep-models"]
+    assert main(args) == 1
+    assert ran == [("none", 0), ("imitation:auto", 0), ("none", 1), ("imitation:auto", 1)]  # all four ran
+    reason = ("NonFiniteError: iteration 3: the gradient of distillation term imitation is not finite (NaN or Inf); "
+              "try a lower weight")
+    assert f"imitation:auto seed 0 failed: {reason}" in capsys.readouterr().out
+    result = json.load(open(out / efficacy.RESULTS))
+    failed = [r for r in result["runs"] if "failed" in r]
+    assert [(r["name"], r["seed"], r["failed"]) for r in failed] == [("imitation:auto", 0, reason)]
+    assert result["rows"]["imitation:auto"]["seeds"] == [1]  # the failed seed is in no statistic
+    assert result["rows"]["imitation:auto"]["gain_mAP"]["per_seed"] == pytest.approx([0.02])
+    table = (out / efficacy.TABLE).read_text()
+    assert f"| imitation:auto | 0 | {reason} |" in table and "| imitation:auto | 1 |" in table
+
+    ran.clear()
+    fail.clear()
+    assert main(args) == 0
+    assert ran == [("imitation:auto", 0)]  # only the failed run again
+    result = json.load(open(out / efficacy.RESULTS))
+    assert len(result["runs"]) == 4 and not any("failed" in r for r in result["runs"])
+    assert result["rows"]["imitation:auto"]["seeds"] == [0, 1]
+    assert "Failed runs" not in (out / efficacy.TABLE).read_text()
 
 
 def test_efficacy_settings_are_checked_before_anything_runs(tmp_path):

@@ -58,7 +58,7 @@ def test_one_teacher_writes_coco_json_pycocotools_loads(tiny_data, teacher_ckpt,
 
 
 def test_score_threshold_and_empty_images_are_dropped(tiny_data, teacher_ckpt, tmp_path):
-    data = _label(tiny_data, tmp_path / "p.json", "--teacher", teacher_ckpt, "--score-threshold", "1.01")
+    data = _label(tiny_data, tmp_path / "p.json", "--teacher", teacher_ckpt, "--score-threshold", "1")  # the top
     assert data["images"] == [] and data["annotations"] == []
 
 
@@ -160,3 +160,34 @@ def test_two_cpu_processes_shard_and_merge_like_one(tiny_data, teacher_ckpt, tmp
 
     assert boxes(merged) == boxes(single)
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp")]
+
+
+def test_an_image_that_fails_is_left_out_and_named_the_others_are_labelled(tiny_data, teacher_ckpt, tmp_path,
+                                                                          monkeypatch, capsys):
+    """One image cannot be read when labelled, another makes the teacher fail: both are named in the log and
+    in the json's info, and the other images are labelled."""
+    from kdtrain.pseudo import labeler
+
+    real_read, real_boxes = labeler.read_image, labeler._teacher_boxes
+
+    def read_image(path):
+        if path.endswith("000001.png"):
+            raise DatasetError(f"cannot read image {path}: gone")
+        image = real_read(path)
+        return image[..., :63] if path.endswith("000002.png") else image  # the one the teacher fails on
+
+    def teacher_boxes(models, label_maps, images, cfg):
+        if any(im.shape[-1] == 63 for im in images):
+            raise RuntimeError("teacher failed\nsecond line")
+        return real_boxes(models, label_maps, images, cfg)
+
+    monkeypatch.setattr(labeler, "read_image", read_image)
+    monkeypatch.setattr(labeler, "_teacher_boxes", teacher_boxes)
+    out = tmp_path / "pseudo.json"
+    data = _label(tiny_data, out, "--teacher", teacher_ckpt, "--keep-empty")
+    assert sorted(img["file_name"] for img in data["images"]) == ["000000.png", "000003.png"]
+    failed = data["info"]["failed_images"]
+    assert failed == {"000001.png": f"DatasetError: cannot read image {tiny_data['val']['images']}/000001.png: gone",
+                      "000002.png": "RuntimeError: teacher failed"}
+    log = capsys.readouterr().out
+    assert "left out 000001.png: DatasetError" in log and "left out 000002.png: RuntimeError: teacher failed" in log

@@ -59,8 +59,8 @@ def test_a_fresh_start_replaces_the_records_of_a_run_killed_before_its_first_che
 
 
 def _fake_training_checkpoint(path, iteration, drop=()):
-    state = {"model_spec": {}, "model_state": {}, "distill_state": {}, "optimizer": {}, "scheduler": {},
-             "scaler": {}, "iteration": iteration, "rng": {}}
+    state = {"model_spec": {}, "model_state": {}, "distill_state": {}, "optimizer": {"state": {}, "param_groups": []},
+             "scheduler": {}, "scaler": {}, "iteration": iteration, "rng": {}}
     ckpt_io.atomic_save({k: v for k, v in state.items() if k not in drop}, str(path))
     return str(path)
 

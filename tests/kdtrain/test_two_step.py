@@ -73,3 +73,17 @@ def test_labeled_fraction_is_reproducible_and_independent_of_seed(tiny_data):
     assert len(ds) == 4 and len(ds.boxes) == len(ds.labels) == 4
     with pytest.raises(ValueError, match="labeled-fraction"):
         labeled_image_indices(10, 0.0, 0)
+
+
+def test_a_step_that_stops_is_named(tiny_data, teacher_ckpt, tmp_path, monkeypatch, capsys):
+    from kdtrain import two_step
+    from kdtrain.nonfinite import NonFiniteError
+
+    def stops(cfg, log=print):
+        raise NonFiniteError("iteration 3: the distillation loss imitation is not finite (NaN or Inf)")
+
+    monkeypatch.setattr(two_step, "train", stops)
+    args = train_args(tiny_data, tmp_path / "run", "--no-eval", "--pseudo-ann", tiny_data["train"]["ann"])
+    assert main(["two-step", *args[1:]]) == 1
+    assert capsys.readouterr().err.strip() == ("python -m kdtrain two-step: stopped: step 1: iteration 3: the "
+                                               "distillation loss imitation is not finite (NaN or Inf)")
