@@ -1,6 +1,7 @@
 """Argument checks shared by every public op. Each error names the op, the argument and what was expected."""
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -147,3 +148,53 @@ def gc_conv(weight, bias, feat: torch.Tensor, dtype: torch.dtype, op: str, arg: 
         raise ValueError(f"kdops.{op}: {arg}bias must have one element on {feat.device}, got shape "
                          f"{tuple(bias.shape)} on {bias.device}")
     return weight.reshape(c).to(dtype), bias.reshape(1).to(dtype)
+
+
+# What the fused backends' autograd supports: a first-order backward for torch.autograd, and torch.func.vmap
+# (PyTorch's per-sample fallback). One wording with csrc/autograd/autograd.h double_backward_message and
+# func_transform_message; the reference backend is plain PyTorch and supports everything.
+def double_backward_message(op: str) -> str:
+    return (f"kdops.{op}: double backward (differentiating a gradient taken with create_graph=True) is not supported "
+            "by the fused backends, which have a first-order backward only; use backend='reference' for "
+            "higher-order gradients")
+
+
+def func_transform_message(op: str) -> str:
+    return (f"kdops.{op}: torch.func transforms that differentiate (grad, vjp, jvp, jacrev, jacfwd, hessian) and "
+            "forward-mode AD are not supported by the fused backends, which have a first-order backward for "
+            "torch.autograd only (torch.func.vmap works); use backend='reference' for them")
+
+
+def first_order(op: str, gradients: dict, sources) -> dict:
+    """In a fused op's autograd backward: its gradients {argument: tensor or None}, made to raise
+    double_backward_message when something differentiates them; `sources` are what they depend on (the saved
+    tensors and the incoming gradients), so that torch.autograd.grad(..., inputs) reaches the error.
+
+    Under create_graph=True the backward runs with grad mode on and the kernels' backward ops have no autograd:
+    without this, differentiating their output fails with an error that names an internal op (or, for the
+    C++ autograd, gives a silent zero). A first derivative taken with create_graph=True still works."""
+    if not torch.is_grad_enabled():
+        return gradients
+    sources = [t for t in sources if isinstance(t, torch.Tensor) and t.requires_grad]
+    names = [n for n, g in gradients.items() if g is not None]
+    if not sources or not names:
+        return gradients
+    wrapped = torch._C._functions.DelayedError(double_backward_message(op), len(names) + len(sources))(
+        *(gradients[n].detach() for n in names), *sources)
+    return {**gradients, **dict(zip(names, wrapped))}
+
+
+def plain_autograd(op: str, tensors) -> None:
+    """Before a fused op runs: raises func_transform_message under a torch.func transform that differentiates
+    (grad, vjp, jvp, jacrev, jacfwd, hessian) or forward-mode AD with a dual input, where the fused ops would
+    fail with an obscure message or, for forward mode on Triton, give a silent zero tangent. torch.func.vmap
+    alone is fine. Skipped while torch.compile traces (it handles its own graphs)."""
+    if torch.compiler.is_compiling():
+        return
+    transforms = torch._C._functorch.get_interpreter_stack()  # None outside torch.func (the common case)
+    differentiating = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
+    if transforms is not None and any(t.key() in differentiating for t in transforms):
+        raise RuntimeError(func_transform_message(op))
+    if forward_ad._current_level >= 0 and any(
+            isinstance(t, torch.Tensor) and forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        raise RuntimeError(func_transform_message(op))

@@ -11,7 +11,9 @@ using Backward = T(const T&, const T&, const T&, const T&, const T&, double);
 // The tensors the backward reads: kdops/ops/attention_masks.py's `saved`, in its order (test_registry.py).
 enum Saved { kFeat, kSpatial, kChannel, kCount };
 
-struct AttentionMasks : torch::autograd::Function<AttentionMasks> {
+struct AttentionMasks : FirstOrderFunction<AttentionMasks> {
+  static constexpr const char* kOp = "attention_masks";
+
   static variable_list forward(AutogradContext* ctx, const T& feat, double temperature) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [spatial, channel] = op_handle<Forward>("kdops::attention_masks").call(feat, temperature);
@@ -21,7 +23,7 @@ struct AttentionMasks : torch::autograd::Function<AttentionMasks> {
   }
 
   // An unused output's gradient arrives as zeros (materialised grads).
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list gradients(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     return {op_handle<Backward>("kdops::attention_masks_backward")
                 .call(grads[0], grads[1], saved[kFeat], saved[kSpatial], saved[kChannel],

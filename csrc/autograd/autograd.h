@@ -4,11 +4,14 @@
 // Triton ops keep the same formulas in Python (kdops/ops/<op>.py); the parity tests hold both to them.
 #pragma once
 
+#include <ATen/FuncTorchTLS.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
 
 #include <initializer_list>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -41,6 +44,54 @@ inline void check_no_grad(AutogradContext* ctx, size_t index, const char* op, co
               " gets no gradient", why, "; pass ", arg, ".detach()");
 }
 
+// What the fused backends' autograd supports: a first-order backward for torch.autograd (and torch.func.vmap,
+// through PyTorch's per-sample fallback). One wording with kdops/_checks.py double_backward_message and
+// func_transform_message (tests/ops/test_autograd_limits.py holds them equal).
+inline std::string double_backward_message(const char* op) {
+  return std::string("kdops.") + op +
+         ": double backward (differentiating a gradient taken with create_graph=True) is not supported by the "
+         "fused backends, which have a first-order backward only; use backend='reference' for higher-order "
+         "gradients";
+}
+inline std::string func_transform_message(const char* op) {
+  return std::string("kdops.") + op +
+         ": torch.func transforms that differentiate (grad, vjp, jvp, jacrev, jacfwd, hessian) and forward-mode AD "
+         "are not supported by the fused backends, which have a first-order backward for torch.autograd only "
+         "(torch.func.vmap works); use backend='reference' for them";
+}
+
+// The base of every op's autograd Function `F` (F::kOp names the op; F::gradients is its backward). The
+// gradients come from kernels that autograd cannot differentiate: without this, create_graph=True would
+// give them a node whose derivative is silently zero. Here they run without grad mode, and under
+// create_graph they get a node that raises double_backward_message when something differentiates them,
+// whose edges lead to what they depend on (the saved inputs and the incoming gradients that require
+// grad), so that torch.autograd.grad(..., inputs) reaches it. A first derivative taken with
+// create_graph=True still works.
+template <typename F>
+struct FirstOrderFunction : torch::autograd::Function<F> {
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list sources;
+    if (at::GradMode::is_enabled()) {  // create_graph=True
+      for (const auto& t : ctx->get_saved_variables())
+        if (t.defined() && t.requires_grad()) sources.push_back(t);
+      for (const auto& g : grads)
+        if (g.defined() && g.requires_grad()) sources.push_back(g);
+    }
+    variable_list out;
+    {
+      const at::NoGradGuard no_grad;
+      out = F::gradients(ctx, std::move(grads));
+    }
+    if (sources.empty()) return out;
+    const size_t count = out.size();
+    out.insert(out.end(), sources.begin(), sources.end());
+    const auto inputs = static_cast<int64_t>(out.size());
+    auto wrapped = torch::autograd::DelayedError(double_backward_message(F::kOp), inputs).apply(std::move(out));
+    wrapped.resize(count);
+    return wrapped;
+  }
+};
+
 // The tensors a backward reads, saved by name: `Saved` is the op's enum of them (its Python declaration's
 // `saved` order, which tests/native/test_registry.py checks), ending with kCount; the backward reads s[kName].
 template <typename Saved>
@@ -61,10 +112,28 @@ auto as_tuple(const variable_list& outputs, std::index_sequence<I...>) {
   return std::make_tuple(outputs[I]...);
 }
 
-// The Autograd-key kernel of an op whose autograd is the torch::autograd::Function `F`: register it as
-// &autograd_kernel<F, number of outputs, the op's parameter types...>.
+// Whether an argument carries a forward-mode AD tangent (torch.autograd.forward_ad has one level, 0).
+template <typename A>
+bool has_tangent(const A&) {
+  return false;
+}
+inline bool has_tangent(const at::Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0).defined(); }
+inline bool has_tangent(const c10::optional<at::Tensor>& t) { return t.has_value() && has_tangent(*t); }
+
+// The Autograd-key kernel of an op whose autograd is the FirstOrderFunction `F`: register it as
+// &autograd_kernel<F, number of outputs, the op's parameter types...>. Under a torch.func transform that
+// differentiates, or forward-mode AD, PyTorch refuses any C++ autograd Function with a message that names
+// neither the op nor what works: this one does.
 template <typename F, size_t kOutputs, typename... Args>
 auto autograd_kernel(Args... args) {
+  if (const auto& functorch = at::functorch::functorchTLSAccessor()) {
+    try {
+      functorch->checkSupportsCppAutogradFunction();
+    } catch (const c10::Error&) {
+      TORCH_CHECK(false, func_transform_message(F::kOp));
+    }
+  }
+  TORCH_CHECK(!(has_tangent(args) || ...), func_transform_message(F::kOp));
   return as_tuple(F::apply(args...), std::make_index_sequence<kOutputs>{});
 }
 

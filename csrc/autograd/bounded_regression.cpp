@@ -12,7 +12,9 @@ using Backward = T(const T&, const T&, const T&, const T&, const OptT&, const T&
 // The tensors the backward reads: kdops/ops/bounded_regression.py's `saved`, in its order (test_registry.py).
 enum Saved { kStudent, kTeacher, kTarget, kWeight, kNorm, kCount };
 
-struct BoundedRegression : torch::autograd::Function<BoundedRegression> {
+struct BoundedRegression : FirstOrderFunction<BoundedRegression> {
+  static constexpr const char* kOp = "bounded_regression";
+
   static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher, const T& target,
                                const OptT& weight, double margin) {
     at::AutoDispatchBelowADInplaceOrView below;
@@ -26,7 +28,7 @@ struct BoundedRegression : torch::autograd::Function<BoundedRegression> {
   }
 
   // The teacher only moves the bound, a step function of it: its gradient is 0 almost everywhere (none).
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list gradients(AutogradContext* ctx, variable_list grads) {
     check_no_grad(ctx, 2, "bounded_regression", "target");
     variable_list out(5);
     if (ctx->needs_input_grad(0)) {

@@ -11,7 +11,9 @@ using Backward = T(const T&, const T&, const T&, const T&, double);
 // The tensors the backward reads: kdops/ops/cwd_loss.py's `saved`, in its order (test_registry.py).
 enum Saved { kStudent, kTeacher, kRowStats, kCount };
 
-struct CwdLoss : torch::autograd::Function<CwdLoss> {
+struct CwdLoss : FirstOrderFunction<CwdLoss> {
+  static constexpr const char* kOp = "cwd_loss";
+
   static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher, double tau) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, row_stats] = op_handle<Forward>("kdops::cwd_loss").call(student, teacher, tau);
@@ -21,7 +23,7 @@ struct CwdLoss : torch::autograd::Function<CwdLoss> {
     return {loss, row_stats};
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list gradients(AutogradContext* ctx, variable_list grads) {
     check_no_grad(ctx, 1, "cwd_loss", "teacher");
     variable_list out(3);
     if (ctx->needs_input_grad(0)) {

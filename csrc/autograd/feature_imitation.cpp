@@ -12,7 +12,9 @@ using Backward = T(const T&, const T&, const T&, const OptT&, const T&, int64_t)
 // The tensors the backward reads: kdops/ops/feature_imitation.py's `saved`, in its order (test_registry.py).
 enum Saved { kStudent, kTeacher, kMask, kNorm, kCount };
 
-struct FeatureImitation : torch::autograd::Function<FeatureImitation> {
+struct FeatureImitation : FirstOrderFunction<FeatureImitation> {
+  static constexpr const char* kOp = "feature_imitation";
+
   static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher, const OptT& mask,
                                int64_t loss_kind, int64_t normalize) {
     at::AutoDispatchBelowADInplaceOrView below;
@@ -26,7 +28,7 @@ struct FeatureImitation : torch::autograd::Function<FeatureImitation> {
   }
 
   // The loss depends on S - T only: the teacher's gradient is minus the student's. The mask is a constant.
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list gradients(AutogradContext* ctx, variable_list grads) {
     variable_list out(5);
     const bool need_student = ctx->needs_input_grad(0), need_teacher = ctx->needs_input_grad(1);
     if (!need_student && !need_teacher) return out;

@@ -16,7 +16,9 @@ using Backward = std::tuple<T, T, T>(const T&, const T&, const T&, const T&, con
 enum Saved { kStudent, kTeacher, kFg, kBg, kStudentGcWeight, kTeacherGcWeight, kCtxS, kCtxT, kTeacherSpatial,
              kTeacherChannel, kPixelAttGrad, kChannelAttGrad, kProbsS, kProbsT, kCount };
 
-struct FgdFeaturePass : torch::autograd::Function<FgdFeaturePass> {
+struct FgdFeaturePass : FirstOrderFunction<FgdFeaturePass> {
+  static constexpr const char* kOp = "fgd_feature_pass";
+
   static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher, const T& fg, const T& bg,
                                const T& weight_s, const T& bias_s, const T& weight_t, const T& bias_t,
                                double temperature, double alpha, double beta, double gamma) {
@@ -41,7 +43,7 @@ struct FgdFeaturePass : torch::autograd::Function<FgdFeaturePass> {
 
   // Unused outputs arrive as zeros (materialised: they are all small). The box masks are constants and the
   // biases only shift every logit of an image, so their gradients are exactly zero.
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list gradients(AutogradContext* ctx, variable_list grads) {
     check_no_grad(ctx, 1, "fgd_feature_pass", "teacher", kFgdTeacherWhy);
     const auto s = ctx->get_saved_variables();
     variable_list out(12);

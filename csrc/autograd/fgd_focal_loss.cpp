@@ -12,7 +12,9 @@ using Backward = T(const T&, const T&, const T&, const T&, const T&, const T&, c
 // The tensors the backward reads: kdops/ops/fgd_focal_loss.py's `saved`, in its order (test_registry.py).
 enum Saved { kStudent, kTeacher, kFg, kBg, kTeacherSpatial, kTeacherChannel, kPixelAttGrad, kChannelAttGrad, kCount };
 
-struct FgdFocalLoss : torch::autograd::Function<FgdFocalLoss> {
+struct FgdFocalLoss : FirstOrderFunction<FgdFocalLoss> {
+  static constexpr const char* kOp = "fgd_focal_loss";
+
   static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher, const T& fg, const T& bg,
                                double temperature, double alpha, double beta, double gamma) {
     at::AutoDispatchBelowADInplaceOrView below;
@@ -30,7 +32,7 @@ struct FgdFocalLoss : torch::autograd::Function<FgdFocalLoss> {
 
   // The loss and its terms are differentiable (an unused one's gradient arrives as zeros); the box masks
   // are constants.
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list gradients(AutogradContext* ctx, variable_list grads) {
     check_no_grad(ctx, 1, "fgd_focal_loss", "teacher", kFgdTeacherWhy);
     variable_list out(8);
     if (!ctx->needs_input_grad(0)) return out;

@@ -11,7 +11,9 @@ using Backward = std::tuple<T, T>(const T&, const T&, const T&, const T&, const 
 // The tensors the backward reads: kdops/ops/gc_context.py's `saved`, in its order (test_registry.py).
 enum Saved { kFeat, kWeight, kContext, kProbs, kCount };
 
-struct GcContext : torch::autograd::Function<GcContext> {
+struct GcContext : FirstOrderFunction<GcContext> {
+  static constexpr const char* kOp = "gc_context";
+
   static variable_list forward(AutogradContext* ctx, const T& feat, const T& weight, const T& bias) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [context, probs] = op_handle<Forward>("kdops::gc_context").call(feat, weight, bias);
@@ -22,7 +24,7 @@ struct GcContext : torch::autograd::Function<GcContext> {
     return {context, probs};
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list gradients(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
     const T& weight = s[kWeight];
     const bool need_feat = ctx->needs_input_grad(0), need_weight = ctx->needs_input_grad(1);

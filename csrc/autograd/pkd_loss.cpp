@@ -11,7 +11,9 @@ using Backward = T(const T&, const T&, const T&, const T&);
 // The tensors the backward reads: kdops/ops/pkd_loss.py's `saved`, in its order (test_registry.py).
 enum Saved { kStudent, kTeacher, kChannelStats, kCount };
 
-struct PkdLoss : torch::autograd::Function<PkdLoss> {
+struct PkdLoss : FirstOrderFunction<PkdLoss> {
+  static constexpr const char* kOp = "pkd_loss";
+
   static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, stats] = op_handle<Forward>("kdops::pkd_loss").call(student, teacher);
@@ -21,7 +23,7 @@ struct PkdLoss : torch::autograd::Function<PkdLoss> {
   }
 
   // The loss is symmetric in S and T: the teacher's gradient is the same formula, sides swapped.
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list gradients(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
     const auto& backward_op = op_handle<Backward>("kdops::pkd_loss_backward");
     variable_list out(2);

@@ -11,7 +11,9 @@ using Backward = T(const T&, const T&, const T&, const T&, const T&);
 // The tensors the backward reads: kdops/ops/relation_mse.py's `saved`, in its order (test_registry.py).
 enum Saved { kStudent, kTeacher, kDeltaS, kDeltaT, kRowSum, kCount };
 
-struct RelationMse : torch::autograd::Function<RelationMse> {
+struct RelationMse : FirstOrderFunction<RelationMse> {
+  static constexpr const char* kOp = "relation_mse";
+
   static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher, const T& delta_s,
                                const T& delta_t) {
     at::AutoDispatchBelowADInplaceOrView below;
@@ -23,7 +25,7 @@ struct RelationMse : torch::autograd::Function<RelationMse> {
   }
 
   // The loss depends on (S + delta_s) - (T + delta_t): the teacher-side gradients are the negatives.
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list gradients(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
     const T& grad = grads[0];
     variable_list out(4);

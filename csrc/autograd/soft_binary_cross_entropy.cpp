@@ -13,7 +13,9 @@ using Backward = T(const T&, const T&, const T&, const OptT&, const T&, double, 
 // The tensors the backward reads: kdops/ops/soft_binary_cross_entropy.py's `saved`, in its order (test_registry.py).
 enum Saved { kStudent, kTeacher, kTarget, kNorm, kCount };
 
-struct SoftBinaryCrossEntropy : torch::autograd::Function<SoftBinaryCrossEntropy> {
+struct SoftBinaryCrossEntropy : FirstOrderFunction<SoftBinaryCrossEntropy> {
+  static constexpr const char* kOp = "soft_binary_cross_entropy";
+
   static variable_list forward(AutogradContext* ctx, const T& student, const T& teacher, const OptT& target,
                                double pos_weight, double neg_weight, double temperature, double mu,
                                int64_t ignore_index) {
@@ -31,7 +33,7 @@ struct SoftBinaryCrossEntropy : torch::autograd::Function<SoftBinaryCrossEntropy
     return {loss, norm};
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list gradients(AutogradContext* ctx, variable_list grads) {
     check_no_grad(ctx, 1, "soft_binary_cross_entropy", "teacher_logits");
     variable_list out(8);
     if (ctx->needs_input_grad(0)) {

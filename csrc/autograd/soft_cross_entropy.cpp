@@ -15,7 +15,9 @@ using Backward = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tens
 // The tensors the backward reads: kdops/ops/soft_cross_entropy.py's `saved`, in its order (test_registry.py).
 enum Saved { kStudent, kTeacher, kClassWeight, kTarget, kNorm, kRowStats, kCount };
 
-struct SoftCrossEntropy : torch::autograd::Function<SoftCrossEntropy> {
+struct SoftCrossEntropy : FirstOrderFunction<SoftCrossEntropy> {
+  static constexpr const char* kOp = "soft_cross_entropy";
+
   static variable_list forward(AutogradContext* ctx, const at::Tensor& student, const at::Tensor& teacher,
                                const c10::optional<at::Tensor>& class_weight, const c10::optional<at::Tensor>& target,
                                double temperature, double mu, int64_t ignore_index) {
@@ -33,7 +35,7 @@ struct SoftCrossEntropy : torch::autograd::Function<SoftCrossEntropy> {
     return {loss, norm, row_stats};
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list gradients(AutogradContext* ctx, variable_list grads) {
     check_no_grad(ctx, 1, "soft_cross_entropy", "teacher_logits");
     variable_list out(7);
     if (ctx->needs_input_grad(0)) {

@@ -42,7 +42,7 @@ std::array<acc, 2> chunk_loss(const scalar_t* sp, const scalar_t* tp, const scal
     errors<kD, scalar_t, acc>(sp + row * D, tp + row * D, yp + row * D, D, &e_s, &e_t);
     // kWeighted is a template switch: a `weight == nullptr` test per row would keep the loop scalar
     const acc w = kWeighted ? weight[row] : acc(1);
-    total += active<acc>(e_s, e_t, margin) ? w * e_s : inactive_term<acc>(e_s, e_t, margin);
+    total += weighted<acc>(w, active<acc>(e_s, e_t, margin) ? e_s : inactive_term<acc>(e_s, e_t, margin));
     count += w > acc(0) ? acc(1) : acc(0);
   }
   return {total, count};
@@ -92,10 +92,10 @@ void chunk_grad(const scalar_t* sp, const scalar_t* tp, const scalar_t* yp, cons
     acc e_s, e_t;
     errors<kD, scalar_t, acc>(sp + row * D, tp + row * D, yp + row * D, D, &e_s, &e_t);
     const acc w = kWeighted ? weight[row] : acc(1);
-    const acc scale = active<acc>(e_s, e_t, margin) ? acc(2) * coef * w : inactive_term<acc>(e_s, e_t, margin);
+    const acc scale = active<acc>(e_s, e_t, margin) ? acc(2) * coef : inactive_term<acc>(e_s, e_t, margin);
     for (int64_t k = 0; k < D; ++k) {
       const int64_t i = row * D + k;
-      gp[i] = static_cast<scalar_t>(scale * (static_cast<acc>(sp[i]) - static_cast<acc>(yp[i])));
+      gp[i] = static_cast<scalar_t>(weighted<acc>(w, scale * (static_cast<acc>(sp[i]) - static_cast<acc>(yp[i]))));
     }
   }
 }

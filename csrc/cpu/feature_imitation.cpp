@@ -41,7 +41,7 @@ void forward_impl(const at::Tensor& s, const at::Tensor& t, const at::Tensor* ma
         } else {
 #pragma omp simd reduction(+ : total)
           for (int64_t j = j0; j < j1; ++j)
-            total += static_cast<acc>(m[j]) * rho<acc>(static_cast<acc>(a[j]) - static_cast<acc>(b[j]), loss);
+            total += weighted<acc>(static_cast<acc>(m[j]), rho<acc>(static_cast<acc>(a[j]) - static_cast<acc>(b[j]), loss));
         }
         return total;
       });
@@ -106,8 +106,8 @@ void backward_impl(double coef_d, const at::Tensor& s, const at::Tensor& t, cons
         const scalar_t* m = mp + (row / C) * HW;
 #pragma omp simd
         for (int64_t j = 0; j < HW; ++j)
-          g[j] = static_cast<scalar_t>(coef * static_cast<acc>(m[j]) *
-                                       rho_grad<acc>(static_cast<acc>(a[j]) - static_cast<acc>(b[j]), loss));
+          g[j] = static_cast<scalar_t>(weighted<acc>(
+              static_cast<acc>(m[j]), coef * rho_grad<acc>(static_cast<acc>(a[j]) - static_cast<acc>(b[j]), loss)));
       }
     }
   });

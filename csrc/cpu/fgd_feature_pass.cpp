@@ -69,7 +69,7 @@ KDOPS_VEC_HD acc block_softmax(const acc* x, acc scale, int64_t len, acc* e, acc
   return total;
 }
 
-// One (image, pixel block) task of the forward. scratch: 4 * block.
+// One (image, pixel block) task of the forward. scratch: 3 * block.
 template <typename scalar_t, typename acc = acc_t<scalar_t>>
 KDOPS_CPU_CLONES void forward_block(const ForwardArgs<scalar_t>& a, int64_t task, acc* scratch) {
   const int64_t C = a.C, HW = a.HW, n = task / a.blocks, p0 = (task % a.blocks) * a.block;
@@ -104,17 +104,12 @@ KDOPS_CPU_CLONES void forward_block(const ForwardArgs<scalar_t>& a, int64_t task
   }
   a.block_sq[task] = sq;
 
-  acc *w_fg = scratch, *w_bg = scratch + a.block, *e_s = scratch + 2 * a.block, *e_t = scratch + 3 * a.block;
+  acc *e_att = scratch, *e_s = scratch + a.block, *e_t = scratch + 2 * a.block;
   acc* stat_max = a.block_max + task * kSoftmaxes;
   acc* stat_sum = a.block_sum + task * kSoftmaxes;
-  stat_sum[kAtt] = block_softmax<acc>(mt, a.att_scale, len, w_fg, stat_max[kAtt]);
+  stat_sum[kAtt] = block_softmax<acc>(mt, a.att_scale, len, e_att, stat_max[kAtt]);
   const acc* fg = a.fg + n * HW + p0;
   const acc* bg = a.bg + n * HW + p0;
-#pragma omp simd
-  for (int64_t j = 0; j < len; ++j) {
-    w_bg[j] = bg[j] * w_fg[j];
-    w_fg[j] *= fg[j];
-  }
   stat_sum[kGcS] = block_softmax<acc>(ls, acc(1), len, e_s, stat_max[kGcS]);
   stat_sum[kGcT] = block_softmax<acc>(lt, acc(1), len, e_t, stat_max[kGcT]);
 
@@ -125,8 +120,9 @@ KDOPS_CPU_CLONES void forward_block(const ForwardArgs<scalar_t>& a, int64_t task
 #pragma omp simd reduction(+ : qf, qb, cs, ct)
     for (int64_t j = 0; j < len; ++j) {
       const acc x = static_cast<acc>(sr[j]), y = static_cast<acc>(tr[j]), d2 = (x - y) * (x - y);
-      qf += w_fg[j] * d2;
-      qb += w_bg[j] * d2;
+      const acc a2 = e_att[j] * d2;
+      qf += weighted<acc>(fg[j], a2);  // a pixel where a mask is 0 adds exactly 0
+      qb += weighted<acc>(bg[j], a2);
       cs += e_s[j] * x;
       ct += e_t[j] * y;
     }
@@ -161,7 +157,7 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const at
                           out.probs_t.data_ptr<acc>(), partial.data(), block_max.data(), block_sum.data(),
                           block_sq.data()};
   cpu::parallel_chunks(tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc> scratch(4 * block);
+    std::vector<acc> scratch(3 * block);
     for (int64_t task = begin; task < end; ++task) forward_block<scalar_t>(a, task, scratch.data());
   });
 
@@ -243,7 +239,8 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const at
   tm[0] = static_cast<acc>(l_fg / N);
   tm[1] = static_cast<acc>(l_bg / N);
   tm[2] = static_cast<acc>(l_att / N);
-  out.loss.fill_(static_cast<acc>(alpha) * tm[0] + static_cast<acc>(beta) * tm[1] + static_cast<acc>(gamma) * tm[2]);
+  out.loss.fill_(focal::weighted_loss<acc>(static_cast<acc>(alpha), tm[0], static_cast<acc>(beta), tm[1],
+                                           static_cast<acc>(gamma), tm[2]));
   out.diff_sq.fill_(sq);
 }
 
@@ -275,7 +272,7 @@ fgd_feature_pass_cpu(const at::Tensor& student_in, const at::Tensor& teacher_in,
 template <typename scalar_t, typename acc = acc_t<scalar_t>>
 struct BackwardArgs {
   const scalar_t *s, *t;
-  const acc *pixel_weight, *pixel_att, *probs_s, *probs_t;        // (N, HW)
+  const acc *mask_coef, *t_spatial, *pixel_att, *probs_s, *probs_t;  // (N, HW)
   const acc *channel_weight, *channel_att, *shift, *g_s, *g_t;    // (N, C)
   const acc *ws, *ubar_s, *ubar_t;                                // (C,), (N,), (N,)
   acc diff_coef;
@@ -310,7 +307,7 @@ KDOPS_CPU_CLONES void backward_block(const BackwardArgs<scalar_t>& a, int64_t ta
     dl_s[j] = gc::logit_grad<acc>(ps[j], dl_s[j], ubar_s);
     dl_t[j] = gc::logit_grad<acc>(pt[j], dl_t[j], ubar_t);
   }
-  const acc *pw = a.pixel_weight + n * HW + p0, *pat = a.pixel_att + n * HW + p0;
+  const acc *mc = a.mask_coef + n * HW + p0, *sp = a.t_spatial + n * HW + p0, *pat = a.pixel_att + n * HW + p0;
   acc* dw = a.dw_part + task * 2 * C;
   for (int64_t c = 0; c < C; ++c) {  // the block is in L2 now
     const scalar_t* sr = a.s + (n * C + c) * HW + p0;
@@ -321,8 +318,8 @@ KDOPS_CPU_CLONES void backward_block(const BackwardArgs<scalar_t>& a, int64_t ta
     acc dws = 0, dwt = 0;
 #pragma omp simd reduction(+ : dws, dwt)
     for (int64_t j = 0; j < len; ++j) {
-      o[j] = feature_pass::grad_student<acc, scalar_t>(sr[j], tr[j], pw[j], cw, pat[j], cat, a.diff_coef, shift, ps[j],
-                                                        gsc, wsc, dl_s[j]);
+      o[j] = feature_pass::grad_student<acc, scalar_t>(sr[j], tr[j], mc[j], sp[j], cw, pat[j], cat, a.diff_coef, shift,
+                                                        ps[j], gsc, wsc, dl_s[j]);
       dws += dl_s[j] * static_cast<acc>(sr[j]);
       dwt += dl_t[j] * static_cast<acc>(tr[j]);
     }
@@ -350,19 +347,19 @@ void backward_impl(const FeaturePassGrads& grads, const at::Tensor& student, con
   const acc *ca = saved.channel_att_grad.const_data_ptr<acc>();
   const acc *g_s = grads.ctx_s.const_data_ptr<acc>(), *g_t = grads.ctx_t.const_data_ptr<acc>();
   const acc *cs = ctx_s.const_data_ptr<acc>(), *ct = ctx_t.const_data_ptr<acc>();
-  std::vector<acc> pixel_weight(N * HW), pixel_att(N * HW), channel_att(N * C), ubar_s(N, acc(0)), ubar_t(N, acc(0));
+  std::vector<acc> mask_coef(N * HW), pixel_att(N * HW), channel_att(N * C), ubar_s(N, acc(0)), ubar_t(N, acc(0));
   for (int64_t i = 0; i < N * HW; ++i) {
-    pixel_weight[i] = two_over_n * (c_fg * fgp[i] + c_bg * bgp[i]) * t_sp[i];
-    pixel_att[i] = c_att * pa[i];
+    mask_coef[i] = focal::mask_coef<acc>(two_over_n, c_fg, fgp[i], c_bg, bgp[i]);
+    pixel_att[i] = weighted<acc>(c_att, pa[i]);  // gamma * g + G_att = 0: no attention term at all
   }
   for (int64_t i = 0; i < N * C; ++i) {
-    channel_att[i] = c_att * ca[i];
+    channel_att[i] = weighted<acc>(c_att, ca[i]);
     ubar_s[i / C] += g_s[i] * cs[i];
     ubar_t[i / C] += g_t[i] * ct[i];
   }
   std::vector<acc> dw_part(tasks * 2 * C);
   BackwardArgs<scalar_t> a{student.const_data_ptr<scalar_t>(), teacher.const_data_ptr<scalar_t>(),
-                           pixel_weight.data(), pixel_att.data(), saved.probs_s.const_data_ptr<acc>(),
+                           mask_coef.data(), t_sp, pixel_att.data(), saved.probs_s.const_data_ptr<acc>(),
                            saved.probs_t.const_data_ptr<acc>(), saved.teacher_channel.const_data_ptr<acc>(),
                            channel_att.data(), grads.diff_sum.const_data_ptr<acc>(), g_s, g_t,
                            weight_s.const_data_ptr<acc>(), ubar_s.data(), ubar_t.data(),

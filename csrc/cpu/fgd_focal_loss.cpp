@@ -54,24 +54,25 @@ KDOPS_CPU_CLONES void abs_sums_block(const scalar_t* s, const scalar_t* t, int64
   }
 }
 
-// Pass 2 for rows [begin, end): sum_j M[j] A_S^t[j] (S - T)^2 under both masks, times A_C^t[n, c].
+// Pass 2 for rows [begin, end): sum_j M[j] A_S^t[j] (S - T)^2 under both masks, times A_C^t[n, c]; a pixel
+// where a mask is 0 adds exactly 0 to its sum.
 template <typename scalar_t, typename acc = acc_t<scalar_t>>
-KDOPS_CPU_CLONES void masked_squares_rows(const scalar_t* s, const scalar_t* t, const acc* fg_w, const acc* bg_w,
-                                          const acc* t_ch, int64_t begin, int64_t end, int64_t C, int64_t HW,
-                                          double* fg_part, double* bg_part) {
+KDOPS_CPU_CLONES void masked_squares_rows(const scalar_t* s, const scalar_t* t, const acc* fg, const acc* bg,
+                                          const acc* t_sp, const acc* t_ch, int64_t begin, int64_t end, int64_t C,
+                                          int64_t HW, double* fg_part, double* bg_part) {
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / C;
     const scalar_t* sr = s + row * HW;
     const scalar_t* tr = t + row * HW;
-    const acc* fw = fg_w + n * HW;
-    const acc* bw = bg_w + n * HW;
+    const acc *fm = fg + n * HW, *bm = bg + n * HW, *sp = t_sp + n * HW;
     const auto sums = cpu::blocked_sum(HW, [&](int64_t j0, int64_t j1) {
       acc sf = 0, sb = 0;
 #pragma omp simd reduction(+ : sf, sb)
       for (int64_t j = j0; j < j1; ++j) {
         const acc d = static_cast<acc>(sr[j]) - static_cast<acc>(tr[j]);
-        sf += fw[j] * d * d;
-        sb += bw[j] * d * d;
+        const acc a = sp[j] * d * d;
+        sf += weighted<acc>(fm[j], a);
+        sb += weighted<acc>(bm[j], a);
       }
       return std::array<acc, 2>{sf, sb};
     });
@@ -82,19 +83,20 @@ KDOPS_CPU_CLONES void masked_squares_rows(const scalar_t* s, const scalar_t* t, 
 
 // dS for rows [begin, end).
 template <typename scalar_t, typename acc = acc_t<scalar_t>>
-KDOPS_CPU_CLONES void grad_rows(const scalar_t* s, const scalar_t* t, const acc* pixel_weight,
+KDOPS_CPU_CLONES void grad_rows(const scalar_t* s, const scalar_t* t, const acc* mask_coef, const acc* t_sp,
                                 const acc* pixel_att_scaled, const acc* t_ch, const acc* ca, acc c_att, int64_t begin,
                                 int64_t end, int64_t C, int64_t HW, scalar_t* out) {
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / C;
-    const acc* pw = pixel_weight + n * HW;
+    const acc *mc = mask_coef + n * HW, *sp = t_sp + n * HW;
     const acc* pat = pixel_att_scaled + n * HW;
-    const acc cw = t_ch[row], cat = c_att * ca[row];
+    const acc cw = t_ch[row], cat = weighted<acc>(c_att, ca[row]);
     const scalar_t* sr = s + row * HW;
     const scalar_t* tr = t + row * HW;
     scalar_t* o = out + row * HW;
 #pragma omp simd
-    for (int64_t j = 0; j < HW; ++j) o[j] = focal::grad_student<acc, scalar_t>(sr[j], tr[j], pw[j], cw, pat[j], cat);
+    for (int64_t j = 0; j < HW; ++j)
+      o[j] = focal::grad_student<acc, scalar_t>(sr[j], tr[j], mc[j], sp[j], cw, pat[j], cat);
   }
 }
 
@@ -141,17 +143,10 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const at
   });
 
   // Pass 2: sum_j M[j] * A_S^t[j] * (S - T)^2 per (n, c) row, times A_C^t[n, c].
-  std::vector<acc> fg_w(N * HW), bg_w(N * HW);
   std::vector<double> fg_part(N * C), bg_part(N * C);
-  const acc* fgp = fg.const_data_ptr<acc>();
-  const acc* bgp = bg.const_data_ptr<acc>();
-  for (int64_t i = 0; i < N * HW; ++i) {
-    fg_w[i] = fgp[i] * t_sp[i];
-    bg_w[i] = bgp[i] * t_sp[i];
-  }
   cpu::parallel_chunks(N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
-    masked_squares_rows<scalar_t>(s, t, fg_w.data(), bg_w.data(), t_ch, begin, end, C, HW, fg_part.data(),
-                                  bg_part.data());
+    masked_squares_rows<scalar_t>(s, t, fg.const_data_ptr<acc>(), bg.const_data_ptr<acc>(), t_sp, t_ch, begin, end, C,
+                                  HW, fg_part.data(), bg_part.data());
   });
 
   double l_fg = 0, l_bg = 0, l_att = 0;
@@ -164,7 +159,8 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const at
   tm[0] = static_cast<acc>(l_fg / N);
   tm[1] = static_cast<acc>(l_bg / N);
   tm[2] = static_cast<acc>(l_att / N);
-  loss.fill_(static_cast<acc>(alpha) * tm[0] + static_cast<acc>(beta) * tm[1] + static_cast<acc>(gamma) * tm[2]);
+  loss.fill_(focal::weighted_loss<acc>(static_cast<acc>(alpha), tm[0], static_cast<acc>(beta), tm[1],
+                                       static_cast<acc>(gamma), tm[2]));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fgd_focal_loss_cpu(
@@ -203,10 +199,10 @@ void backward_impl(const at::Tensor& grad_loss, const at::Tensor& grad_terms, co
   const acc* bgp = bg.const_data_ptr<acc>();
   const acc* t_sp = t_spatial.const_data_ptr<acc>();
   const acc* pa = pixel_att.const_data_ptr<acc>();
-  std::vector<acc> pixel_weight(N * HW), pixel_att_scaled(N * HW);
+  std::vector<acc> mask_coef(N * HW), pixel_att_scaled(N * HW);
   for (int64_t i = 0; i < N * HW; ++i) {
-    pixel_weight[i] = two_over_n * (c_fg * fgp[i] + c_bg * bgp[i]) * t_sp[i];
-    pixel_att_scaled[i] = c_att * pa[i];
+    mask_coef[i] = focal::mask_coef<acc>(two_over_n, c_fg, fgp[i], c_bg, bgp[i]);
+    pixel_att_scaled[i] = weighted<acc>(c_att, pa[i]);  // gamma * g + G_att = 0: no attention term at all
   }
   const acc* t_ch = t_channel.const_data_ptr<acc>();
   const acc* ca = channel_att.const_data_ptr<acc>();
@@ -214,7 +210,8 @@ void backward_impl(const at::Tensor& grad_loss, const at::Tensor& grad_terms, co
   const scalar_t* t = teacher.const_data_ptr<scalar_t>();
   scalar_t* out = grad.data_ptr<scalar_t>();
   cpu::parallel_chunks(N * C, row_grain(HW), [&](int64_t begin, int64_t end) {
-    grad_rows<scalar_t>(s, t, pixel_weight.data(), pixel_att_scaled.data(), t_ch, ca, c_att, begin, end, C, HW, out);
+    grad_rows<scalar_t>(s, t, mask_coef.data(), t_sp, pixel_att_scaled.data(), t_ch, ca, c_att, begin, end, C, HW,
+                        out);
   });
 }
 

@@ -29,7 +29,8 @@ __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* _
        row += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     acc e_s, e_t;
     row_errors<scalar_t, acc>(s + row * D, t + row * D, y + row * D, D, &e_s, &e_t);
-    total += active<acc>(e_s, e_t, margin) ? row_weight<acc>(weight, row) * e_s : inactive_term<acc>(e_s, e_t, margin);
+    total += weighted<acc>(row_weight<acc>(weight, row),
+                           active<acc>(e_s, e_t, margin) ? e_s : inactive_term<acc>(e_s, e_t, margin));
     count += row_counts<acc>(weight, row);
   }
   const acc mine[2] = {block_sum(total.value()), block_sum(count)};
@@ -75,11 +76,11 @@ __global__ void backward_kernel(const acc* __restrict__ grad_out, const acc* __r
        row += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     acc e_s, e_t;
     row_errors<scalar_t, acc>(s + row * D, t + row * D, y + row * D, D, &e_s, &e_t);
-    const acc scale = active<acc>(e_s, e_t, margin) ? acc(2) * coef * row_weight<acc>(weight, row)
-                                                    : inactive_term<acc>(e_s, e_t, margin);
+    const acc w = row_weight<acc>(weight, row);
+    const acc scale = active<acc>(e_s, e_t, margin) ? acc(2) * coef : inactive_term<acc>(e_s, e_t, margin);
     for (int64_t k = 0; k < D; ++k) {
       const int64_t i = row * D + k;
-      g[i] = static_cast<scalar_t>(scale * (static_cast<acc>(s[i]) - static_cast<acc>(y[i])));
+      g[i] = static_cast<scalar_t>(weighted<acc>(w, scale * (static_cast<acc>(s[i]) - static_cast<acc>(y[i]))));
     }
   }
 }

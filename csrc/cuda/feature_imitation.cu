@@ -34,7 +34,7 @@ __global__ void partial_kernel(const scalar_t* __restrict__ s, const scalar_t* _
     for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < HW;
          j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       const acc r = rho<acc>(static_cast<acc>(s[row * HW + j]) - static_cast<acc>(t[row * HW + j]), loss);
-      local += mn == nullptr ? r : static_cast<acc>(mn[j]) * r;
+      local += mn == nullptr ? r : weighted<acc>(static_cast<acc>(mn[j]), r);
     }
   }
   const acc total = block_sum(local.value());
@@ -105,9 +105,8 @@ __global__ void grad_kernel(const acc* __restrict__ grad_out, const acc* __restr
     for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < HW;
          j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       const int64_t i = row * HW + j;
-      acc v = coef * rho_grad<acc>(static_cast<acc>(s[i]) - static_cast<acc>(t[i]), loss);
-      if (mn != nullptr) v *= static_cast<acc>(mn[j]);
-      g[i] = static_cast<scalar_t>(v);
+      const acc v = coef * rho_grad<acc>(static_cast<acc>(s[i]) - static_cast<acc>(t[i]), loss);
+      g[i] = static_cast<scalar_t>(mn == nullptr ? v : weighted<acc>(static_cast<acc>(mn[j]), v));
     }
   }
 }

@@ -53,7 +53,7 @@ __device__ __forceinline__ void store_focal_loss(acc fg_sum, acc bg_sum, acc att
   terms[0] = fg_sum * inv_n;
   terms[1] = bg_sum * inv_n;
   terms[2] = att_sum * inv_n;
-  loss[0] = alpha * terms[0] + beta * terms[1] + gamma * terms[2];
+  loss[0] = focal::weighted_loss<acc>(alpha, terms[0], beta, terms[1], gamma, terms[2]);
 }
 
 // Host side, shared by both ops: the four masks of each image from their summed logits (softmax rows,

@@ -180,11 +180,11 @@ __global__ void partial_kernel(const ForwardArgs<scalar_t, acc> a) {
     a.tile_sq[n * tiles + tile] = total;
   }
 
-  acc logits[kPerLane], w_fg[kPerLane], w_bg[kPerLane], e_s[kPerLane], e_t[kPerLane], mx[kSoftmaxes],
+  acc logits[kPerLane], e_att[kPerLane], fg[kPerLane], bg[kPerLane], e_s[kPerLane], e_t[kPerLane], mx[kSoftmaxes],
       sum[kSoftmaxes];
 #pragma unroll
   for (int v = 0; v < kPerLane; ++v) logits[v] = mt[v] * a.att_scale;
-  tile_softmax(logits, px, w_fg, mx[kAtt], sum[kAtt]);
+  tile_softmax(logits, px, e_att, mx[kAtt], sum[kAtt]);
   tile_softmax(ls, px, e_s, mx[kGcS], sum[kGcS]);
   tile_softmax(lt, px, e_t, mx[kGcT], sum[kGcT]);
   if (threadIdx.x == 0) {
@@ -196,9 +196,8 @@ __global__ void partial_kernel(const ForwardArgs<scalar_t, acc> a) {
   }
 #pragma unroll
   for (int v = 0; v < kPerLane; ++v) {
-    const acc fg = px.ok[v] ? a.fg[n * HW + px.j[v]] : acc(0), bg = px.ok[v] ? a.bg[n * HW + px.j[v]] : acc(0);
-    w_bg[v] = bg * w_fg[v];
-    w_fg[v] *= fg;
+    fg[v] = px.ok[v] ? a.fg[n * HW + px.j[v]] : acc(0);
+    bg[v] = px.ok[v] ? a.bg[n * HW + px.j[v]] : acc(0);
   }
 
   for (int64_t c = warp; c < C; c += kWarps) {  // again: from L2 while it holds the slice
@@ -207,9 +206,9 @@ __global__ void partial_kernel(const ForwardArgs<scalar_t, acc> a) {
     for (int v = 0; v < kPerLane; ++v) {
       const acc x = px.ok[v] ? static_cast<acc>(s[c * HW + px.j[v]]) : acc(0);
       const acc y = px.ok[v] ? static_cast<acc>(t[c * HW + px.j[v]]) : acc(0);
-      const acc d2 = (x - y) * (x - y);
-      qf += w_fg[v] * d2;
-      qb += w_bg[v] * d2;
+      const acc d2 = (x - y) * (x - y), a2 = e_att[v] * d2;
+      qf += weighted<acc>(fg[v], a2);  // a pixel where a mask is 0 adds exactly 0
+      qb += weighted<acc>(bg[v], a2);
       cs += e_s[v] * x;
       ct += e_t[v] * y;
     }
@@ -460,7 +459,7 @@ __global__ void grad_kernel(const BackwardArgs<scalar_t, acc> a) {
   const acc gl = a.grad_loss[0];
   const acc c_fg = a.alpha * gl + a.grad_terms[0], c_bg = a.beta * gl + a.grad_terms[1];
   const acc c_att = a.gamma * gl + a.grad_terms[2], diff_coef = acc(2) * a.grad_diff_sq[0];
-  acc p_s[kPerLane], pixel_weight[kPerLane], pixel_att[kPerLane];
+  acc p_s[kPerLane], mask_coef[kPerLane], spatial[kPerLane], pixel_att[kPerLane];
 #pragma unroll
   for (int v = 0; v < kPerLane; ++v) {
     const int64_t i = n * HW + px.j[v];
@@ -468,12 +467,14 @@ __global__ void grad_kernel(const BackwardArgs<scalar_t, acc> a) {
     p_s[v] = ok ? a.probs_s[i] : acc(0);
     dl_s[v] = gc::logit_grad<acc>(p_s[v], dl_s[v], ubar_s);
     dl_t[v] = gc::logit_grad<acc>(ok ? a.probs_t[i] : acc(0), dl_t[v], ubar_t);
-    pixel_weight[v] = ok ? a.two_over_n * (c_fg * a.fg[i] + c_bg * a.bg[i]) * a.t_spatial[i] : acc(0);
-    pixel_att[v] = ok ? c_att * a.pixel_att[i] : acc(0);
+    mask_coef[v] = ok ? focal::mask_coef<acc>(a.two_over_n, c_fg, a.fg[i], c_bg, a.bg[i]) : acc(0);
+    spatial[v] = ok ? a.t_spatial[i] : acc(0);
+    pixel_att[v] = ok ? weighted<acc>(c_att, a.pixel_att[i]) : acc(0);  // c_att = 0: no attention term at all
   }
 
   for (int64_t c = warp; c < C; c += kWarps) {  // again: from L2 while it holds the slice
-    const acc cw = a.t_channel[n * C + c], cat = c_att * a.channel_att[n * C + c], shift = a.shift[n * C + c];
+    const acc cw = a.t_channel[n * C + c], cat = weighted<acc>(c_att, a.channel_att[n * C + c]);
+    const acc shift = a.shift[n * C + c];
     const acc gsc = g_s[c], wsc = a.ws[c];
     acc dws = 0, dwt = 0;
 #pragma unroll
@@ -481,8 +482,8 @@ __global__ void grad_kernel(const BackwardArgs<scalar_t, acc> a) {
       if (!px.ok[v]) continue;
       const int64_t i = c * HW + px.j[v];
       const scalar_t x = s[i], y = t[i];
-      out[i] = feature_pass::grad_student<acc, scalar_t>(x, y, pixel_weight[v], cw, pixel_att[v], cat, diff_coef,
-                                                         shift, p_s[v], gsc, wsc, dl_s[v]);
+      out[i] = feature_pass::grad_student<acc, scalar_t>(x, y, mask_coef[v], spatial[v], cw, pixel_att[v], cat,
+                                                         diff_coef, shift, p_s[v], gsc, wsc, dl_s[v]);
       dws += dl_s[v] * static_cast<acc>(x);
       dwt += dl_t[v] * static_cast<acc>(y);
     }

@@ -68,8 +68,8 @@ __global__ void feature_kernel(const scalar_t* __restrict__ s, const scalar_t* _
          j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       const acc d = static_cast<acc>(s[row * HW + j]) - static_cast<acc>(t[row * HW + j]);
       const acc a = cw * t_sp[pixels + j] * d * d;
-      local_f += fg[pixels + j] * a;
-      local_b += bg[pixels + j] * a;
+      local_f += weighted<acc>(fg[pixels + j], a);  // a pixel where a mask is 0 adds exactly 0
+      local_b += weighted<acc>(bg[pixels + j], a);
     }
   }
   const acc sf = block_sum(local_f.value());
@@ -161,12 +161,12 @@ __global__ void grad_kernel(const acc* __restrict__ grad_loss, const acc* __rest
   const acc c_fg = alpha * gl + grad_terms[0], c_bg = beta * gl + grad_terms[1], c_att = gamma * gl + grad_terms[2];
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     const int64_t pixels = (row / C) * HW;
-    const acc cw = t_ch[row], ca = c_att * channel_att[row];
+    const acc cw = t_ch[row], ca = weighted<acc>(c_att, channel_att[row]);
     for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < HW;
          j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       const int64_t p = pixels + j, i = row * HW + j;
-      const acc pw = two_over_n * (c_fg * fg[p] + c_bg * bg[p]) * t_sp[p];
-      out[i] = focal::grad_student<acc, scalar_t>(s[i], t[i], pw, cw, c_att * pixel_att[p], ca);
+      const acc mc = focal::mask_coef<acc>(two_over_n, c_fg, fg[p], c_bg, bg[p]);
+      out[i] = focal::grad_student<acc, scalar_t>(s[i], t[i], mc, t_sp[p], cw, weighted<acc>(c_att, pixel_att[p]), ca);
     }
   }
 }

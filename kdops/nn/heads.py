@@ -10,6 +10,7 @@ from kdops._layout import acc_dtype
 from kdops.ops.bounded_regression import bounded_regression
 from kdops.ops.soft_binary_cross_entropy import soft_binary_cross_entropy
 from kdops.ops.soft_cross_entropy import soft_cross_entropy
+from kdops.reference._common import without_weightless
 
 
 class DistillCrossEntropy(nn.Module):
@@ -115,11 +116,14 @@ class BoundedRegressionLoss(nn.Module):
         loss = self.nu * bounded_regression(student_reg, teacher_reg, target=target, weight=weight, margin=self.margin,
                                             backend=self.backend)
         if self.with_smooth_l1:
-            per_row = F.smooth_l1_loss(student_reg, target, beta=self.beta, reduction="none").sum(-1)
             if weight is None:
+                per_row = F.smooth_l1_loss(student_reg, target, beta=self.beta, reduction="none").sum(-1)
                 loss = loss + per_row.mean()
-            else:
+            else:  # a row of weight 0 adds exactly 0, whatever it holds (docs/math.md §0)
                 count = (weight > 0).sum().clamp(min=1)
+                kept = weight[..., None]
+                per_row = F.smooth_l1_loss(without_weightless(student_reg, kept), without_weightless(target, kept),
+                                           beta=self.beta, reduction="none").sum(-1)
                 loss = loss + (per_row * weight).sum() / count
         return loss
 

@@ -3,16 +3,20 @@
     L_b = sum_i w_i * [e_s + m > e_t] * e_s / Z,   Z = rows (no weight) or #{i : w_i > 0}
 The bound is decided per row. The teacher only enters through the indicator, which is piecewise
 constant in it, so it gets no gradient. A row whose e_s or e_t is NaN is neither in nor out of the
-bound: its term and its gradient are NaN (a NaN teacher is not silently dropped).
+bound: its term and its gradient are NaN (a NaN teacher is not silently dropped). A row of weight 0 does not
+exist for the op: its term and its gradient are exactly 0 whatever it holds (docs/math.md §0).
 """
 
 import torch
 
 from kdops._layout import acc_dtype
-from kdops.reference._common import safe_mean
+from kdops.reference._common import safe_mean, without_weightless
 
 
-def _errors(student, teacher, target, dtype):
+def _errors(student, teacher, target, weight, dtype):
+    if weight is not None:
+        keep = weight[:, None]
+        student, teacher, target = (without_weightless(x, keep) for x in (student, teacher, target))
     y = target.to(dtype)
     e_s = (student.to(dtype) - y).square().sum(dim=1)
     e_t = (teacher.to(dtype) - y).square().sum(dim=1)
@@ -28,7 +32,7 @@ def _count(weight, rows, like):
 def bounded_regression(student, teacher, *, target, weight=None, margin: float = 0.0):
     """student, teacher, target: (rows, D); weight: optional (rows,). Returns (0-dim loss, Z)."""
     dtype = acc_dtype(student.dtype)
-    e_s, e_t = _errors(student, teacher, target, dtype)
+    e_s, e_t = _errors(student, teacher, target, weight, dtype)
     zero = torch.zeros_like(e_s)
     unordered = e_s.isnan() | e_t.isnan()
     nan_row = e_s * zero.masked_fill(unordered, float("nan"))  # NaN with a NaN gradient on those rows only
@@ -42,9 +46,9 @@ def bounded_regression(student, teacher, *, target, weight=None, margin: float =
 def bounded_regression_backward(grad, student, teacher, target, weight, norm, margin: float):
     """dL/dr_s = grad / Z * w_i * [e_s + m > e_t] * 2 (r_s - y)."""
     dtype = acc_dtype(student.dtype)
-    e_s, e_t = _errors(student, teacher, target, dtype)
+    e_s, e_t = _errors(student, teacher, target, weight, dtype)
     active = (e_s + margin > e_t).to(dtype).masked_fill(e_s.isnan() | e_t.isnan(), float("nan"))
-    if weight is not None:
-        active = active * weight.to(dtype)
     g = 2 * (student.to(dtype) - target.to(dtype)) * active[:, None]
+    if weight is not None:
+        g = without_weightless(g * weight.to(dtype)[:, None], weight[:, None])
     return (safe_mean(grad.to(dtype), norm.to(dtype)) * g).to(student.dtype)

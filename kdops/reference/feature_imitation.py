@@ -1,8 +1,10 @@
-"""Masked feature imitation, docs/math.md §5: L = sum M * rho(S - T) / Z."""
+"""Masked feature imitation, docs/math.md §5: L = sum M * rho(S - T) / Z. A pixel of mask 0 does not exist for the
+op: its term and its gradients are exactly 0 whatever S and T hold there (docs/math.md §0)."""
 
 import torch
 
 from kdops._layout import acc_dtype
+from kdops.reference._common import without_weightless
 
 
 def normalizer(student: torch.Tensor, mask, normalize: str) -> torch.Tensor:
@@ -23,6 +25,8 @@ def feature_imitation(student, teacher, *, mask=None, loss: str = "mse", normali
     """Returns a 0-dim loss in float32 (float64 for float64 inputs); an empty batch gives 0."""
     dtype = acc_dtype(student.dtype)
     d = student.to(dtype) - teacher.to(dtype)
+    if mask is not None:
+        d = without_weightless(d, mask.unsqueeze(1))
     r = d * d if loss == "mse" else d.abs()
     if mask is not None:
         r = r * mask.to(dtype).unsqueeze(1)
@@ -37,6 +41,6 @@ def feature_imitation_backward(grad, student, teacher, mask, norm, loss: str):
     d = student.to(dtype) - teacher.to(dtype)
     g = 2 * d if loss == "mse" else torch.sign(d)
     if mask is not None:
-        g = g * mask.to(dtype).unsqueeze(1)
+        g = without_weightless(g * mask.to(dtype).unsqueeze(1), mask.unsqueeze(1))
     coef = torch.where(norm == 0, torch.zeros_like(norm), grad.to(dtype) / torch.where(norm == 0, torch.ones_like(norm), norm))
     return (coef * g).to(student.dtype)

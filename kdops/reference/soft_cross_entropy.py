@@ -4,14 +4,15 @@ Per row i over classes c (background = class 0):
     soft_i = - sum_c w_c * softmax(z_t / T)[c] * log_softmax(z_s / T)[c]
     hard_i = - log_softmax(z_s)[y_i]                      (plain CE at temperature 1)
     L = sum over kept rows of (mu * hard_i + (1 - mu) * soft_i) / (number of kept rows)
-Without a target every row is kept and L is the mean of soft_i. A row whose target is neither
-ignore_index nor in [0, C) gives NaN (the GPU kernels cannot raise without a host sync).
+Without a target every row is kept and L is the mean of soft_i. A row labelled ignore_index adds exactly 0 to the
+value and the gradient whatever its logits hold (docs/math.md §0). A row whose target is neither ignore_index
+nor in [0, C) gives NaN (the GPU kernels cannot raise without a host sync).
 """
 
 import torch
 
 from kdops._layout import acc_dtype
-from kdops.reference._common import safe_mean
+from kdops.reference._common import safe_mean, without_weightless
 
 
 def _weights(class_weight, num_classes, like):
@@ -33,11 +34,11 @@ def soft_cross_entropy(student, teacher, *, class_weight=None, target=None, temp
                        ignore_index: int = -1):
     """Returns (0-dim loss in float32 / float64, number of kept rows in the same dtype)."""
     dtype = acc_dtype(student.dtype)
-    zs, zt = student.to(dtype), teacher.to(dtype)
-    rows, num_classes = zs.shape
+    rows, num_classes = student.shape
+    keep, valid = _kept_and_valid(target, rows, num_classes, ignore_index, student.device)
+    zs, zt = (without_weightless(z.to(dtype), keep[:, None]) for z in (student, teacher))
     w = _weights(class_weight, num_classes, zs)
     soft = -(w * torch.softmax(zt / temperature, dim=1) * torch.log_softmax(zs / temperature, dim=1)).sum(dim=1)
-    keep, valid = _kept_and_valid(target, rows, num_classes, ignore_index, zs.device)
     if target is None:
         per_row = soft
     else:
@@ -56,12 +57,12 @@ def soft_cross_entropy_backward(grad, student, teacher, class_weight, target, no
                                                 + mu * (softmax(z_s)[i, j] - [j == y_i])),
     with W_i = sum_c w_c P_t[i, c] (mu = 0 without a target)."""
     dtype = acc_dtype(student.dtype)
-    zs, zt = student.to(dtype), teacher.to(dtype)
-    rows, num_classes = zs.shape
+    rows, num_classes = student.shape
+    keep, valid = _kept_and_valid(target, rows, num_classes, ignore_index, student.device)
+    zs, zt = (without_weightless(z.to(dtype), keep[:, None]) for z in (student, teacher))
     w = _weights(class_weight, num_classes, zs)
     ps, pt = torch.softmax(zs / temperature, dim=1), torch.softmax(zt / temperature, dim=1)
     g = (ps * (w * pt).sum(dim=1, keepdim=True) - w * pt) / temperature
-    keep, valid = _kept_and_valid(target, rows, num_classes, ignore_index, zs.device)
     if target is not None:
         label = torch.where(valid, target, torch.zeros_like(target)).long()
         onehot = torch.nn.functional.one_hot(label, num_classes).to(dtype)

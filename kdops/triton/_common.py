@@ -63,6 +63,13 @@ def row_tile(tiles):
 
 
 @triton.jit
+def weighted(weight, term):
+    """weight * term, exactly 0 where the weight is 0 whatever the term holds (docs/math.md §0: rows and pixels of
+    weight 0 do not exist for an op; 0 * inf and 0 * NaN would be NaN). csrc/include/kdops/math/weighted.h."""
+    return tl.where(weight == 0, 0.0, weight * term)
+
+
+@triton.jit
 def size64(n):
     """A size argument as int64, for `range(0, n, BLOCK)`: an int32 counter wraps negative at its last step when
     2^31 - BLOCK < n < 2^31 (Triton passes sizes >= 2^31 as int64 already) and the loop never ends."""

@@ -1,12 +1,18 @@
-"""Triton kernels shared by the FGD ops: fgd_focal_loss and fgd_feature_pass (the attention loss and its
-gradient coefficients), gc_context and fgd_feature_pass (the merge of per-tile online softmaxes, the GcBlock
+"""Triton kernels shared by the FGD ops: fgd_focal_loss and fgd_feature_pass (the weighted terms, the attention loss
+and its gradient coefficients), gc_context and fgd_feature_pass (the merge of per-tile online softmaxes, the GcBlock
 softmax and the weight-gradient sum)."""
 
 import triton
 import triton.language as tl
 
-from kdops.triton._common import acc_scalar, program_id64, size64
+from kdops.triton._common import acc_scalar, program_id64, size64, weighted
 from kdops.triton._reduce import kahan_add, kahan_total
+
+
+@triton.jit
+def weighted_loss(alpha, l_fg, beta, l_bg, gamma, l_att):
+    """loss = alpha * L_fg + beta * L_bg + gamma * L_att, a term of weight 0 adding exactly 0 (focal::weighted_loss)."""
+    return weighted(alpha, l_fg) + weighted(beta, l_bg) + weighted(gamma, l_att)
 
 
 @triton.jit

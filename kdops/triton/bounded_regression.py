@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kdops.triton._common import acc_dtype, acc_scalar, program_id64, size64, tl_acc
+from kdops.triton._common import acc_dtype, acc_scalar, program_id64, size64, tl_acc, weighted
 from kdops.triton._reduce import mean_kernel
 
 WARPS = 8
@@ -50,7 +50,7 @@ def _forward_kernel(s_ptr, t_ptr, y_ptr, w_ptr, partial_ptr, rows, D, margin: tl
     counts = r_ok
     if HAS_W:
         w = tl.load(w_ptr + r, mask=r_ok, other=0.0).to(ACC)
-        per_row = w * per_row
+        per_row = weighted(w, per_row)
         counts = r_ok & (w > 0)
     tl.store(partial_ptr + pid * 2, tl.sum(tl.where(r_ok, per_row, 0.0), axis=0))
     tl.store(partial_ptr + pid * 2 + 1, tl.sum(counts.to(ACC), axis=0))
@@ -84,13 +84,16 @@ def _backward_kernel(grad_ptr, norm_ptr, s_ptr, t_ptr, y_ptr, w_ptr, out_ptr, ro
     e_s, e_t = _row_errors(s_ptr, t_ptr, y_ptr, r, r_ok, D, BLOCK_R, BLOCK_D, ACC)
     scale = tl.where(e_s + margin > e_t, 2.0 * coef, tl.where(e_s + margin <= e_t, 0.0, e_s + margin - e_t))
     if HAS_W:
-        scale = scale * tl.load(w_ptr + r, mask=r_ok, other=0.0).to(ACC)
+        w = tl.load(w_ptr + r, mask=r_ok, other=0.0).to(ACC)
+    else:
+        w = tl.full([BLOCK_R], 1.0, ACC)
     for start in range(0, D, BLOCK_D):
         k = start + tl.arange(0, BLOCK_D)
         ok = r_ok[:, None] & (k < D)[None, :]
         offs = r[:, None] * D + k[None, :]
         ds = tl.load(s_ptr + offs, mask=ok, other=0.0).to(ACC) - tl.load(y_ptr + offs, mask=ok, other=0.0).to(ACC)
-        tl.store(out_ptr + offs, (scale[:, None] * ds).to(out_ptr.dtype.element_ty), mask=ok)
+        g = weighted(w[:, None], scale[:, None] * ds)
+        tl.store(out_ptr + offs, g.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 def backward(grad, student, teacher, target, weight, norm, margin: float):

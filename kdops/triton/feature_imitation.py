@@ -10,7 +10,8 @@ import triton
 import triton.language as tl
 
 from kdops._layout import NORMALIZERS
-from kdops.triton._common import acc_dtype, acc_scalar, block_for, program_id64, row_tile, size64, tl_acc, warps_for
+from kdops.triton._common import (acc_dtype, acc_scalar, block_for, program_id64, row_tile, size64, tl_acc, warps_for,
+                                    weighted)
 from kdops.triton._reduce import kahan_add, kahan_total
 
 
@@ -45,7 +46,7 @@ def _row_kernel(s_ptr, t_ptr, m_ptr, partial_ptr, C, HW, HAS_MASK: tl.constexpr,
         t = tl.load(t_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
         r = _rho(s - t, LOSS)
         if HAS_MASK:
-            r = r * tl.load(m_ptr + (row // C) * HW + j, mask=ok, other=0.0).to(ACC)
+            r = weighted(tl.load(m_ptr + (row // C) * HW + j, mask=ok, other=0.0).to(ACC), r)
         acc, comp = kahan_add(acc, comp, r)
     tl.store(partial_ptr + row, kahan_total(acc, comp))
 
@@ -108,7 +109,7 @@ def _grad_kernel(grad_ptr, norm_ptr, s_ptr, t_ptr, m_ptr, out_ptr, C, HW, tiles,
     t = tl.load(t_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
     g = coef * _rho_grad(s - t, LOSS)
     if HAS_MASK:
-        g = g * tl.load(m_ptr + (row // C) * HW + j, mask=ok, other=0.0).to(ACC)
+        g = weighted(tl.load(m_ptr + (row // C) * HW + j, mask=ok, other=0.0).to(ACC), g)
     tl.store(out_ptr + row * HW + j, g.to(out_ptr.dtype.element_ty), mask=ok)
 
 

@@ -16,8 +16,8 @@ import triton.language as tl
 
 from kdops._layout import FEATURE_PASS_PARTIALS, FEATURE_PASS_SOFTMAXES
 from kdops.triton._common import (acc_dtype, acc_scalar, block_for, layout_constants, program_id64,
-                                    scaled_softmax_row, size64, tl_acc)
-from kdops.triton._fgd import attention_kernel, merged_max_and_sum, probs_kernel, sum_rows_kernel
+                                    scaled_softmax_row, size64, tl_acc, weighted)
+from kdops.triton._fgd import attention_kernel, merged_max_and_sum, probs_kernel, sum_rows_kernel, weighted_loss
 from kdops.triton._reduce import kahan_add, sum_column
 
 # Per tile: PARTIALS per-channel partial sums and (max, sum) of each online softmax (kdops/_layout.py).
@@ -81,15 +81,19 @@ def _partial_kernel(s_ptr, t_ptr, fg_ptr, bg_ptr, ws_ptr, bs_ptr, wt_ptr, bt_ptr
     tl.store(sq_ptr + task, tl.sum(sq, axis=0))
     stats = stat_ptr + task * SOFTMAX_STATS
     e_att = _tile_softmax(mt * acc_scalar(att_scale, ACC), j_ok, stats + 2 * ATT)
-    w_fg = e_att * tl.load(fg_ptr + n * HW + j, mask=j_ok, other=0.0)
-    w_bg = e_att * tl.load(bg_ptr + n * HW + j, mask=j_ok, other=0.0)
+    fg = tl.load(fg_ptr + n * HW + j, mask=j_ok, other=0.0)
+    bg = tl.load(bg_ptr + n * HW + j, mask=j_ok, other=0.0)
+    # a pixel where a mask is 0 adds exactly 0 (docs/math.md §0): its (S - T)^2 is replaced by 0 before the
+    # product (this form, not kdops.triton._common.weighted, keeps the sweep free of register spills)
+    w_fg, fg_on = e_att * fg, fg != 0
+    w_bg, bg_on = e_att * bg, bg != 0
     e_s = _tile_softmax(ls, j_ok, stats + 2 * GC_S)
     e_t = _tile_softmax(lt, j_ok, stats + 2 * GC_T)
     for c0 in range(0, size64(C), BLOCK_C):  # the tile is in cache now
         c, c_ok, both, offsets, x, y = _load_chunk(s_ptr, t_ptr, n, c0, j, j_ok, C, HW, BLOCK_C, ACC)
         d2 = (x - y) * (x - y)
-        tl.store(part + FG * C + c, tl.sum(d2 * w_fg[None, :], axis=1), mask=c_ok)
-        tl.store(part + BG * C + c, tl.sum(d2 * w_bg[None, :], axis=1), mask=c_ok)
+        tl.store(part + FG * C + c, tl.sum(tl.where(fg_on[None, :], d2, 0.0) * w_fg[None, :], axis=1), mask=c_ok)
+        tl.store(part + BG * C + c, tl.sum(tl.where(bg_on[None, :], d2, 0.0) * w_bg[None, :], axis=1), mask=c_ok)
         tl.store(part + CTX_S * C + c, tl.sum(x * e_s[None, :], axis=1), mask=c_ok)
         tl.store(part + CTX_T * C + c, tl.sum(y * e_t[None, :], axis=1), mask=c_ok)
 
@@ -171,7 +175,7 @@ def _finalize_kernel(t_ch_ptr, fg_ptr, bg_ptr, att_z_ptr, att_part_ptr, sq_part_
     tl.store(terms_ptr, fg_term)
     tl.store(terms_ptr + 1, bg_term)
     tl.store(terms_ptr + 2, att_term)
-    tl.store(loss_ptr, alpha * fg_term + beta * bg_term + gamma * att_term)
+    tl.store(loss_ptr, weighted_loss(alpha, fg_term, beta, bg_term, gamma, att_term))
     tl.store(sq_ptr, sum_column(sq_part_ptr, tasks, 1, 0, BLOCK, ACC))
 
 
@@ -266,19 +270,19 @@ def _grad_kernel(grads_ptr, g_s_ptr, g_t_ptr, shift_ptr, s_ptr, t_ptr, fg_ptr, b
     p_t = tl.load(p_t_ptr + n * HW + j, mask=j_ok, other=0.0)
     dl_s = p_s * (u_s - tl.sum(ubar_s, axis=0))
     dl_t = p_t * (u_t - tl.sum(ubar_t, axis=0))
-    m = c_fg * tl.load(fg_ptr + n * HW + j, mask=j_ok, other=0.0) + c_bg * tl.load(bg_ptr + n * HW + j, mask=j_ok,
-                                                                                     other=0.0)
-    pixel_weight = two_over_n * m * tl.load(t_sp_ptr + n * HW + j, mask=j_ok, other=0.0)
-    pixel_att = c_att * tl.load(pixel_ptr + n * HW + j, mask=j_ok, other=0.0)
+    mask_coef = two_over_n * (c_fg * tl.load(fg_ptr + n * HW + j, mask=j_ok, other=0.0)
+                              + c_bg * tl.load(bg_ptr + n * HW + j, mask=j_ok, other=0.0))
+    spatial = tl.load(t_sp_ptr + n * HW + j, mask=j_ok, other=0.0)
+    pixel_att = weighted(c_att, tl.load(pixel_ptr + n * HW + j, mask=j_ok, other=0.0))
     for c0 in range(0, size64(C), BLOCK_C):  # the tile is in cache now
         c, c_ok, both, offsets, x, y = _load_chunk(s_ptr, t_ptr, n, c0, j, j_ok, C, HW, BLOCK_C, ACC)
         channel_weight = tl.load(t_ch_ptr + n * C + c, mask=c_ok, other=0.0)
-        channel_att = c_att * tl.load(channel_ptr + n * C + c, mask=c_ok, other=0.0)
+        channel_att = weighted(c_att, tl.load(channel_ptr + n * C + c, mask=c_ok, other=0.0))
         shift = tl.load(shift_ptr + n * C + c, mask=c_ok, other=0.0)
         gs = tl.load(g_s_ptr + n * C + c, mask=c_ok, other=0.0)
         ws = tl.load(ws_ptr + c, mask=c_ok, other=0.0)
         sign = tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
-        grad = ((pixel_weight[None, :] * channel_weight[:, None] + diff_coef) * (x - y)
+        grad = (weighted(mask_coef[None, :], spatial[None, :] * channel_weight[:, None] * (x - y)) + diff_coef * (x - y)
                 + sign * (pixel_att[None, :] + channel_att[:, None]) + shift[:, None]
                 + p_s[None, :] * gs[:, None] + ws[:, None] * dl_s[None, :])
         tl.store(out_ptr + offsets, grad.to(out_ptr.dtype.element_ty), mask=both)

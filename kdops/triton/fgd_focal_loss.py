@@ -11,8 +11,9 @@ import triton
 import triton.language as tl
 
 from kdops.triton import attention_masks
-from kdops.triton._common import acc_dtype, acc_scalar, block_for, program_id64, row_tile, size64, tl_acc
-from kdops.triton._fgd import attention_kernel
+from kdops.triton._common import (acc_dtype, acc_scalar, block_for, program_id64, row_tile, size64, tl_acc,
+                                    weighted)
+from kdops.triton._fgd import attention_kernel, weighted_loss
 from kdops.triton._reduce import kahan_add, kahan_total, sum_column
 
 
@@ -33,8 +34,8 @@ def _feature_kernel(s_ptr, t_ptr, fg_ptr, bg_ptr, t_sp_ptr, t_ch_ptr, fg_part_pt
         t = tl.load(t_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
         a = tl.load(t_sp_ptr + pixels + j, mask=ok, other=0.0)
         d2 = (s - t) * (s - t) * a
-        sf, sf_c = kahan_add(sf, sf_c, tl.load(fg_ptr + pixels + j, mask=ok, other=0.0) * d2)
-        sb, sb_c = kahan_add(sb, sb_c, tl.load(bg_ptr + pixels + j, mask=ok, other=0.0) * d2)
+        sf, sf_c = kahan_add(sf, sf_c, weighted(tl.load(fg_ptr + pixels + j, mask=ok, other=0.0), d2))
+        sb, sb_c = kahan_add(sb, sb_c, weighted(tl.load(bg_ptr + pixels + j, mask=ok, other=0.0), d2))
     channel = tl.load(t_ch_ptr + row)
     tl.store(fg_part_ptr + row, kahan_total(sf, sf_c) * channel)
     tl.store(bg_part_ptr + row, kahan_total(sb, sb_c) * channel)
@@ -51,7 +52,7 @@ def _finalize_kernel(fg_part_ptr, bg_part_ptr, rows, att_part_ptr, N, inv_n: tl.
     tl.store(terms_ptr, l_fg)
     tl.store(terms_ptr + 1, l_bg)
     tl.store(terms_ptr + 2, l_att)
-    tl.store(loss_ptr, alpha * l_fg + beta * l_bg + gamma * l_att)
+    tl.store(loss_ptr, weighted_loss(alpha, l_fg, beta, l_bg, gamma, l_att))
 
 
 def forward(student, teacher, fg, bg, temperature: float, alpha: float, beta: float, gamma: float):
@@ -95,14 +96,15 @@ def _grad_kernel(grad_loss_ptr, grad_terms_ptr, s_ptr, t_ptr, fg_ptr, bg_ptr, t_
     c_fg = alpha * gl + tl.load(grad_terms_ptr).to(ACC)
     c_bg = beta * gl + tl.load(grad_terms_ptr + 1).to(ACC)
     c_att = gamma * gl + tl.load(grad_terms_ptr + 2).to(ACC)
-    m = c_fg * tl.load(fg_ptr + pixels + j, mask=ok, other=0.0) + c_bg * tl.load(bg_ptr + pixels + j, mask=ok,
-                                                                                   other=0.0)
-    weight = two_over_n * m * tl.load(t_sp_ptr + pixels + j, mask=ok, other=0.0) * tl.load(t_ch_ptr + row)
-    att = c_att * (tl.load(pixel_ptr + pixels + j, mask=ok, other=0.0) + tl.load(channel_ptr + row))
+    m = two_over_n * (c_fg * tl.load(fg_ptr + pixels + j, mask=ok, other=0.0)
+                      + c_bg * tl.load(bg_ptr + pixels + j, mask=ok, other=0.0))
+    weight = tl.load(t_sp_ptr + pixels + j, mask=ok, other=0.0) * tl.load(t_ch_ptr + row)
+    att = weighted(c_att, tl.load(pixel_ptr + pixels + j, mask=ok, other=0.0) + tl.load(channel_ptr + row))
     s = tl.load(s_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
     t = tl.load(t_ptr + row * HW + j, mask=ok, other=0.0).to(ACC)
     sign = tl.where(s > 0, 1.0, tl.where(s < 0, -1.0, 0.0))
-    tl.store(out_ptr + row * HW + j, (weight * (s - t) + sign * att).to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(out_ptr + row * HW + j, (weighted(m, weight * (s - t)) + sign * att).to(out_ptr.dtype.element_ty),
+             mask=ok)
 
 
 def backward(grad_loss, grad_terms, student, teacher, fg, bg, t_spatial, t_channel, pixel_att, channel_att,

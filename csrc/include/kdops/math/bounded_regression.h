@@ -1,10 +1,12 @@
 // Per-row math of the teacher-bounded L2 loss (docs/math.md §7), one source for CPU and CUDA.
 // e_s = ||r_s - y||^2, e_t = ||r_t - y||^2; the row counts when e_s + margin > e_t (strictly: at the
 // kink the row is inactive, so its gradient there is 0). A row whose e_s or e_t is NaN is neither active
-// nor bounded: its term and its gradient are NaN, so a NaN teacher poisons the loss instead of being dropped.
+// nor bounded: its term and its gradient are NaN, so a NaN teacher poisons the loss instead of being dropped,
+// unless the row's weight is 0: then its term and its gradient are exactly 0 (`weighted`, docs/math.md §0).
 #pragma once
 #include "kdops/common.h"
 #include "kdops/math/transcendental.h"
+#include "kdops/math/weighted.h"
 
 namespace kdops {
 namespace bounded {

@@ -2,6 +2,7 @@
 #pragma once
 #include "kdops/common.h"
 #include "kdops/layout.h"
+#include "kdops/math/weighted.h"  // a pixel of mask 0 adds exactly 0 (docs/math.md §0)
 
 namespace kdops {
 namespace imitation {
