@@ -91,6 +91,8 @@ def why_not(backend: str, device: torch.device, op: str = "") -> Optional[str]:
     if backend == "cpu":
         if not _extension.native_loaded():
             return f"the native extension is not loaded ({_extension.load_error})"
+        if op and not _extension.has_native_op(op):
+            return _extension.STALE_BUILD.format(op=op)
         return None if device.type == "cpu" else f"the 'cpu' backend needs CPU tensors, got {device}"
     if backend == "cuda":
         if device.type != "cuda":
@@ -98,6 +100,8 @@ def why_not(backend: str, device: torch.device, op: str = "") -> Optional[str]:
         if not _extension.cuda_kernels_built():
             return "the CUDA kernels were not built (" + (
                 _extension.load_error or "extension built without CUDA") + ")"
+        if op and not _extension.has_native_op(op):
+            return _extension.STALE_BUILD.format(op=op)
         return None
     # triton
     if not _triton_installed():
@@ -117,10 +121,10 @@ def resolve(op: str, device: torch.device, backend=None) -> str:
         return wanted
     if device.type == "cuda":
         for candidate in ("cuda", "triton"):
-            if why_not(candidate, device) is None:
+            if why_not(candidate, device, op) is None:
                 return candidate
         return "reference"
-    if device.type == "cpu" and _extension.native_loaded():
+    if device.type == "cpu" and why_not("cpu", device, op) is None:
         return "cpu"
     return "reference"
 

@@ -29,5 +29,13 @@ def native_loaded() -> bool:
     return _C is not None
 
 
+def has_native_op(name: str) -> bool:
+    """Whether the loaded kdops._C defines kdops::<name> (a build older than the Python sources may not)."""
+    return _C is not None and torch._C._dispatch_has_kernel(f"kdops::{name}")
+
+
+STALE_BUILD = "kdops._C was built from older sources and lacks kdops::{op}; rebuild: pip install --no-build-isolation -e ."
+
+
 def cuda_kernels_built() -> bool:
     return _C is not None and bool(_C.built_with_cuda())

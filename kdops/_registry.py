@@ -75,6 +75,7 @@ class Op:
         if backend == "reference":
             out = self.reference(**arguments)
             return out if isinstance(out, tuple) else (out,)
+        _checks.plain_autograd(self.name, arguments.values())
         op = getattr(getattr(torch.ops, _backend.namespace(backend)), self.name)
         return op(*(arguments[n] for n in self.args))
 
@@ -90,8 +91,8 @@ def define(op: Op) -> Op:
         torch.library.custom_op(f"kdops_triton::{op.name}_backward", kernels.backward, mutates_args=(),
                                 schema=op.backward_schema)
     for namespace in ("kdops", "kdops_triton"):
-        if namespace == "kdops" and not _extension.native_loaded():
-            continue  # the native ops do not exist then
+        if namespace == "kdops" and not _extension.has_native_op(op.name):
+            continue  # no native extension, or one built before this op existed: its native backends say why
         qualname = f"{namespace}::{op.name}"
         register_fake(qualname, _by_name(op.args, op.fake))
         if op.backward_schema is None:
@@ -125,6 +126,7 @@ def register_autograd(op: Op, namespace: str, lib: Optional[torch.library.Librar
         if not need:
             return (None,) * len(op.args)
         result = op.backward(BackwardInputs(saved, SimpleNamespace(**dict(zip(op.outputs, grads))), need, run))
+        result = _checks.first_order(op.name, result, (*ctx.saved_tensors, *grads))
         return tuple(result.get(n) if n in need else None for n in op.args)
 
     torch.library.register_autograd(f"{namespace}::{op.name}", backward, setup_context=setup_context, lib=lib)

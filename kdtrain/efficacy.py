@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import statistics
@@ -146,6 +147,29 @@ def _stats(values: list) -> dict:
             "per_seed": values}
 
 
+# Student's t quantile t(0.975, df) for df = 1..30; above 30 the Cornish-Fisher series in 1/df.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df: int) -> float:
+    """The two-sided 95% quantile of Student's t with ``df`` degrees of freedom."""
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def gain_stats(gains: list) -> dict:
+    """_stats of the paired per-seed gains plus the 95% t-interval of their mean (None under 2 seeds)."""
+    out = _stats(gains)
+    low = high = None
+    if out["mean"] is not None and len(gains) >= 2:
+        half = t975(len(gains) - 1) * out["std"] / math.sqrt(len(gains))
+        low, high = out["mean"] - half, out["mean"] + half
+    return {**out, "ci95_low": low, "ci95_high": high}
+
+
 def summarize(b: EfficacyConfig, runs: list[dict], overhead: dict) -> dict:
     """One row per recipe of ``b.recipes`` over the seeds of ``b.seeds`` that have finished."""
     runs = [r for r in runs if r["seed"] in b.seeds]
@@ -163,8 +187,9 @@ def summarize(b: EfficacyConfig, runs: list[dict], overhead: dict) -> dict:
         if spec != BASELINE and any(r["name"] == BASELINE for r in runs):
             for m in METRICS:
                 gains = seed_gains(runs, spec, BASELINE, m) if all(r[m] is not None for r in runs) else []
-                row[f"gain_{m}"] = _stats(gains)
+                row[f"gain_{m}"] = gain_stats(gains)
             row["seeds_better"] = sum(g > 0 for g in row["gain_mAP"]["per_seed"])
+            row["gain_ci95_low"], row["gain_ci95_high"] = row["gain_mAP"]["ci95_low"], row["gain_mAP"]["ci95_high"]
         rows[spec] = row
     return rows
 
@@ -175,18 +200,28 @@ def _pm(stat: dict | None, sign: str = "") -> str:
     return f"{stat['mean']:{sign}.4f} ± {stat['std']:.4f}"
 
 
+def _interval(row: dict) -> str:
+    if row.get("gain_mAP") is None:
+        return "—"
+    if row["gain_ci95_low"] is None:
+        return "n/a (1 seed)"
+    return f"[{row['gain_ci95_low']:+.4f}, {row['gain_ci95_high']:+.4f}]"
+
+
 def markdown_table(rows: dict, teacher: dict, caption: str) -> str:
-    lines = [f"| recipe | seeds | mAP | AP50 | APs | mAP gain vs {BASELINE} (same seed) | seeds better | "
-             "wall/run (min) | s/iter | distillation / step |", "|" + " --- |" * 10]
+    lines = [f"| recipe | seeds | mAP | AP50 | APs | mAP gain vs {BASELINE} (same seed) | 95% interval of the gain | "
+             "seeds better | wall/run (min) | s/iter | distillation / step |", "|" + " --- |" * 11]
     for spec, r in rows.items():
         gain = r.get("gain_mAP")
         better = f"{r['seeds_better']}/{len(gain['per_seed'])}" if gain and gain["per_seed"] else "—"
         overhead = "—" if r["distill_overhead"] is None else f"{r['distill_overhead']:.1%}"
         lines.append(f"| {spec} | {len(r['seeds'])} | {_pm(r['mAP'])} | {_pm(r['AP50'])} | {_pm(r['APs'])} | "
-                     f"{_pm(gain, '+') if gain else '—'} | {better} | {r['wall_seconds'] / 60:.1f} | "
+                     f"{_pm(gain, '+') if gain else '—'} | {_interval(r)} | {better} | {r['wall_seconds'] / 60:.1f} | "
                      f"{r['train_seconds_per_iter']:.2f} | {overhead} |")
     auto = [(spec, r["distill_weights"]) for spec, r in rows.items() if "auto" in spec.partition(":")[2]]
-    notes = [caption, "teacher: " + ", ".join(f"{m} {teacher[m]:.3f}" for m in METRICS if teacher.get(m) is not None)]
+    notes = [caption, "teacher: " + ", ".join(f"{m} {teacher[m]:.3f}" for m in METRICS if teacher.get(m) is not None),
+             "gain: the distilled student's mAP minus the undistilled one's of the same seed; its 95% interval is "
+             "Student's t-interval of the mean of those paired gains (none with fewer than 2 seeds)"]
     for spec, per_seed in auto:
         notes.append(f"{spec} weights chosen per seed: " + "; ".join(
             ", ".join(f"{k}={w:.3g}" for k, w in weights.items()) for weights in per_seed))

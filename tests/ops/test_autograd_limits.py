@@ -16,7 +16,6 @@ from support.numerics import randn
 
 # The Python side of the check runs in the registry's autograd (triton, cuda_emu): until it is wired there,
 # those backends still fail with PyTorch's own messages.
-NOT_WIRED = pytest.mark.xfail(strict=True, reason="wired in _registry by the lead")
 
 
 def _feature(seed, shape=(2, 3, 4, 5)):
@@ -67,9 +66,8 @@ OPS = sorted(_cases())
 
 
 def _fused():
-    """The fused backends on CPU tensors; those whose autograd is the registry's are marked NOT_WIRED."""
-    registry = [pytest.param(*p.values, id=p.id, marks=p.marks + (NOT_WIRED,)) for p in on_cpu(cuda_emu.NAME, "triton")]
-    return on_cpu("cpu") + registry
+    """The fused backends on CPU tensors."""
+    return on_cpu("cpu", cuda_emu.NAME, "triton")
 
 
 def _double_backward(op, backend):
