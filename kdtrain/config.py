@@ -476,7 +476,7 @@ def check_efficacy_config(b: EfficacyConfig) -> None:
             require_file(getattr(b, name), _flag(name))
 
 
-YOLO_RECIPES = ("fgd", "imitation", "cwd", "pkd", "none")  # python -m kdtrain yolo --recipe
+YOLO_RECIPES = ("fgd", "imitation", "cwd", "pkd", "mgd", "none")  # python -m kdtrain yolo --recipe
 
 
 @dataclasses.dataclass

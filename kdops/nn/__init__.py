@@ -5,6 +5,7 @@ from kdops.nn.distiller import FeatureDistiller
 from kdops.nn.fgd import FGDLoss, GcBlock
 from kdops.nn.heads import BoundedRegressionLoss, DistillBinaryCrossEntropy, DistillCrossEntropy
 from kdops.nn.hint import HintLoss
+from kdops.nn.mgd import MGDLoss
 
 __all__ = ["BoundedRegressionLoss", "CWDLoss", "DistillBinaryCrossEntropy", "DistillCrossEntropy", "FeatureDistiller",
-           "FGDLoss", "GcBlock", "HintLoss", "PKDLoss"]
+           "FGDLoss", "GcBlock", "HintLoss", "MGDLoss", "PKDLoss"]

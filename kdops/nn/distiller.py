@@ -29,9 +29,9 @@ class FeatureDistiller(nn.Module):
         distiller.teacher_forward(images)
         (task_loss + distiller()["total"]).backward()
 
-    Only the adaptation layers and the losses' own layers (FGD's GcBlocks) are parameters of the
-    distiller: add them to the optimizer. Student and teacher are not submodules (not in its
-    state_dict nor moved by its .to()).
+    Only the adaptation layers and the losses' own layers (FGD's GcBlocks, MGD's generation block) are
+    parameters of the distiller: add them to the optimizer. Student and teacher are not submodules (not
+    in its state_dict nor moved by its .to()).
 
     Levels: a module path of `model.named_modules()` ("layer3") whose output is an (N, C, H, W)
     tensor, or a module returning a dict of maps: "backbone" takes every entry (levels
@@ -52,8 +52,8 @@ class FeatureDistiller(nn.Module):
 
     Adaptation: a student map of another size than its teacher's is resized bilinearly to it (PKDLoss
     resizes its input itself, after the adaptation, as mmrazor's does); a 1x1 conv maps the student's
-    channels to the teacher's (HintLoss' own `adapt`, FGDLoss' own `align`, `adapt[i]` for CWD and PKD,
-    which only have one when the channel counts differ).
+    channels to the teacher's (HintLoss' own `adapt`, FGDLoss' and MGDLoss' own `align`, `adapt[i]` for CWD
+    and PKD, which only have one when the channel counts differ).
 
     Loss per pair (`loss`): a kind, or (kind, options), for every pair, or a dict level -> either, by
     student level name:
@@ -62,6 +62,9 @@ class FeatureDistiller(nn.Module):
         "fgd": kdops.nn.FGDLoss; options family ("two_stage", "retinanet", "fcos": FGDLoss.preset)
             and the hyper-parameters temperature, alpha, beta, gamma, lambda_.
         "cwd": kdops.nn.CWDLoss; option tau.        "pkd": kdops.nn.PKDLoss.
+        "mgd": kdops.nn.MGDLoss; options family ("two_stage", "one_stage": MGDLoss.preset), alpha and
+            lambda_. Its random masks come from each MGDLoss' own generator, seeded from torch's global
+            one when the distiller is built; their state is in the distiller's state_dict.
     `weights`: one float for every pair, or a dict student level -> float (default 1.0). `reduction`:
     "total" is the "sum" of the weighted pair losses or their "mean".
 

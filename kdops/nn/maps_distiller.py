@@ -11,6 +11,7 @@ from kdops.nn import pairing
 from kdops.nn.channel import CWDLoss, PKDLoss
 from kdops.nn.fgd import FGDLoss
 from kdops.nn.hint import HintLoss
+from kdops.nn.mgd import MGDLoss
 from kdops.nn.pairing import Level, Pair
 from kdops.ops.box_masks import box_masks
 
@@ -20,6 +21,7 @@ OPTIONS = {
     "fgd": ("family", "temperature", "alpha", "beta", "gamma", "lambda_"),
     "cwd": ("tau",),
     "pkd": (),
+    "mgd": ("family", "alpha", "lambda_"),
 }
 REDUCTIONS = ("sum", "mean")
 
@@ -76,11 +78,12 @@ def _build(kind: str, options: dict, s_channels: int, t_channels: int, backend) 
     if kind == "imitation":
         options.pop("mask", None)
         return HintLoss(s_channels, t_channels, backend=backend, **options), nn.Identity()
-    if kind == "fgd":
+    if kind in ("fgd", "mgd"):  # their own align conv, and presets per detector family
+        cls = FGDLoss if kind == "fgd" else MGDLoss
         family = options.pop("family", None)
         if family is None:
-            return FGDLoss(s_channels, t_channels, backend=backend, **options), nn.Identity()
-        return FGDLoss.preset(family, s_channels, t_channels, backend=backend, **options), nn.Identity()
+            return cls(s_channels, t_channels, backend=backend, **options), nn.Identity()
+        return cls.preset(family, s_channels, t_channels, backend=backend, **options), nn.Identity()
     adapt = nn.Conv2d(s_channels, t_channels, kernel_size=1) if s_channels != t_channels else nn.Identity()
     if kind == "cwd":
         return CWDLoss(backend=backend, **options), adapt

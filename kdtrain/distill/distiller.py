@@ -28,7 +28,7 @@ from kdtrain.errors import UsageError
 from kdtrain.models import detector_family, input_side, needs_own_transform
 
 
-FEATURE_TERMS = ("imitation", "fgd", "cwd", "pkd")
+FEATURE_TERMS = ("imitation", "fgd", "cwd", "pkd", "mgd")
 
 
 def _as_dict(features) -> "OrderedDict[str, torch.Tensor]":
@@ -102,6 +102,8 @@ class Distiller(nn.Module):
                 self.terms[name] = T.CWDTerm(s_levels, t_levels, pairs)
             elif name == "pkd":
                 self.terms[name] = T.PKDTerm(s_levels, t_levels, pairs)
+            elif name == "mgd":
+                self.terms[name] = T.MGDTerm(s_levels, t_levels, pairs, family=self.family)
             elif name in ("chen_rcn", "chen_rpn"):
                 self._check_two_stage_pair(name)
                 if name == "chen_rpn":
@@ -123,7 +125,7 @@ class Distiller(nn.Module):
         if not (isinstance(self.student, detection.FasterRCNN) and isinstance(self.teacher, detection.FasterRCNN)):
             raise UsageError(f"recipe chen2017 ({name}: head distillation) needs a Faster R-CNN student and teacher, "
                              f"got student {type(self.student).__name__}, teacher {type(self.teacher).__name__}; "
-                             "the feature recipes (imitation, fgd, cwd, pkd) pair any two detectors")
+                             "the feature recipes (imitation, fgd, cwd, pkd, mgd) pair any two detectors")
         s_cls = self.student.roi_heads.box_predictor.cls_score.out_features
         t_cls = self.teacher.roi_heads.box_predictor.cls_score.out_features
         if s_cls != t_cls:

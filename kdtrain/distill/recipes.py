@@ -19,6 +19,7 @@ RECIPES = {
     "chen2017": ("imitation", "chen_rcn", "chen_rpn"),
     "cwd": ("cwd",),
     "pkd": ("pkd",),
+    "mgd": ("mgd",),
 }
 
 # Multiplier of each logged loss key. FGD's own alpha..lambda live inside
@@ -33,6 +34,7 @@ DEFAULT_WEIGHTS = {
     "chen_rpn_reg": 0.5,   # nu = 0.5 on the RPN's bounded regression too (Chen 2017 eq. 1, 4)
     "cwd": 1.0,
     "pkd": 1.0,
+    "mgd": 1.0,            # MGD's alpha lives in the kdops.nn.MGDLoss presets, as FGD's
 }
 
 # Loss keys each term produces (for weights given per term name).
@@ -43,6 +45,7 @@ TERM_KEYS = {
     "chen_rpn": ("chen_rpn_cls", "chen_rpn_reg"),
     "cwd": ("cwd",),
     "pkd": ("pkd",),
+    "mgd": ("mgd",),
 }
 
 

@@ -105,6 +105,24 @@ class PKDTerm(FeatureTerm):
     name = "pkd"
 
 
+def mgd_preset(family: str) -> str:
+    """The MGDLoss preset of a student family. MGD's official configs are two-stage (Faster/Mask R-CNN) and
+    one-stage (RetinaNet, and the anchor-free RepPoints): FCOS and SSD take the one-stage one."""
+    return "two_stage" if family == "two_stage" else "one_stage"
+
+
+class MGDTerm(FeatureTerm):
+    """Masked generative distillation (Yang 2022), kdops.nn.MGDLoss per pair with the preset of the student's
+    family. Each level's random masks come from its MGDLoss' own generator, seeded by the run's seed when
+    the term is built; their state is in the term's state_dict, so a resumed run draws the same masks."""
+
+    name = "mgd"
+
+    def __init__(self, student_levels, teacher_levels, pairs, family="two_stage"):
+        self.family = mgd_preset(family)
+        super().__init__(student_levels, teacher_levels, pairs, family=self.family)
+
+
 def bounded_over_rows(loss: BoundedRegressionLoss, student, teacher, target, total_rows: int) -> torch.Tensor:
     """``loss`` summed over the rows given (the positive ones) and divided by ``total_rows``, all sampled rows.
 

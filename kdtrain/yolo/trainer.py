@@ -39,13 +39,14 @@ from kdtrain.distill.recipes import DEFAULT_WEIGHTS  # noqa: E402
 from kdtrain.errors import UsageError  # noqa: E402
 from kdtrain.yolo.safe_files import check_files  # noqa: E402
 
-# recipe -> FeatureDistiller loss spec. FGD: the RetinaNet preset, FGD's one-stage setting (YOLO's
+# recipe -> FeatureDistiller loss spec. FGD and MGD: their one-stage presets (FGD's RetinaNet one; YOLO's
 # dense head is one-stage); imitation: kdops.nn.HintLoss' mean-normalised MSE, kdtrain's choice.
 RECIPES = {
     "imitation": "imitation",
     "fgd": ("fgd", {"family": "retinanet"}),
     "cwd": "cwd",
     "pkd": "pkd",
+    "mgd": ("mgd", {"family": "one_stage"}),
 }
 # Ultralytics' arguments kdtrain changes: nothing fetched (plots need Arial.ttf, the AMP check loads
 # yolo11n.pt), no compile (the hooks are added after the model is set up).
@@ -146,7 +147,7 @@ class DistillationTrainer(DetectionTrainer):
                                                      imgsz=160), teacher="teacher/best.pt", recipe="fgd")
         trainer.train()
 
-    teacher: see load_teacher. recipe: imitation, fgd, cwd or pkd. weight: the distillation loss's
+    teacher: see load_teacher. recipe: imitation, fgd, cwd, pkd or mgd. weight: the distillation loss's
     weight (default: kdtrain's for the recipe). loss_options: the recipe's kdops options (e.g.
     {"tau": 4.0} for cwd). student_layers/teacher_layers: FeatureDistiller selectors; default: the
     Detect head's inputs (a torchvision teacher: its backbone's levels). Single device only.
