@@ -1,4 +1,4 @@
-"""The README's benchmark command collects every benchmarks/bench_<op>.py (pytest's default collects only
+"""docs/performance.md's benchmark command collects every benchmarks/bench_<op>.py (pytest's default collects only
 test_*.py files, and then `python -m pytest benchmarks` silently times nothing)."""
 
 import glob

@@ -11,7 +11,9 @@ from torch import nn
 
 import kdops
 
-README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"  # the custom-module example
+GUIDE = ROOT / "docs" / "feature_distiller.md"  # the torchvision-detector example
 
 
 class Net(nn.Module):
@@ -437,20 +439,42 @@ def test_no_host_sync_in_a_training_step():
         torch.cuda.set_sync_debug_mode("default")
 
 
+def python_blocks(text):
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
 def readme_examples():
-    text = README.read_text()
-    section = text.split("### Distil any model", 1)[1].split("\n### ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    """The README's FeatureDistiller example (a custom module), then docs/feature_distiller.md's (a detector)."""
+    section = re.split(r"\n##+ ", README.read_text().split("### Distil any model", 1)[1], maxsplit=1)[0]
+    readme, guide = python_blocks(section), python_blocks(GUIDE.read_text())
+    assert len(readme) == 1 and len(guide) == 1, (len(readme), len(guide))
+    return [(README.name, readme[0]), (f"docs/{GUIDE.name}", guide[0])]
 
 
 @pytest.mark.parametrize("index", [0, 1], ids=["custom-module", "torchvision-detector"])
 def test_readme_examples_run(index, capsys):
-    blocks = readme_examples()
-    assert len(blocks) == 2
+    where, block = readme_examples()[index]
     namespace = {"__name__": "readme"}
-    exec(compile(blocks[index], f"README.md distil example {index}", "exec"), namespace)
+    exec(compile(block, f"{where} distil example", "exec"), namespace)
     assert torch.isfinite(namespace["losses" if index == 0 else "distill"]["total"])
-    if index == 1:  # the pairs the README prints
+    if index == 1:  # the pairs the example prints
         printed = capsys.readouterr().out.strip()
-        comment = re.search(r"^# (\[\('backbone.*)$", blocks[1], flags=re.M).group(1)
+        comment = re.search(r"^# (\[\('backbone.*)$", block, flags=re.M).group(1)
         assert printed == comment
+
+
+def test_crop_alignment_compares_the_cells_that_see_the_same_pixels():
+    from kdops.nn.maps_distiller import MapsDistiller
+    from kdops.nn.pairing import Level
+
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 8, 20, 20)  # a 160 px input at stride 8
+    student = torch.randn(2, 8, 24, 24) * 5  # an 80 px input padded to 96, at stride 4 (= 8 teacher pixels)
+    student[..., :20, :20] = teacher        # the cells over the image see what the teacher's see
+    levels = {"s": Level(8, 8)}, {"t": Level(8, 8)}
+    crop = MapsDistiller(*levels, [("s", "t")], loss="cwd", align="crop")
+    resize = MapsDistiller(*levels, [("s", "t")], loss="cwd")
+    assert float(crop.distil({"s": student}, {"t": teacher})["total"]) == pytest.approx(0.0, abs=1e-5)
+    assert float(resize.distil({"s": student}, {"t": teacher})["total"]) > 0.1  # shifted cells and padding
+    with pytest.raises(ValueError, match="align must be one of"):
+        MapsDistiller(*levels, [("s", "t")], loss="cwd", align="pad")

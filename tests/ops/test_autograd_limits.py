@@ -70,6 +70,21 @@ def _fused():
     return on_cpu("cpu", cuda_emu.NAME, "triton")
 
 
+# The checks these tests reach on the Triton interpreter and the CUDA emulator are the registry's, the same for
+# every op: the default run takes a feature-map op and a row op there, the stress tier the others; the C++
+# kernels run every op in both (docs/testing.md).
+SLOW = (cuda_emu.NAME, "triton")
+SLOW_DEFAULT_OPS = ("feature_imitation", "soft_cross_entropy")
+
+
+def _ops_on(*backends):
+    """(op, backend) params of every op on each backend, skipped where the backend cannot run."""
+    return [pytest.param(op, b.values[0], id=f"{op}-{b.id}",
+                         marks=b.marks + ((pytest.mark.stress,) if b.values[0] in SLOW and op not in SLOW_DEFAULT_OPS
+                                          else ()))
+            for op in OPS for b in on_cpu(*backends)]
+
+
 def _double_backward(op, backend):
     x, loss = _cases()[op]
     x = x.clone().requires_grad_()
@@ -132,16 +147,14 @@ def test_bad_autograd_use(op, backend, use, error, match):
             _func(use, op, backend)
 
 
-@pytest.mark.parametrize("backend", _fused())
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op,backend", _ops_on("cpu", cuda_emu.NAME, "triton"))
 def test_double_backward_raises_naming_the_op(op, backend):
     with pytest.raises(RuntimeError) as info:
         _double_backward(op, backend)
     assert str(info.value).startswith(_checks.double_backward_message(op)), str(info.value)
 
 
-@pytest.mark.parametrize("backend", on_cpu("cpu", cuda_emu.NAME, "triton"))
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op,backend", _ops_on("cpu", cuda_emu.NAME, "triton"))
 def test_first_derivative_with_create_graph_is_right(op, backend):
     """create_graph=True alone is fine: the gradient is the plain one (only differentiating it raises)."""
     x, loss = _cases()[op]
@@ -160,8 +173,7 @@ def test_torch_func_transforms_that_differentiate_raise_naming_the_op(op, transf
     assert str(info.value).startswith(_checks.func_transform_message(op)), str(info.value)
 
 
-@pytest.mark.parametrize("backend", on_cpu("reference", "cpu", cuda_emu.NAME, "triton"))
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op,backend", _ops_on("reference", "cpu", cuda_emu.NAME, "triton"))
 def test_vmap_matches_a_loop(op, backend):
     """torch.func.vmap over a batch of inputs gives each input's own value (PyTorch's per-sample fallback on the
     fused backends)."""

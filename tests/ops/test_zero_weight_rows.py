@@ -11,23 +11,22 @@ import pytest
 import torch
 
 import kdops
-from support import cuda_emu
 from support.backends import backend_param, backend_params
 from support.numerics import DTYPES, randn
+from support.parity import is_stress
 
 BACKENDS = [backend_param("reference")] + backend_params()
 BAD = (float("nan"), float("inf"), float("-inf"))
 
 
 def _backends_and_dtypes():
-    """(backend, device, dtype) for every dtype; float16 on the (slow) Triton interpreter and CUDA emulator is in
-    the stress tier (docs/testing.md), bfloat16 covers the half dtypes there in the default run."""
+    """(backend, device, dtype) for every dtype; on the (slow) Triton interpreter and CUDA emulator the default run
+    takes one representative dtype each and the stress tier the others (parity.is_stress, docs/testing.md)."""
     params = []
     for b in BACKENDS:
         backend, device = b.values
-        slow = backend in ("triton", cuda_emu.NAME) and device == "cpu"
         for dtype in DTYPES + (torch.float64,):
-            marks = b.marks + ((pytest.mark.stress,) if slow and dtype == torch.float16 else ())
+            marks = b.marks + ((pytest.mark.stress,) if is_stress(backend, device, dtype) else ())
             params.append(pytest.param(backend, device, dtype, id=f"{b.id}-{str(dtype)[6:]}", marks=marks))
     return params
 
