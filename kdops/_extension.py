@@ -29,9 +29,15 @@ def native_loaded() -> bool:
     return _C is not None
 
 
+# The ops the loaded kdops._C implements, read once here: a plain set that torch.compile can trace through.
+_NATIVE_OPS = frozenset() if _C is None else frozenset(
+    name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names()
+    if name.startswith("kdops::") and torch._C._dispatch_has_kernel(name))
+
+
 def has_native_op(name: str) -> bool:
     """Whether the loaded kdops._C defines kdops::<name> (a build older than the Python sources may not)."""
-    return _C is not None and torch._C._dispatch_has_kernel(f"kdops::{name}")
+    return name in _NATIVE_OPS
 
 
 STALE_BUILD = "kdops._C was built from older sources and lacks kdops::{op}; rebuild: pip install --no-build-isolation -e ."

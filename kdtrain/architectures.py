@@ -30,4 +30,16 @@ RESNET_FASTERRCNN = {
 MOBILENET_FASTERRCNN = {
     "fasterrcnn_mobilenet_v3_large_hires_fpn": [2, 3, 4],  # strides 8, 16, 32 (+ 64 from max-pool)
 }
+
+
+def backbone_network(arch: str):
+    """The torchvision classification network whose weights a backbone file of ``arch`` holds, or None
+    (kdtrain's pretraining, kdtrain/pretrain.py, makes files for these detectors)."""
+    if arch in RESNET_FASTERRCNN:
+        return RESNET_FASTERRCNN[arch]
+    return "mobilenet_v3_large" if arch in MOBILENET_FASTERRCNN else None
+
+
+# The detectors whose backbones a kdtrain backbone file (kdtrain/pretrain.py) initialises.
+PRETRAINABLE = (*RESNET_FASTERRCNN, *MOBILENET_FASTERRCNN)
 ARCHITECTURES = sorted([*TORCHVISION_DETECTORS, *RESNET_FASTERRCNN, *MOBILENET_FASTERRCNN])

@@ -12,10 +12,11 @@ import argparse
 import importlib.util
 import sys
 
-from kdtrain.commands import demo, efficacy, eval, plot, predict, pseudo_label, train, two_step, visualize, yolo
+from kdtrain.commands import (check, demo, efficacy, eval, plot, predict, pseudo_label, train, two_step, visualize,
+                              yolo)
 from kdtrain.errors import RunStopped, UsageError
 
-COMMANDS = (train, eval, predict, pseudo_label, two_step, demo, efficacy, visualize, plot, yolo)  # --help order
+COMMANDS = (train, check, eval, predict, pseudo_label, two_step, demo, efficacy, visualize, plot, yolo)  # --help order
 
 EXTRA = "kdops[train]"
 # import name -> package name on the index: kdops needs only torch, kdtrain also needs the extra

@@ -47,6 +47,8 @@ RANGES = {
     "distill_warmup": (lambda v: v >= 0, "an integer >= 0"),
     "distill_auto_ratio": (lambda v: v > 0, "a number > 0"),
     "distill_auto_iters": _POSITIVE_INT, "max_skipped_steps": _POSITIVE_INT,
+    "pretrain_steps": (lambda v: v >= 0, "an integer >= 0 (0: backbones from random initialisation)"),
+    "grad_ratio_every": (lambda v: v >= 0, "an integer >= 0 (0: measured at the start only)"),
     "aspect_ratio_group_factor": (lambda v: v >= -1, "an integer >= -1 (-1: off)"),
     "labeled_fraction": _FRACTION, "student_scale": _FRACTION,
     "hflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
@@ -100,6 +102,8 @@ class TrainConfig:
     distill_auto_ratio: float = AUTO_RATIO  # --distill-weights auto: term gradient / detection gradient
     distill_auto_iters: int = AUTO_ITERS    # --distill-weights auto: calibration iterations
     imitation_mask: str = "none"
+    trust_teacher: bool = False     # run although the distillation check finds the teacher untrained or mismatched
+    grad_ratio_every: int = 50      # every N iterations, each term's gradient ratio to metrics.jsonl (0: only at start)
     student_scale: float = 1.0      # low-resolution student (Chen 2017): its input is the teacher's x this
     # optimisation
     iterations: Optional[int] = None
@@ -318,10 +322,14 @@ class DemoConfig:
     val_images: int = 120
     teacher_arch: str = "fasterrcnn_resnet18_fpn"
     teacher_iterations: int = 300
+    pretrain_steps: int = 150  # backbone pretraining (kdtrain/pretrain.py); 0: backbones from random init
     # Anchors sized for the 10-64 px objects of 160 px images (one size per FPN level).
     teacher_anchors: tuple = (16, 32, 64, 128, 256)
-    student_arch: str = "fasterrcnn_mobilenet_v3_large_hires_fpn"
-    student_anchors: tuple = (16, 32, 64, 128)
+    # The student: the teacher's network at half its input side (Chen 2017's low-resolution student), so
+    # the teacher is clearly stronger at the budget (docs/regime.md).
+    student_arch: str = "fasterrcnn_resnet18_fpn"
+    student_scale: float = 0.5
+    student_anchors: tuple = (8, 16, 32, 64, 128)  # the teacher's, in the student's half-size pixels
     student_iterations: int = 240
     batch_size: int = 4
     lr: float = 0.02
@@ -398,6 +406,7 @@ class EfficacyConfig:
     teacher: Optional[str] = None
     image_size: int = DemoConfig.image_size        # students' min/max size (and the generated images' side)
     student_anchors: tuple = DemoConfig.student_anchors
+    student_scale: float = DemoConfig.student_scale
     batch_size: int = DemoConfig.batch_size
     lr: float = DemoConfig.lr
     distill_warmup: int = DemoConfig.distill_warmup
@@ -410,6 +419,7 @@ class EfficacyConfig:
     generated_train_images: int = DemoConfig.train_images
     generated_val_images: int = DemoConfig.val_images
     teacher_iterations: int = DemoConfig.teacher_iterations
+    pretrain_steps: int = DemoConfig.pretrain_steps
     threads: Optional[int] = None
     workers: int = DemoConfig.workers
     progress: bool = True
@@ -418,7 +428,8 @@ class EfficacyConfig:
         """The demo settings whose data, teacher and student runs the efficacy table shares."""
         return DemoConfig(output_dir=self.output_dir, cache_dir=self.cache_dir, image_size=self.image_size,
                           train_images=self.generated_train_images, val_images=self.generated_val_images,
-                          teacher_iterations=self.teacher_iterations, student_anchors=tuple(self.student_anchors),
+                          teacher_iterations=self.teacher_iterations, pretrain_steps=self.pretrain_steps,
+                          student_anchors=tuple(self.student_anchors), student_scale=self.student_scale,
                           student_iterations=self.iterations, batch_size=self.batch_size, lr=self.lr,
                           distill_warmup=self.distill_warmup, imitation_mask=self.imitation_mask,
                           seeds=tuple(self.seeds), threads=self.threads, workers=self.workers,
@@ -455,7 +466,7 @@ def check_efficacy_config(b: EfficacyConfig) -> None:
         check_range("seed", seed, "--seeds")
     require_writable_dir(b.output_dir, "--output-dir")
     for name in ("iterations", "batch_size", "lr", "distill_warmup", "distill_auto_ratio", "distill_auto_iters",
-                 "workers", "threads"):
+                 "workers", "threads", "pretrain_steps", "student_scale"):
         check_range(name, getattr(b, name))
     if b.iterations <= b.distill_auto_iters:
         raise UsageError(f"--iterations must be above --distill-auto-iters ({b.distill_auto_iters}), "

@@ -23,7 +23,7 @@ import time
 from tqdm import tqdm
 
 from kdtrain.config import EfficacyConfig, check_efficacy_config, split_spec
-from kdtrain.demo import prepare_data_and_teacher, profile_terms, run_record, student_config
+from kdtrain.demo import distill, prepare_data_and_teacher, profile_terms, run_record, student_config
 from kdtrain.engine import train
 from kdtrain.errors import UsageError, one_line
 from kdtrain.result_plots import seed_gains, write_seed_plot
@@ -33,8 +33,9 @@ BASELINE = "none"
 METRICS = ("mAP", "AP50", "APs")
 # Settings every run of one results file must share (recipes and seeds may be added between invocations).
 SHARED_SETTINGS = ("iterations", "train_images", "train_ann", "val_images", "val_ann", "teacher", "image_size",
-                   "student_anchors", "batch_size", "lr", "distill_warmup", "imitation_mask", "distill_auto_ratio",
-                   "distill_auto_iters", "generated_train_images", "generated_val_images", "teacher_iterations")
+                   "student_anchors", "student_scale", "batch_size", "lr", "distill_warmup", "imitation_mask", "distill_auto_ratio",
+                   "distill_auto_iters", "generated_train_images", "generated_val_images", "teacher_iterations",
+                   "pretrain_steps")
 
 
 def _data_and_teacher(b: EfficacyConfig, log) -> tuple[dict, str, dict]:
@@ -93,11 +94,11 @@ def _write_json(path: str, obj) -> None:
 def _train_one(b: EfficacyConfig, data: dict, teacher: str, spec: str, seed: int, log) -> tuple[dict, dict]:
     """Train and evaluate one student from scratch (a run folder left by a killed invocation is replaced)."""
     recipe, weights = split_spec(spec)
-    cfg = student_config(b.demo_config(), data, _run_dir(b, spec, seed), seed)
-    cfg.recipe, cfg.distill_auto_ratio, cfg.distill_auto_iters = recipe, b.distill_auto_ratio, b.distill_auto_iters
+    d = b.demo_config()
+    cfg = student_config(d, data, _run_dir(b, spec, seed), seed, log)
+    cfg.distill_auto_ratio, cfg.distill_auto_iters = b.distill_auto_ratio, b.distill_auto_iters
     if recipe != BASELINE:
-        cfg.teacher, cfg.distill_weights = teacher, weights
-        cfg.distill_warmup, cfg.imitation_mask = b.distill_warmup, b.imitation_mask
+        distill(cfg, d, recipe, teacher, weights)
     started = time.perf_counter()
     summary = train(cfg, log=log)
     record = {**run_record(spec, seed, summary), "recipe": recipe, "weights": weights or "default",

@@ -24,6 +24,7 @@ from kdtrain.config import TrainConfig, check_train_config
 from kdtrain.data.batching import TrainBatchStream
 from kdtrain.data.coco import CocoDetection, DatasetError, keep_labeled_fraction
 from kdtrain.data.image_check import check_images
+from kdtrain.distill.check import check_batch, run_check
 from kdtrain.distill.distiller import Distiller, check_degenerate_boxes
 from kdtrain.distributed import DistInfo, barrier, cleanup, init_distributed
 from kdtrain.errors import UsageError
@@ -38,6 +39,18 @@ from kdtrain.runtime import amp_dtype, autocast, seed_everything, set_threads
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
+    return _run(_train, cfg, log)
+
+
+def distill_check(cfg: TrainConfig, log=print) -> dict:
+    """``python -m kdtrain check``: the check a distilled ``train`` runs first, alone (nothing is written)."""
+    if cfg.recipe == "none":
+        raise UsageError("--recipe: the distillation check needs a recipe and a teacher, got recipe none")
+    return _run(lambda cfg, info, log: _distill_check(_setup(cfg, info, log), cfg, info.device, log), cfg, log)
+
+
+def _run(job, cfg: TrainConfig, log):
+    """``job(cfg, info, log)`` on a checked config, inside the process group (log on the main process only)."""
     check_train_config(cfg)
     check_model_args(cfg.arch, cfg.model_kwargs)
     check_weights_name(cfg.arch, cfg.weights, "--weights")
@@ -45,12 +58,23 @@ def train(cfg: TrainConfig, log=print) -> dict:
         check_weights_name(cfg.teacher_arch, cfg.teacher_weights, "--teacher-weights")
     info = init_distributed(cfg.device)
     try:
-        return _train(cfg, info, log if info.is_main else (lambda *a, **k: None))
+        return job(cfg, info, log if info.is_main else (lambda *a, **k: None))
     finally:
         cleanup(info)
 
 
-def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
+@dataclasses.dataclass
+class Setup:
+    """What a run builds before its first step: the data, the models and the distiller."""
+    train_set: CocoDetection
+    val_set: CocoDetection | None
+    spec: ModelSpec
+    distiller: Distiller
+    teacher_spec: ModelSpec | None
+    teacher_names: list | None
+
+
+def _setup(cfg: TrainConfig, info: DistInfo, log) -> Setup:
     set_threads(cfg.threads, int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)))
     seed_everything(cfg.seed)
     device = info.device
@@ -62,7 +86,8 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
                          "background); give that, or leave it unset")
     num_classes = cfg.num_classes or train_set.num_classes
     with torch.random.fork_rng(devices=[]):  # a random-init teacher must not change the student's init
-        teacher = build_teacher(cfg, num_classes) if cfg.recipe != "none" else None
+        teacher, teacher_spec, teacher_names = build_teacher(cfg, num_classes) if cfg.recipe != "none" else (
+            None, None, None)
     min_size, max_size = student_input_sizes(cfg, teacher, log)
     spec = ModelSpec(cfg.arch, num_classes, cfg.weights, cfg.weights_backbone, min_size, max_size,
                      dict(cfg.model_kwargs))
@@ -73,6 +98,21 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
     distiller = Distiller(student, teacher, cfg.recipe, cfg.distill_weights, cfg.distill_warmup,
                           cfg.imitation_mask, log=log, student_scale=cfg.student_scale,
                           auto_ratio=cfg.distill_auto_ratio, auto_iters=cfg.distill_auto_iters).to(device)
+    return Setup(train_set, val_set, spec, distiller, teacher_spec, teacher_names)
+
+
+def _distill_check(setup: Setup, cfg: TrainConfig, device, log) -> dict:
+    """The distillation check's record (kdtrain/distill/check.py) on the run's first training images."""
+    images, targets = check_batch(setup.train_set, cfg.batch_size, device)
+    return run_check(setup.distiller, images, targets, teacher_spec=setup.teacher_spec,
+                     teacher_names=setup.teacher_names, data_names=[c["name"] for c in setup.train_set.categories],
+                     trust_teacher=cfg.trust_teacher, log=log)
+
+
+def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
+    setup = _setup(cfg, info, log)
+    device, spec, distiller, train_set, val_set = info.device, setup.spec, setup.distiller, setup.train_set, \
+        setup.val_set
     params = [p for p in distiller.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -107,6 +147,10 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
         with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=2, sort_keys=True)
     writer = MetricsWriter(metrics_path, os.path.join(cfg.output_dir, "tb") if cfg.tensorboard and info.is_main else None)
+
+    if distiller.terms:  # the distillation check: the teacher, the pairs, each term's gradient (check.py)
+        writer.write(_distill_check(setup, cfg, device, log))
+        distiller.grad_ratio_every = cfg.grad_ratio_every
 
     model = distiller
     if info.enabled:
@@ -162,7 +206,8 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
         targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
         with autocast(device, dtype):
             losses = model(images, targets, iteration)
-        report = distiller.calibration_report(iteration)  # a record in the step that fixes the automatic weights
+        # Records made during the forward: the calibration of the automatic weights, the gradient ratios.
+        reports = [distiller.calibration_report(iteration), distiller.gradient_report(iteration)]
         loss = sum(losses.values())
         values = {**losses, "loss": loss, **{f"raw_{k}": v for k, v in distiller.raw.items()}}
         optimizer.zero_grad(set_to_none=True)
@@ -182,7 +227,7 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
         for k, v in distiller.term_seconds.items():
             term_seconds_sum[k] = term_seconds_sum.get(k, 0.0) + v
         bar.update(1)
-        if report is not None:
+        for report in filter(None, reports):
             writer.write(report)
         if iteration % cfg.log_every == 0 or iteration == total:
             check_finite(window, epoch)
@@ -220,13 +265,15 @@ def _train(cfg: TrainConfig, info: DistInfo, log) -> dict:
 
 
 def build_teacher(cfg: TrainConfig, num_classes: int):
+    """(teacher, its ModelSpec, the class names it was trained on or None); (None, None, None) without one."""
     if cfg.teacher:
-        teacher, _spec, _ = load_detector(cfg.teacher)
-        return teacher
+        teacher, spec, ckpt = load_detector(cfg.teacher)
+        return teacher, spec, [c["name"] for c in ckpt.get("categories") or []] or None
     if cfg.teacher_arch:
-        return build_detector(ModelSpec(cfg.teacher_arch, num_classes, weights=cfg.teacher_weights,
-                                        min_size=cfg.min_size, max_size=cfg.max_size))
-    return None
+        spec = ModelSpec(cfg.teacher_arch, num_classes, weights=cfg.teacher_weights, min_size=cfg.min_size,
+                         max_size=cfg.max_size)
+        return build_detector(spec), spec, None
+    return None, None, None
 
 
 def student_input_sizes(cfg: TrainConfig, teacher, log) -> tuple:

@@ -7,6 +7,7 @@ and teacher loading can rebuild the exact network without repeating flags.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Optional
 
 from torch import nn
@@ -19,8 +20,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.ssd import SSD
 
 from kdtrain import checkpoint as ckpt_io
-from kdtrain.architectures import (ARCHITECTURES, FIXED_SIZE_DETECTORS, MOBILENET_FASTERRCNN, RESNET_FASTERRCNN,
-                                   TORCHVISION_DETECTORS)
+from kdtrain.architectures import (ARCHITECTURES, FIXED_SIZE_DETECTORS, MOBILENET_FASTERRCNN, PRETRAINABLE,
+                                   RESNET_FASTERRCNN, TORCHVISION_DETECTORS)
 from kdtrain.errors import UsageError
 
 _TORCHVISION_BUILDERS = {name: getattr(detection, name) for name in TORCHVISION_DETECTORS}
@@ -48,21 +49,54 @@ class ModelSpec:
         return cls(**d)
 
 
-def _verify_weights(enum_or_builder, name):
-    if name is None:
-        return None
-    return enum_or_builder.verify(name)
+def is_backbone_file(weights_backbone) -> bool:
+    """A --weights-backbone that names a file (kdtrain/pretrain.py writes them), not torchvision weights."""
+    return isinstance(weights_backbone, str) and (os.sep in weights_backbone or weights_backbone.endswith(".pth"))
 
 
-def build_detector(spec: ModelSpec) -> nn.Module:
-    """Build the detector; from-scratch models get plain trainable BatchNorm."""
-    model = _build_detector(spec)
+def _backbone_weights(spec: ModelSpec, weights_enum) -> tuple[bool, Any]:
+    """(pretrained, the torchvision weights to build with or None) of the spec's --weights-backbone."""
+    if spec.weights_backbone is None:
+        return False, None
+    if is_backbone_file(spec.weights_backbone):
+        return True, None
+    return True, weights_enum.verify(spec.weights_backbone)
+
+
+def _load_backbone_file(network: nn.Module, spec: ModelSpec, name: str, load_weights: bool) -> None:
+    """A kdtrain backbone file into the classification network, as torchvision loads its ImageNet weights."""
+    if not (load_weights and is_backbone_file(spec.weights_backbone)):
+        return
+    from kdtrain.pretrain import load_backbone_file
+
+    state = load_backbone_file(spec.weights_backbone, name)
+    result = network.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(("fc.", "classifier."))]
+    if missing or result.unexpected_keys:
+        raise UsageError(f"--weights-backbone {spec.weights_backbone}: does not fit {name} "
+                         f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+
+
+def build_detector(spec: ModelSpec, load_weights: bool = True) -> nn.Module:
+    """Build the detector; from-scratch models get plain trainable BatchNorm.
+
+    ``load_weights=False`` builds the network a checkpoint's state loads into, reading and downloading no
+    weights: a backbone pretrained from a file keeps its frozen BatchNorm and frozen stages; one pretrained
+    from torchvision's weights is rebuilt with plain BatchNorm (the same function in eval mode).
+    """
+    if not load_weights and (spec.weights is not None or not is_backbone_file(spec.weights_backbone)):
+        spec = dataclasses.replace(spec, weights=None, weights_backbone=None)
+    model = _build_detector(spec, load_weights)
     if "anchor_sizes" in spec.kwargs:
         _check_anchor_levels(model, spec)
     return model
 
 
-def _build_detector(spec: ModelSpec) -> nn.Module:
+def _build_detector(spec: ModelSpec, load_weights: bool) -> nn.Module:
+    if is_backbone_file(spec.weights_backbone) and spec.arch not in PRETRAINABLE:
+        raise UsageError(f"--weights-backbone {spec.weights_backbone}: a backbone file (kdtrain's pretraining) is "
+                         f"read by {', '.join(PRETRAINABLE)}; {spec.arch} takes "
+                         "torchvision's weights by name (e.g. DEFAULT)")
     kwargs = dict(spec.kwargs)
     if spec.arch in FIXED_SIZE_DETECTORS:
         model = _build_fixed_size(spec, kwargs)
@@ -92,20 +126,22 @@ def _build_detector(spec: ModelSpec) -> nn.Module:
         if spec.weights is not None:
             raise UsageError(f"torchvision publishes no detector weights for {spec.arch}; use --weights-backbone")
         depth = RESNET_FASTERRCNN[spec.arch]
-        backbone_weights = _verify_weights(get_model_weights(depth), spec.weights_backbone)
+        pretrained, torchvision_weights = _backbone_weights(spec, get_model_weights(depth))
         # Same rule as torchvision's builders: frozen BN only on pretrained backbones.
-        norm_layer = torchvision_frozen_bn() if backbone_weights is not None else nn.BatchNorm2d
-        trainable = 3 if backbone_weights is not None else 5
-        resnet = getattr(tv_resnet, depth)(weights=backbone_weights, norm_layer=norm_layer)
+        norm_layer = torchvision_frozen_bn() if pretrained else nn.BatchNorm2d
+        trainable = 3 if pretrained else 5
+        resnet = getattr(tv_resnet, depth)(weights=torchvision_weights, norm_layer=norm_layer)
+        _load_backbone_file(resnet, spec, depth, load_weights)
         backbone = _resnet_fpn_extractor(resnet, trainable)
         return detection.FasterRCNN(backbone, num_classes=spec.num_classes, **kwargs)
     if spec.arch in MOBILENET_FASTERRCNN:
         if spec.weights is not None:
             raise UsageError(f"torchvision publishes no detector weights for {spec.arch}; use --weights-backbone")
-        backbone_weights = _verify_weights(tv_mobilenetv3.MobileNet_V3_Large_Weights, spec.weights_backbone)
-        norm_layer = torchvision_frozen_bn() if backbone_weights is not None else nn.BatchNorm2d
-        trainable = 3 if backbone_weights is not None else 6
-        mobilenet = tv_mobilenetv3.mobilenet_v3_large(weights=backbone_weights, norm_layer=norm_layer)
+        pretrained, torchvision_weights = _backbone_weights(spec, tv_mobilenetv3.MobileNet_V3_Large_Weights)
+        norm_layer = torchvision_frozen_bn() if pretrained else nn.BatchNorm2d
+        trainable = 3 if pretrained else 6
+        mobilenet = tv_mobilenetv3.mobilenet_v3_large(weights=torchvision_weights, norm_layer=norm_layer)
+        _load_backbone_file(mobilenet, spec, "mobilenet_v3_large", load_weights)
         returned = MOBILENET_FASTERRCNN[spec.arch]
         backbone = _mobilenet_extractor(mobilenet, True, trainable, returned_layers=returned)
         if "rpn_anchor_generator" not in kwargs:  # torchvision's rule: 8 x stride
@@ -217,6 +253,15 @@ def _replace_classifier(model: nn.Module, num_classes: int) -> None:
         )
 
 
+def detector_num_classes(model: nn.Module) -> int:
+    """The classes the detector predicts, background included."""
+    if isinstance(model, detection.FasterRCNN):
+        return model.roi_heads.box_predictor.cls_score.out_features
+    head = model.head.classification_head
+    # RetinaNet and FCOS name it num_classes, SSD's scoring head num_columns.
+    return head.num_classes if hasattr(head, "num_classes") else head.num_columns
+
+
 def detector_family(model: nn.Module) -> str:
     """'two_stage' | 'retinanet' | 'fcos' (FGD's preset names) | 'ssd'."""
     if isinstance(model, detection.FasterRCNN):
@@ -244,9 +289,7 @@ def load_detector(path: str, map_location: Any = "cpu") -> tuple[nn.Module, Mode
     if not isinstance(ckpt, dict) or "model_spec" not in ckpt or "model_state" not in ckpt:
         raise UsageError(f"{path} is not a kdtrain checkpoint (keys model_spec and model_state are missing)")
     spec = ModelSpec.from_dict(ckpt["model_spec"])
-    # Never download when restoring our own weights.
-    spec_offline = dataclasses.replace(spec, weights=None, weights_backbone=None)
-    model = build_detector(spec_offline)
+    model = build_detector(spec, load_weights=False)  # the checkpoint holds every weight: nothing to download
     result = model.load_state_dict(ckpt["model_state"], strict=False)
     # A model trained from a pretrained backbone used FrozenBatchNorm2d, which has
     # no num_batches_tracked buffer; everything else must match exactly.

@@ -24,6 +24,7 @@ OPTIONS = {
     "mgd": ("family", "alpha", "lambda_"),
 }
 REDUCTIONS = ("sum", "mean")
+ALIGNS = ("resize", "crop")  # how maps of different (H, W) are matched: match_size or crop_to_common
 
 LossSpec = Union[str, Tuple[str, dict]]
 
@@ -37,8 +38,16 @@ def match_size(student: Tensor, teacher: Tensor) -> Tensor:
     return student
 
 
+def crop_to_common(student: Tensor, teacher: Tensor) -> Tuple[Tensor, Tensor]:
+    """Both maps cut to their common top-left (H, W): for maps of one stride in input pixels whose inputs
+    were padded at the bottom and right to different sizes (a low-resolution student's batch), cell (i, j)
+    of both sees the same pixels, and the cells past the smaller map are padding in the larger."""
+    h, w = min(student.shape[-2], teacher.shape[-2]), min(student.shape[-1], teacher.shape[-1])
+    return student[..., :h, :w], teacher[..., :h, :w]
+
+
 def check_choices(**choices) -> None:
-    allowed = {"pair_by": pairing.PAIR_BY, "tie": pairing.TIES, "reduction": REDUCTIONS}
+    allowed = {"pair_by": pairing.PAIR_BY, "tie": pairing.TIES, "reduction": REDUCTIONS, "align": ALIGNS}
     for arg, value in choices.items():
         if value not in allowed[arg]:
             raise ValueError(f"FeatureDistiller: {arg} must be one of {allowed[arg]}, got {value!r}")
@@ -98,6 +107,9 @@ class MapsDistiller(nn.Module):
         student_levels, teacher_levels: each side's {level: Level(channels, stride, size)}.
         pairs: (student level, teacher level) of each pair, e.g. from kdops.nn.pairing.pair.
         loss, weights, reduction, backend: as FeatureDistiller's.
+        align: when a pair's maps differ in (H, W): "resize" the student's to the teacher's (match_size), or
+            "crop" both to their common top-left region (crop_to_common: maps of one stride in input pixels
+            from inputs padded to different sizes, as a detector's transform pads a low-resolution batch).
 
     `pairs[i]`'s loss is `losses[i]` and its adaptation `adapt[i]`: they are the parameters.
     """
@@ -105,9 +117,10 @@ class MapsDistiller(nn.Module):
     def __init__(self, student_levels: Dict[str, Level], teacher_levels: Dict[str, Level],
                  pairs: Sequence[Tuple[str, str]], *, loss: Union[LossSpec, Dict[str, LossSpec]] = "imitation",
                  weights: Union[float, Dict[str, float]] = 1.0, reduction: str = "sum",
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, align: str = "resize"):
         super().__init__()
-        check_choices(reduction=reduction)
+        check_choices(reduction=reduction, align=align)
+        self.align = align
         specs = loss_specs(loss, list(student_levels))
         unspecified = [s for s, _ in pairs if s not in specs]
         if unspecified:
@@ -189,7 +202,9 @@ class MapsDistiller(nn.Module):
                 raise ValueError(f"FeatureDistiller: student level {pair.student!r} has batch size {s.shape[0]} "
                                  f"but teacher level {pair.teacher!r} has {t.shape[0]}; run both on the same "
                                  "inputs")
-            if pair.kind != "pkd":  # PKDLoss resizes the adapted map itself
+            if self.align == "crop":
+                s, t = crop_to_common(s, t)
+            elif pair.kind != "pkd":  # PKDLoss resizes the adapted map itself
                 s = match_size(s, t)
             s = self.adapt[i](s)
             fn = self.losses[i]

@@ -114,8 +114,10 @@ def add_seeds_flag(g, config, help: str) -> None:
 
 def add_student_flags(g, config) -> None:
     """The students' input size, batch and distillation options: the demo's and the efficacy table's."""
-    add(g, "--image-size", "students' input size (min and max side); with the built-in data also the generated "
-                           "images' side", config, type=int)
+    add(g, "--image-size", "the teacher's input size (min and max side); with the built-in data also the "
+                           "generated images' side", config, type=int)
+    add(g, "--student-scale", "the students' input side as a fraction of --image-size (Chen 2017's low-resolution "
+                              "student; 1: the teacher's input)", config, type=float)
     add(g, "--batch-size", "images per training iteration", config, type=int)
     add(g, "--distill-warmup", "as in train", config, type=int)
     add(g, "--imitation-mask", "as in train", config, choices=CHOICES["imitation_mask"])
@@ -127,5 +129,8 @@ def add_builtin_data_flags(g, config) -> None:
                           "environment sets it)", config, metavar="DIR")
     add(g, "--teacher-iterations", "iterations of the built-in teacher (trained once, then reused from the cache)",
         config, type=int)
+    add(g, "--pretrain-steps", "steps of the teacher's and the student's backbone pretraining on generated "
+                               "crops, the offline stand-in for ImageNet weights (done once, then cached); 0: "
+                               "backbones from random initialisation", config, type=int)
     add(g, "--workers", "data loading worker processes", config, type=int)
     add_runtime_flags(g, config, device=False)

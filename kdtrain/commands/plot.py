@@ -1,8 +1,10 @@
 """``python -m kdtrain plot RUN_DIR``: loss curves of a training run from its metrics.jsonl.
 
-Left: each detection loss (torchvision's names) and the total; right: each weighted distillation
-term (``distill_*``, as added to the total). Learning rate, timings and the unweighted ``raw_*``
-values are not losses of the objective and are left out.
+Left: each detection loss (torchvision's names) and the total; middle: each weighted distillation
+term (``distill_*``, as added to the total); right: each term's gradient on the student as a ratio to
+the detection loss's (the ``grad_ratio`` records, --grad-ratio-every), with the distillation check's
+bounds. Learning rate, timings and the unweighted ``raw_*`` values are not losses of the objective
+and are left out.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ def run(args) -> int:
     return 0
 
 
-def run_records(run_dir: str) -> tuple[list[dict], list[dict]]:
-    """(training records, evaluation records) of RUN_DIR/metrics.jsonl."""
+def run_records(run_dir: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """(training records, evaluation records, gradient-ratio records) of RUN_DIR/metrics.jsonl."""
     require_dir(run_dir, "RUN_DIR")
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
@@ -51,7 +53,7 @@ def run_records(run_dir: str) -> tuple[list[dict], list[dict]]:
     if not train:
         raise UsageError(f"RUN_DIR: {path} has no training records yet (one is written every --log-every "
                          "iterations)")
-    return train, [r for r in records if r.get("kind") == "eval"]
+    return train, [r for r in records if r.get("kind") == "eval"], [r for r in records if r.get("kind") == "grad_ratio"]
 
 
 def loss_keys(records: list[dict]) -> tuple[list[str], list[str]]:
@@ -78,17 +80,18 @@ def check_output(path: str) -> None:
 
 def plot_run(cfg: PlotConfig) -> tuple[str, dict]:
     """Write the figure; returns (its path, {loss key: its matplotlib Line2D})."""
-    records, evals = run_records(cfg.run_dir)
+    records, evals, ratios = run_records(cfg.run_dir)
     path = cfg.output or os.path.join(cfg.run_dir, "losses.png")
     check_output(path)
     from matplotlib.figure import Figure  # here: --help loads no matplotlib
 
     detection, distill = loss_keys(records)
     panels = [("detection losses", detection)] + ([("distillation terms (weighted)", distill)] if distill else [])
-    fig = Figure(figsize=(6.5 * len(panels), 4.5), dpi=100, layout="constrained")
+    columns = len(panels) + bool(ratios)
+    fig = Figure(figsize=(6.5 * columns, 4.5), dpi=100, layout="constrained")
     lines = {}
     for i, (title, keys) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax = fig.add_subplot(1, columns, i + 1)
         for key in keys:
             points = [(r["iteration"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
             xs, ys = zip(*points)
@@ -100,8 +103,29 @@ def plot_run(cfg: PlotConfig) -> tuple[str, dict]:
         ax.set_ylabel("loss (mean over each logging window)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    if ratios:
+        _plot_ratios(fig.add_subplot(1, len(panels) + 1, len(panels) + 1), ratios, lines)
     final = f"; final eval mAP {evals[-1]['mAP']:.4f}" if evals and evals[-1].get("mAP") is not None else ""
     fig.suptitle(f"{os.path.abspath(cfg.run_dir)}: {records[-1]['iteration']} iterations{final}", fontsize=10)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
     return path, lines
+
+
+def _plot_ratios(ax, ratios: list[dict], lines: dict) -> None:
+    """Each term's gradient ratio over training, log scale, between the check's warning bounds."""
+    from kdtrain.distill.check import NEGLIGIBLE, SWAMP
+
+    for key in sorted({k for r in ratios for k in r["ratios"]}):
+        points = [(r["iteration"], r["ratios"][key]) for r in ratios if (r["ratios"].get(key) or 0) > 0]
+        if points:
+            xs, ys = zip(*points)
+            lines[f"ratio_{key}"], = ax.plot(xs, ys, marker=".", linewidth=1.2, label=key)
+    for bound, what in ((SWAMP, "swamps detection"), (NEGLIGIBLE, "does nothing")):
+        ax.axhline(bound, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(what, (0, bound), xycoords=("axes fraction", "data"), fontsize=7, color="grey")
+    ax.set_yscale("log")
+    ax.set_title("term gradient / detection gradient (weighted)")
+    ax.set_xlabel("iteration")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)

@@ -63,6 +63,10 @@ def add_train_arguments(p) -> None:
                                    "terms are off until then; the weights are fixed after)", T, type=int)
     add(g, "--imitation-mask", "imitation on the whole feature map, or inside the boxes only", T,
         choices=CHOICES["imitation_mask"])
+    add(g, "--trust-teacher", "run although the distillation check finds the teacher no better than a random "
+                              "network, or trained on other classes", T, action="store_true")
+    add(g, "--grad-ratio-every", "every N iterations, log each term's gradient on the student as a ratio to the "
+                                 "detection loss's (metrics.jsonl, plot); 0: at the start only", T, type=int)
     add(g, "--student-scale", "low-resolution student (Chen 2017): its input is the teacher's size times this "
                               "(e.g. 0.5); the teacher sees full resolution through its own transform", T, type=float)
     g = p.add_argument_group("optimisation")

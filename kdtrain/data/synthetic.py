@@ -16,6 +16,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 CLASSES = ("disc", "ring", "square", "triangle", "cross")
+# The pretraining task's classes (kdtrain/pretrain.py): the detection classes and five more, as ImageNet's
+# classes include most of COCO's and many others.
+PRETEXT_CLASSES = CLASSES + ("hexagon", "star", "frame", "diamond", "bar")
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
@@ -45,6 +48,25 @@ def _draw_shape(draw: ImageDraw.ImageDraw, cls: str, x0: float, y0: float, s: fl
         t = s * 0.3
         draw.rectangle([x0 + (s - t) / 2, y0, x0 + (s + t) / 2, y1], fill=color)
         draw.rectangle([x0, y0 + (s - t) / 2, x1, y0 + (s + t) / 2], fill=color)
+    elif cls == "hexagon":
+        cx, cy, r = x0 + s / 2, y0 + s / 2, s / 2
+        draw.polygon([(cx + r * math.cos(k * math.pi / 3), cy + r * math.sin(k * math.pi / 3)) for k in range(6)],
+                     fill=color)
+    elif cls == "star":
+        cx, cy = x0 + s / 2, y0 + s / 2
+        draw.polygon([(cx + r * math.cos(a), cy + r * math.sin(a))
+                      for k in range(10) for r, a in [((s / 2) * (1.0 if k % 2 == 0 else 0.45),
+                                                       -math.pi / 2 + k * math.pi / 5)]], fill=color)
+    elif cls == "frame":
+        draw.rectangle([x0, y0, x1, y1], outline=color, width=max(1, int(round(s * 0.18))))
+    elif cls == "diamond":
+        cx, cy = x0 + s / 2, y0 + s / 2
+        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=color)
+    elif cls == "bar":
+        t = s * 0.3
+        draw.rectangle([x0, y0 + (s - t) / 2, x1, y0 + (s + t) / 2], fill=color)
+    else:
+        raise ValueError(f"unknown shape {cls!r}")
 
 
 def _overlaps(box, placed, max_iou=0.2):
@@ -79,6 +101,24 @@ def render_image(rng: np.random.Generator, size: int, min_obj: int, max_obj: int
         placed.append(box)
         objects.append((cls, box))
     return image, objects
+
+
+def render_crops(num: int, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``num`` object-centric crops (uint8, N x size x size x 3) and their PRETEXT_CLASSES labels.
+
+    One object per crop, 30-85% of its side, on the detection images' cluttered backgrounds.
+    """
+    rng = np.random.default_rng(seed)
+    images = np.empty((num, size, size, 3), dtype=np.uint8)
+    labels = rng.integers(len(PRETEXT_CLASSES), size=num)
+    for i, cls in enumerate(labels):
+        image = _background(rng, size)
+        s = float(math.exp(rng.uniform(math.log(0.3 * size), math.log(0.85 * size))))
+        x0, y0 = rng.uniform(0, size - s, 2)
+        color = tuple(int(v) for v in rng.integers(0, 256, 3))
+        _draw_shape(ImageDraw.Draw(image), PRETEXT_CLASSES[cls], x0, y0, s, color, rng)
+        images[i] = np.asarray(image)
+    return images, labels
 
 
 def write_split(root: str, split: str, num_images: int, seed: int, size: int,

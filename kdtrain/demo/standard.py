@@ -7,7 +7,8 @@ import time
 
 from kdtrain.config import DemoConfig
 from kdtrain.data.coco import CocoDetection, collate
-from kdtrain.demo.common import average_runs, prepare_data_and_teacher, run_record, student_config, write_results
+from kdtrain.demo.common import (average_runs, distill, prepare_data_and_teacher, run_record, student_config,
+                                 write_results)
 from kdtrain.distill.cost import measure_step_and_terms
 from kdtrain.distill.distiller import Distiller
 from kdtrain.engine import FINAL, train
@@ -22,11 +23,10 @@ def run_standard_demo(d: DemoConfig, log=print) -> dict:
     for seed in d.seeds:
         for recipe in ("none", d.recipe):
             name = "student" if recipe == "none" else f"student+{recipe}"
-            cfg = student_config(d, data, os.path.join(d.output_dir, f"{name.replace('+', '_')}-seed{seed}"), seed)
-            cfg.recipe = recipe
+            cfg = student_config(d, data, os.path.join(d.output_dir, f"{name.replace('+', '_')}-seed{seed}"), seed,
+                                 log)
             if recipe != "none":
-                cfg.teacher, cfg.distill_weights = teacher_path, d.distill_weights
-                cfg.distill_warmup, cfg.imitation_mask = d.distill_warmup, d.imitation_mask
+                distill(cfg, d, recipe, teacher_path, d.distill_weights)
             log(f"[demo] training {name} (seed {seed}) for {d.student_iterations} iterations")
             runs.append(run_record(name, seed, train(cfg, log=log)))
     rows = {"teacher": teacher_row, **average_runs(runs)}
@@ -45,7 +45,8 @@ def profile_terms(d: DemoConfig, data: dict, teacher_path: str, student_path: st
     """Seconds of a student step and of each distillation term (forward + backward), one demo batch."""
     student, _, _ = load_detector(student_path)
     teacher, _, _ = load_detector(teacher_path)
-    distiller = Distiller(student, teacher, d.recipe, d.distill_weights, log=lambda *a: None)
+    distiller = Distiller(student, teacher, d.recipe, d.distill_weights, log=lambda *a: None,
+                          student_scale=d.student_scale)
     train_set = CocoDetection(data["train"]["images"], data["train"]["ann"], train=False)
     images, targets = collate([train_set[i] for i in range(d.batch_size)])
     return measure_step_and_terms(distiller, images, targets, repeats=5)

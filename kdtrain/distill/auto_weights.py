@@ -40,6 +40,24 @@ def _sq_norms(grads) -> list:
     return [None if g is None else next(norms).float().square() for g in grads]
 
 
+def shared_gradient_norms(det_loss: torch.Tensor, raw: dict, params: list) -> dict:
+    """{key: (||d raw[key] / d theta||, ||d det_loss / d theta||)} as detached 0-d tensors, theta the parameters
+    of ``params`` that both losses reach; keys that reach none of them (or need no gradient) are left out.
+    The graph is kept for the step's own backward; no .grad is written."""
+    keys = [k for k, v in raw.items() if v.requires_grad]
+    if not keys:
+        return {}
+    det_sq = _sq_norms(torch.autograd.grad(det_loss, params, retain_graph=True, allow_unused=True))
+    out = {}
+    for key in keys:
+        term_sq = _sq_norms(torch.autograd.grad(raw[key], params, retain_graph=True, allow_unused=True))
+        shared = [i for i, t in enumerate(term_sq) if t is not None and det_sq[i] is not None]
+        if shared:
+            out[key] = (torch.stack([term_sq[i] for i in shared]).sum().sqrt().detach(),
+                        torch.stack([det_sq[i] for i in shared]).sum().sqrt().detach())
+    return out
+
+
 class AutoWeights:
     """The calibration state of the automatic keys; ``state_dict`` goes into the training checkpoint."""
 
@@ -71,18 +89,10 @@ class AutoWeights:
     def observe(self, det_loss: torch.Tensor, raw: dict, params: list, iteration: int) -> None:
         """Add one step's gradient norms (the graph is kept for the step's own backward)."""
         self._device = det_loss.device
-        keys = [k for k in self.keys if k in raw and raw[k].requires_grad]
-        if keys:
-            det_sq = _sq_norms(torch.autograd.grad(det_loss, params, retain_graph=True, allow_unused=True))
-            for key in keys:
-                term_sq = _sq_norms(torch.autograd.grad(raw[key], params, retain_graph=True, allow_unused=True))
-                shared = [i for i, t in enumerate(term_sq) if t is not None and det_sq[i] is not None]
-                if not shared:
-                    continue
-                g_term = torch.stack([term_sq[i] for i in shared]).sum().sqrt()
-                g_det = torch.stack([det_sq[i] for i in shared]).sum().sqrt()
-                self.term_sum[key] = self.term_sum.get(key, 0.0) + g_term.detach()
-                self.det_sum[key] = self.det_sum.get(key, 0.0) + g_det.detach()
+        norms = shared_gradient_norms(det_loss, {k: raw[k] for k in self.keys if k in raw}, params)
+        for key, (g_term, g_det) in norms.items():
+            self.term_sum[key] = self.term_sum.get(key, 0.0) + g_term
+            self.det_sum[key] = self.det_sum.get(key, 0.0) + g_det
         self.steps += 1
         if self.steps >= self.iters:
             self._finish(iteration)

@@ -20,6 +20,7 @@ from torchvision.ops import box_iou
 from kdops.nn.pairing import Level
 from kdtrain.distill import recipes, terms as T
 from kdtrain.distill.auto_weights import DEFAULT_ITERS, DEFAULT_RATIO, AutoWeights
+from kdtrain.distill.check import gradient_ratios
 from kdtrain.distill.context import DistillContext, RoiOutputs, RpnPair
 from kdtrain.distill.grad_flags import new_flag, watched
 from kdtrain.distill.levels import image_strides, pair_levels, probe_levels
@@ -62,6 +63,8 @@ class Distiller(nn.Module):
         self.profile = False       # when on, time each term (with CUDA sync)
         self.term_seconds: dict = {}
         self.raw: dict = {}          # the last step's unweighted losses (detached tensors)
+        self.grad_ratio_every = 0     # the trainer's --grad-ratio-every: gradient_report's interval (0: never)
+        self._ratio_report = None
         self.watch_gradients = False  # when on, grad_flags: per term, whether its last gradient was finite
         self.grad_flags: dict = {}    # term name -> 0-dim bool tensor, written during backward
         self.last_context = None   # kept only when profile is on (it holds the graph)
@@ -151,8 +154,34 @@ class Distiller(nn.Module):
         ``iteration`` (0-based) places the step in the distillation warm-up and the automatic weights'
         calibration.
         """
-        student = self.student
         computed = self.keys_to_compute(iteration)
+        losses, raw, _ctx = self._losses(images, targets, computed)
+        if self._calibrating():
+            self.auto.observe(sum(losses.values()), raw, [p for p in self.student.parameters() if p.requires_grad],
+                              iteration)
+        factor = recipes.warmup_factor(iteration, self.warmup_iters)
+        self._ratio_report = None
+        if self.grad_ratio_every and iteration % self.grad_ratio_every == 0 and self.training and \
+                torch.is_grad_enabled() and raw:
+            weights = {k: self.weight(k) * factor for k in raw}
+            ratios = gradient_ratios(sum(losses.values()), raw, weights,
+                                     [p for p in self.student.parameters() if p.requires_grad])
+            self._ratio_report = {"kind": "grad_ratio", "iteration": iteration,
+                                  "ratios": {k: r["ratio"] for k, r in ratios.items()}}
+        for key, value in raw.items():
+            weight = self.weight(key) * factor
+            # 0 only for a key still calibrating: logged as 0 and kept off the graph, so its backward never runs.
+            losses[f"distill_{key}"] = value * weight if weight != 0 else torch.zeros_like(value)
+        # Detached tensors: converting them here would wait for the device every step.
+        self.raw = {k: v.detach() for k, v in raw.items()}
+        for term in self.terms.values():
+            self.raw.update(getattr(term, "last_terms", {}))
+        return losses
+
+    def _losses(self, images, targets, computed: dict) -> tuple[dict, dict, DistillContext]:
+        """The student's own detection losses, the raw (unweighted) losses of the ``computed`` keys, both with
+        their graphs, and the step's context (features and pairs)."""
+        student = self.student
         # One shared transform (the student's): both nets see the same padded batch.
         image_list, targets = student.transform(images, targets)
         s_feats = _as_dict(student.backbone(image_list.tensors))
@@ -183,19 +212,16 @@ class Distiller(nn.Module):
                 term_ctx = watched(ctx, self.grad_flags[name])
             raw.update(self.terms[name](term_ctx, keys))
             self.term_seconds[name] = self._tick() - start
-        if self._calibrating():
-            self.auto.observe(sum(losses.values()), raw, [p for p in self.student.parameters() if p.requires_grad],
-                              iteration)
-        factor = recipes.warmup_factor(iteration, self.warmup_iters)
-        for key, value in raw.items():
-            weight = self.weight(key) * factor
-            # 0 only for a key still calibrating: logged as 0 and kept off the graph, so its backward never runs.
-            losses[f"distill_{key}"] = value * weight if weight != 0 else torch.zeros_like(value)
-        # Detached tensors: converting them here would wait for the device every step.
-        self.raw = {k: v.detach() for k, v in raw.items()}
-        for term in self.terms.values():
-            self.raw.update(getattr(term, "last_terms", {}))
-        return losses
+        return losses, raw, ctx
+
+    def raw_losses(self, images, targets) -> tuple[dict, dict, DistillContext]:
+        """_losses with every key of every term: what the distillation check measures (kdtrain/distill/check.py)."""
+        return self._losses(images, targets, {name: list(recipes.TERM_KEYS[name]) for name in self.terms})
+
+    def configured_weights(self) -> dict:
+        """{loss key: its weight after the warm-up; None for an automatic key (calibrated during training)}."""
+        auto = self.auto.keys if self.auto is not None else ()
+        return {k: None if k in auto else self.weights[k] for name in self.terms for k in recipes.TERM_KEYS[name]}
 
     def _calibrating(self) -> bool:
         """Whether this training step measures the automatic weights' gradients."""
@@ -223,6 +249,12 @@ class Distiller(nn.Module):
     def last_raw(self) -> dict:
         """The last step's unweighted losses as floats (a host sync: for logs and tests, not the step)."""
         return {k: float(v) for k, v in self.raw.items()}
+
+    def gradient_report(self, iteration: int) -> Optional[dict]:
+        """Every ``grad_ratio_every`` iterations, each weighted term's gradient on the student as a ratio to the
+        detection loss's (kdtrain/distill/check.py), measured in that step's forward; else None."""
+        report = self._ratio_report
+        return report if report is not None and report["iteration"] == iteration else None
 
     def calibration_report(self, iteration: int) -> Optional[dict]:
         """The automatic weights' calibration record (kdtrain/distill/auto_weights.py) when the step at

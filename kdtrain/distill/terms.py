@@ -33,8 +33,23 @@ class FeatureTerm(nn.Module):
 
     def __init__(self, student_levels: dict, teacher_levels: dict, pairs: list, **options):
         super().__init__()
+        # "crop": both backbones see one image, each padded at the bottom and right to its own size (a
+        # low-resolution student's batch is smaller): cell (i, j) of paired levels sees the same pixels,
+        # where resizing one map to the other's size would shift every cell by the padding's share.
         self.distiller = MapsDistiller(student_levels, teacher_levels, pairs, loss=(self.name, options),
-                                       reduction=self.reduction)
+                                       reduction=self.reduction, align="crop")
+
+    def describe_pairs(self, ctx: DistillContext) -> list[dict]:
+        """Each pair's levels, map shapes in ``ctx`` and the 1x1 adaptation conv it trains (the distillation check)."""
+        out = []
+        for i, pair in enumerate(self.distiller.pairs):
+            convs = [m for m in (self.distiller.adapt[i], getattr(self.distiller.losses[i], "adapt", None),
+                                 getattr(self.distiller.losses[i], "align", None)) if isinstance(m, nn.Conv2d)]
+            out.append({"student": pair.student, "teacher": pair.teacher, "stride": int(pair.stride),
+                        "student_shape": list(ctx.student_features[pair.student].shape[1:]),
+                        "teacher_shape": list(ctx.teacher_features[pair.teacher].shape[1:]),
+                        "adaptation": ", ".join(f"1x1 conv {m.in_channels}->{m.out_channels}" for m in convs) or None})
+        return out
 
     def forward(self, ctx: DistillContext, keys=None) -> dict:
         """{name: raw loss}; ``keys`` (the loss keys the Distiller uses this step) is always this one."""

@@ -17,6 +17,7 @@ TINY_KWARGS = {"box_batch_size_per_image": 32, "rpn_pre_nms_top_n_train": 200, "
                "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50, "box_detections_per_img": 20}
 STUDENT = "fasterrcnn_mobilenet_v3_large_320_fpn"
 TEACHER = "fasterrcnn_resnet18_fpn"
+TEACHER_ITERATIONS = 30  # the shared teacher fixture: enough to pass the distillation check
 SIZE = 64
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+from kdtrain_testutil import TEACHER_ITERATIONS
+
 from kdtrain.demo import DemoConfig, run_demo
 from kdtrain.errors import UsageError
 from kdtrain.metrics_log import MetricsWriter
@@ -14,8 +16,8 @@ from kdtrain.metrics_log import MetricsWriter
 def test_demo_end_to_end_and_teacher_cache(tmp_path):
     lines = []
     d = DemoConfig(output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"), image_size=64,
-                   train_images=6, val_images=3, teacher_iterations=2, student_iterations=2, batch_size=2,
-                   workers=0, progress=False, distill_warmup=1)
+                   train_images=6, val_images=3, teacher_iterations=TEACHER_ITERATIONS, student_iterations=2, batch_size=2,
+                   workers=0, progress=False, distill_warmup=1, pretrain_steps=0)
     result = run_demo(d, log=lines.append)
     assert set(result["rows"]) == {"teacher", "student", "student+imitation"}
     for row in result["rows"].values():
@@ -27,7 +29,6 @@ def test_demo_end_to_end_and_teacher_cache(tmp_path):
     assert os.path.getsize(tmp_path / "out" / "demo_results.png") > 1000
 
     lines.clear()
-    d.teacher_iterations = 2
     run_demo(d, log=lines.append)
     assert any("reusing cached teacher" in line for line in lines)
 

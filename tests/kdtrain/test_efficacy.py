@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+from kdtrain_testutil import TEACHER_ITERATIONS
+
 from kdtrain import efficacy
 from kdtrain.cli import build_parser, main, subcommand_parsers
 from kdtrain.config import EfficacyConfig
@@ -18,7 +20,8 @@ class _Killed(BaseException):
 def _args(out, cache, *extra):
     return ["efficacy", "--recipes", "none", "imitation:auto", "--seeds", "0,1", "--iterations", "3",
             "--output-dir", str(out), "--cache-dir", str(cache), "--image-size", "64", "--generated-train-images", "6",
-            "--generated-val-images", "3", "--teacher-iterations", "2", "--batch-size", "2", "--workers", "0",
+            "--generated-val-images", "3", "--teacher-iterations", str(TEACHER_ITERATIONS), "--pretrain-steps", "0",
+            "--batch-size", "2", "--workers", "0",
             "--distill-auto-iters", "2", "--distill-warmup", "1", "--no-progress", *extra]
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kdops.nn.maps_distiller import match_size
+from kdops.nn.maps_distiller import crop_to_common
 from kdops.nn.mgd import RandomPixelMask
 from kdops.nn.pairing import Level
 from kdtrain.cli import main
@@ -96,7 +96,7 @@ def test_the_preset_follows_the_student_family(arch, family, alpha, lambda_, tea
 
 def test_the_term_is_the_sum_of_the_per_level_losses():
     """As the official distiller adds one loss per FPN level: the mgd term equals the sum of each pair's MGDLoss on
-    its maps, with the masks each level draws (a student level of another size resized to its teacher's)."""
+    its maps, with the masks each level draws (a student level of another size: both cut to their common cells)."""
     torch.manual_seed(0)
     s_levels = {"0": Level(8, 8.0), "1": Level(8, 16.0)}
     t_levels = {"0": Level(16, 8.0), "1": Level(16, 16.0), "2": Level(16, 32.0)}
@@ -107,7 +107,7 @@ def test_the_term_is_the_sum_of_the_per_level_losses():
     value = term(DistillContext(s_maps, t_maps, [], []))["mgd"]
     for m, state in zip(term.distiller.losses, states):
         m.masks.set_extra_state(state)
-    expected = sum(m(match_size(s_maps[k], t_maps[k]), t_maps[k]) for k, m in zip("01", term.distiller.losses))
+    expected = sum(m(*crop_to_common(s_maps[k], t_maps[k])) for k, m in zip("01", term.distiller.losses))
     torch.testing.assert_close(value, expected, rtol=0, atol=0)
 
 

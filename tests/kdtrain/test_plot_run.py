@@ -26,8 +26,11 @@ def test_plots_a_real_run(tiny_data, teacher_ckpt, tmp_path, capsys):
 
     path, lines = plot_run(PlotConfig(str(run), output=str(tmp_path / "elsewhere" / "curves.png")))
     assert path == str(tmp_path / "elsewhere" / "curves.png")
-    # Each detection loss, the total and the weighted distillation term; not lr, timings or raw_* values.
-    assert set(lines) == DETECTION | {"loss", "distill_imitation"}
+    # Each detection loss, the total, the weighted distillation term and its gradient ratio (logged at
+    # iteration 0, --grad-ratio-every); not lr, timings or raw_* values.
+    assert set(lines) == DETECTION | {"loss", "distill_imitation", "ratio_imitation"}
+    ratio, = [r for r in read_jsonl(str(run / "metrics.jsonl")) if r["kind"] == "grad_ratio"]
+    assert list(lines.pop("ratio_imitation").get_ydata()) == [ratio["ratios"]["imitation"]]
     records = [r for r in read_jsonl(str(run / "metrics.jsonl")) if r["kind"] == "train"]
     assert len(records) == 3
     for key, line in lines.items():
