@@ -101,6 +101,7 @@ def _boxes(n, h, w):
 # blocks per row, odd sizes and the options that change the compiled specialisation.
 FEATURE_SHAPES = [(2, 7, 13, 21), (2, 256, 25, 42)]
 ROW_SHAPES = [(13, 5), (512, 91)]
+LD_SHAPES = [(13, 17), (4096, 16)]  # box-edge distributions: GFL's 17 bins, Ultralytics' 16
 
 
 def _cases():
@@ -170,7 +171,25 @@ def _cases():
                 s, t = _randn(rows, 4, dtype=dtype, grad=True), _randn(rows, 4, dtype=dtype)
                 _backward(kdops.bounded_regression(s, t, target=y, margin=0.1, weight=weight, backend="triton"))
 
-        yield from ((f"{fn.__name__}({rows}, {classes})", fn) for fn in (soft_ce, soft_bce, bounded))
+        def quality_focal_kd(dtype, rows=rows, classes=classes):
+            for beta, weight, normalize in ((1.0, None, "mean"), (2.0, torch.rand(rows), "weight"),
+                                            (0.5, torch.rand(rows), "sum")):
+                s, t = _randn(rows, classes, dtype=dtype, grad=True), _randn(rows, classes, dtype=dtype)
+                _backward(kdops.quality_focal_kd(s, t, weight=weight, beta=beta, normalize=normalize,
+                                                 backend="triton"))
+
+        yield from ((f"{fn.__name__}({rows}, {classes})", fn)
+                    for fn in (soft_ce, soft_bce, bounded, quality_focal_kd))
+
+    for rows, bins in ROW_SHAPES + LD_SHAPES:
+        def ld_loss(dtype, rows=rows, bins=bins):
+            for temperature, weight, normalize in ((10.0, None, "mean"), (2.0, torch.rand(rows), "weight"),
+                                                   (10.0, torch.rand(rows), "sum")):
+                s, t = _randn(rows, bins, dtype=dtype, grad=True), _randn(rows, bins, dtype=dtype)
+                _backward(kdops.ld_loss(s, t, weight=weight, temperature=temperature, normalize=normalize,
+                                        backend="triton"))
+
+        yield f"ld_loss({rows}, {bins})", ld_loss
 
 
 def _ptxas():

@@ -16,7 +16,9 @@ from kdops.ops.feature_imitation import feature_imitation
 from kdops.ops.fgd_feature_pass import FeaturePass, fgd_feature_pass
 from kdops.ops.fgd_focal_loss import fgd_focal_loss
 from kdops.ops.gc_context import gc_context
+from kdops.ops.ld_loss import ld_loss
 from kdops.ops.pkd_loss import pkd_loss
+from kdops.ops.quality_focal_kd import quality_focal_kd
 from kdops.ops.relation_mse import relation_mse
 from kdops.ops.soft_binary_cross_entropy import soft_binary_cross_entropy
 from kdops.ops.soft_cross_entropy import soft_cross_entropy
@@ -39,8 +41,10 @@ __all__ = [
     "fgd_feature_pass",
     "fgd_focal_loss",
     "gc_context",
+    "ld_loss",
     "nn",
     "pkd_loss",
+    "quality_focal_kd",
     "relation_mse",
     "soft_binary_cross_entropy",
     "soft_cross_entropy",

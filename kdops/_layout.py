@@ -6,7 +6,8 @@ and columns as tl.constexpr from here.
 
 import torch
 
-# soft_cross_entropy's row_stats (rows, len) and cwd_loss's row_stats (N*C, len): kdops::soft_ce / kdops::cwd
+# soft_cross_entropy's row_stats (rows, len) and cwd_loss's row_stats (N*C, len): kdops::soft_ce / kdops::cwd.
+# ld_loss's row_stats (rows, len) are cwd_loss's: the same per-row KL (docs/math.md §11).
 SOFT_CE_STATS = ("max_s", "log_sum_s", "max_t", "log_sum_t", "log_sum_1", "weight")
 CWD_STATS = ("max_s", "log_sum_s", "max_t", "log_sum_t", "near", "shift")
 # pkd_loss's channel_stats (C, len): kdops::pkd
@@ -17,6 +18,10 @@ FEATURE_PASS_SOFTMAXES = ("att", "gc_s", "gc_t")  # online softmaxes, (max, sum)
 # feature_imitation's integer codes of `loss` and `normalize`: kdops::Loss / kdops::Normalize
 LOSSES = ("mse", "l1")
 NORMALIZERS = ("batch", "mean", "mask")
+# ld_loss's integer codes of `normalize`: kdops::ld
+LD_NORMALIZERS = ("sum", "mean", "weight")
+# quality_focal_kd's integer codes of `normalize`: kdops::qfkd
+QFKD_NORMALIZERS = ("sum", "mean", "weight")
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

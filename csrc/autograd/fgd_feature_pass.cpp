@@ -1,6 +1,8 @@
 // Autograd of kdops::fgd_feature_pass (the Python twin for the Triton op: kdops/ops/fgd_feature_pass.py).
 #include "autograd.h"
 
+#include <ATen/ops/zeros.h>
+
 namespace kdops {
 namespace autograd {
 namespace {

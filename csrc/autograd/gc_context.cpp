@@ -1,6 +1,9 @@
 // Autograd of kdops::gc_context (the Python twin for the Triton op: kdops/ops/gc_context.py).
 #include "autograd.h"
 
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+
 namespace kdops {
 namespace autograd {
 namespace {

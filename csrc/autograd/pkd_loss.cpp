@@ -1,6 +1,8 @@
 // Autograd of kdops::pkd_loss (the Python twin for the Triton op: kdops/ops/pkd_loss.py).
 #include "autograd.h"
 
+#include <ATen/ops/cat.h>
+
 namespace kdops {
 namespace autograd {
 namespace {

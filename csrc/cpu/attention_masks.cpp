@@ -2,7 +2,9 @@
 // Forward reads feat once: each task owns one image and a block of pixels, sums |F| over
 // channels for its pixels (m) and over its pixels for every channel (a partial k), and the
 // partials are added in a fixed order so the result does not depend on the thread count.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cmath>

@@ -1,5 +1,7 @@
 // CPU kernels of the teacher-bounded L2 loss (docs/math.md §7). Forward: one pass over rows in fixed chunks
 // (chunk sums added in order: deterministic). Backward: one pass, each row's bound recomputed.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "gradient_buffer.h"

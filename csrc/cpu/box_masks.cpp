@@ -2,7 +2,9 @@
 // then each task rasterises one map row: for every box of its image that crosses the row, it
 // takes the max of the box value over the box's columns (max is order-free, so the result is
 // exact and deterministic). Cost is proportional to the covered area, not pixels x boxes.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>

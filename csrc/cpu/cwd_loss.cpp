@@ -2,6 +2,8 @@
 // and one for the exp-sums (in blocks, blocked_sum.h); rows go in fixed chunks whose sums are added in order
 // (deterministic).
 // Backward: one elementwise pass from the saved row statistics.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "blocked_sum.h"

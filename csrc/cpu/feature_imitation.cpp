@@ -1,7 +1,9 @@
 // CPU kernels of masked feature imitation (docs/math.md §5): one pass over S, T (and M) forward,
 // one pass backward writing dS. Work is split by (n, c) rows; each row is summed in blocks
 // (blocked_sum.h) and the row sums are added in row order in double (thread-count independent).
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <vector>

@@ -14,7 +14,11 @@
 //          softmax), so the results do not depend on the thread count.
 // backward sweep 1: u_j = g . F[:, j] for both GcBlocks, then dl_j = p_j (u_j - g . ctx);
 //          sweep 2: dS (feature_pass::grad_student) and the partial GcBlock weight gradients.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <cmath>

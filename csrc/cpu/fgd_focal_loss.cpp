@@ -5,7 +5,10 @@
 // lives in (N, H*W) and (N, C) vectors. Backward is one elementwise pass writing dS.
 // Partial sums are added in a fixed order (long ones in blocks and double, blocked_sum.h), so results
 // do not depend on the thread count.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <cmath>

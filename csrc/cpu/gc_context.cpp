@@ -10,7 +10,10 @@
 // the block sums (dl_r = 0 there), and a last O(C) step per image adds it as dl_r = -sum_{j != r} dl_j:
 // dw += dl_r F[:, r], dF[:, r] = p_r g + w dl_r. That sum carries every dl_j's rounding (error ~ sqrt(H*W)
 // ulps of dl), so it is used only where the softmax saturates (p_r > 1/2); below, dl_r = p_r (u_r - ubar).
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>

@@ -7,6 +7,7 @@
 #include "gradient_buffer.h"
 
 #include <ATen/EmptyTensor.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>
 

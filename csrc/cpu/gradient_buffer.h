@@ -9,7 +9,7 @@
 // kdops.empty_cpu_gradient_cache(). It holds only memory no tensor uses any more.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace kdops {
 namespace cpu {

@@ -2,7 +2,9 @@
 // read three times: means, centred squares, squared difference); the per-channel D_c are added in
 // channel order, so the result does not depend on the thread count. Every sum runs in blocks
 // (blocked_sum.h), so a large N*H*W keeps float32 round-off. Backward: one elementwise pass.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <array>

@@ -1,7 +1,9 @@
 // CPU kernels of the FGD relation loss (docs/math.md §4): one pass over S and T per direction, split by
 // (n, c) rows, each summed in blocks (blocked_sum.h); the row sums are added in row order in double
 // (thread-count independent).
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <vector>

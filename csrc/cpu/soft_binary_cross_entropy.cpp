@@ -1,5 +1,7 @@
 // CPU kernels of the binary weighted soft cross-entropy (docs/math.md §7): one pass forward (fixed chunks of
 // anchors, chunk sums added in order: deterministic), one elementwise pass backward.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "gradient_buffer.h"

@@ -1,6 +1,9 @@
 // CPU kernels of the class-weighted soft cross-entropy (docs/math.md §7). Forward: per row, one pass for the
 // maxima and one for the exp-sums (math/soft_cross_entropy.h); rows are cut into fixed chunks whose
 // sums are added in order (deterministic). Backward: one pass per row from the saved row_stats.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/ones.h>
 #include <torch/library.h>
 
 #include "gradient_buffer.h"

@@ -4,6 +4,9 @@
 // are reduced across each warp and written as per-warp partials, then added in a fixed
 // order (deterministic, no atomics). Row kernels (rows.cuh) add the partials and finish the softmaxes.
 // c10 headers only: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE headers we do not use.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

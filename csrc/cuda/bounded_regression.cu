@@ -2,6 +2,9 @@
 // One launch forward: one thread per row (D is small, 4 for boxes) in a grid-stride loop, blocks
 // reduce, the last block adds the block partials in order (grid_reduce.cuh). One launch backward:
 // one thread per row recomputes its bound and writes the row's D gradients.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

@@ -4,6 +4,8 @@
 // over boxes is order-free (exact, deterministic). Per-block background counts are added in a
 // fixed order by the background kernel. No atomics, no host sync.
 // c10 headers only: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE headers we do not use.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

@@ -2,6 +2,9 @@
 // One launch forward: one block per (n, c) row (grid-stride over rows), a max pass and an exp-sum
 // pass over the row's pixels; thread 0 writes the row statistics and keeps the block's KL sum; the
 // last block adds the block partials in order (grid_reduce.cuh). One launch backward: elementwise.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

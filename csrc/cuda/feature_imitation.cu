@@ -3,6 +3,9 @@
 // them (and sum(M) for normalize="mask") in a fixed order: deterministic, no atomics, no host sync.
 // Backward: one elementwise pass writing dS; grad / Z is read on the device.
 // c10 headers only: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE headers we do not use.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

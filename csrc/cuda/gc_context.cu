@@ -6,6 +6,10 @@
 // u_j = g . F[:, j], dl_j = p_j (u_j - ubar), per-warp partial weight gradients and (if asked) dF;
 // the partials are added in a fixed order. Deterministic, no atomics, no host sync.
 // c10 headers only: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE headers we do not use.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

@@ -4,6 +4,7 @@
 // deterministic: no floating-point atomics). The forward of a loss is then one kernel launch
 // (plus a memset of the ticket) and nothing is read back on the host.
 #pragma once
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
 

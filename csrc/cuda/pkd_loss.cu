@@ -2,6 +2,9 @@
 // block per channel (grid-stride over channels) reads the channel's N segments of H*W values three
 // times (means, centred squares, squared difference), thread 0 writes the channel statistics, and
 // the last block adds the D_c in order (grid_reduce.cuh). One launch backward: elementwise.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

@@ -2,6 +2,10 @@
 // Forward: one block per (n, c) row (grid-strided) sums r = S - T + delta and r^2; one block adds the
 // row partials in a fixed order. Backward: one elementwise pass, 2 grad / N read on the device.
 // c10 headers only: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE headers we do not use.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

@@ -2,6 +2,9 @@
 // include/kdops/math/soft_binary_cross_entropy.h. One launch forward: a grid-stride pass sums each
 // thread's anchors, blocks reduce, the last block adds the block partials in order (grid_reduce.cuh).
 // One launch backward: elementwise. A label other than 0, 1 or ignore_index makes the loss NaN.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

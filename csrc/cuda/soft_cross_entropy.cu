@@ -5,6 +5,9 @@
 // order (grid_reduce.cuh). One launch backward: elementwise from the saved statistics.
 // A label outside [0, C) that is not ignore_index makes the loss (and that row's gradient) NaN:
 // raising would need a host sync.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

@@ -31,14 +31,18 @@ def _factorial(k):
     return out
 
 
-def _rows(student, teacher, tau):
+def _rows(student, teacher):
+    """The (n, c) rows of both maps as (N*C, HW) tensors in the accumulation dtype, and max(N*C, 1)."""
     dtype = acc_dtype(student.dtype)
     n, c, h, w = student.shape
-    s = student.to(dtype).reshape(n * c, h * w)
-    t = teacher.to(dtype).reshape(n * c, h * w)
+    return student.to(dtype).reshape(n * c, h * w), teacher.to(dtype).reshape(n * c, h * w), max(n * c, 1)
+
+
+def _near(s, t, tau):
+    """z of each row (zeros on the rows that are not near) and which rows are near, (rows, 1)."""
     z = (s - s[:, :1]) - (t - t[:, :1])
     near = z.detach().abs().amax(dim=1, keepdim=True) / tau <= NEAR_BOUND
-    return s, t, torch.where(near, z, torch.zeros_like(z)), near, max(n * c, 1)
+    return torch.where(near, z, torch.zeros_like(z)), near
 
 
 def _near_moments(pt, z, tau):
@@ -48,26 +52,39 @@ def _near_moments(pt, z, tau):
     return m2, v, v / tau
 
 
-def cwd_loss(student, teacher, *, tau: float = 1.0):
-    s, t, z, near, rows = _rows(student, teacher, tau)
+def row_kl(s, t, tau: float):
+    """tau^2 KL(softmax(t / tau) || softmax(s / tau)) of each row of two (rows, L) tensors: (rows,).
+    Also the per-row term of ld_loss (docs/math.md §11)."""
+    z, near = _near(s, t, tau)
     log_pt = torch.log_softmax(t / tau, dim=1)
     pt = log_pt.exp()
     far = (pt * (log_pt - torch.log_softmax(s / tau, dim=1))).sum(dim=1, keepdim=True) * tau * tau
     m2, v, u = _near_moments(pt, z, tau)
     u = torch.where(near, u, torch.zeros_like(u))
     close = m2 - v * v * _series(-u, [1 / (k + 2) for k in range(24)])
-    return torch.where(near, close, far).sum() / rows
+    return torch.where(near, close, far).squeeze(1)
 
 
-def cwd_loss_backward(grad, student, teacher, tau: float):
-    """dL/dS = grad / (N*C) * tau (P_s - P_t), for a near row tau (P_s - P_t) = P_t w E(w / tau) with
-    w = z - v log1p(u) / u and E(x) = (e^x - 1) / x."""
-    s, t, z, near, rows = _rows(student, teacher, tau)
+def row_kl_grad(s, t, tau: float):
+    """d row_kl / ds = tau (P_s - P_t), (rows, L); for a near row P_t w E(w / tau) with w = z - v log1p(u) / u
+    and E(x) = (e^x - 1) / x."""
+    z, near = _near(s, t, tau)
     ps = torch.softmax(s / tau, dim=1)
     pt = torch.softmax(t / tau, dim=1)
     _, v, u = _near_moments(pt, z, tau)
     u = torch.where(near, u, torch.zeros_like(u))
     w = z - v * _series(-u, [1 / (k + 1) for k in range(24)])
     close = pt * w * _series(w / tau, [1 / _factorial(k + 1) for k in range(14)])
-    g = grad.to(s.dtype) / rows * torch.where(near, close, tau * (ps - pt))
+    return torch.where(near, close, tau * (ps - pt))
+
+
+def cwd_loss(student, teacher, *, tau: float = 1.0):
+    s, t, rows = _rows(student, teacher)
+    return row_kl(s, t, tau).sum() / rows
+
+
+def cwd_loss_backward(grad, student, teacher, tau: float):
+    """dL/dS = grad / (N*C) * tau (P_s - P_t) (row_kl_grad)."""
+    s, t, rows = _rows(student, teacher)
+    g = grad.to(s.dtype) / rows * row_kl_grad(s, t, tau)
     return g.reshape(student.shape).to(student.dtype)

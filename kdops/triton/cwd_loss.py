@@ -18,7 +18,7 @@ NEAR_BOUND = tl.constexpr(0.125)  # a row is near when every |z| / tau <= NEAR_B
 
 
 @triton.jit
-def _expm1_gap_ratio(y):
+def expm1_gap_ratio(y):
     """(e^y - 1 - y) / y^2 to y^10."""
     p = y * 0.0 + 1.0
     for i in tl.static_range(10):
@@ -27,7 +27,7 @@ def _expm1_gap_ratio(y):
 
 
 @triton.jit
-def _expm1_ratio(x):
+def expm1_ratio(x):
     """(e^x - 1) / x to x^13."""
     p = x * 0.0 + 1.0
     for i in tl.static_range(13):
@@ -36,7 +36,7 @@ def _expm1_ratio(x):
 
 
 @triton.jit
-def _log1p_series(u, FIRST: tl.constexpr):
+def log1p_series(u, FIRST: tl.constexpr):
     """sum_k (-u)^k / (k + FIRST) to u^23: (u - log1p(u)) / u^2 for FIRST = 2, log1p(u) / u for FIRST = 1."""
     p = u * 0.0
     for i in tl.static_range(24):
@@ -73,7 +73,7 @@ def _row_kernel(s_ptr, t_ptr, stats_ptr, kl_ptr, HW, tau: tl.float64, inv_tau: t
         sum_t, sum_t_c = kahan_add(sum_t, sum_t_c, et)
         a, a_c = kahan_add(a, a_c, tl.where(ok, et * (dt - ds), 0.0))
         m1, m1_c = kahan_add(m1, m1_c, et * z)
-        m2, m2_c = kahan_add(m2, m2_c, et * z * z * _expm1_gap_ratio(z * inv_tau))
+        m2, m2_c = kahan_add(m2, m2_c, et * z * z * expm1_gap_ratio(z * inv_tau))
         zmax = tl.maximum(zmax, tl.abs(z))
     total_s = kahan_total(sum_s, sum_s_c)
     total_t = kahan_total(sum_t, sum_t_c)
@@ -89,8 +89,8 @@ def _row_kernel(s_ptr, t_ptr, stats_ptr, kl_ptr, HW, tau: tl.float64, inv_tau: t
     near = tl.max(zmax, axis=0) * inv_tau <= NEAR_BOUND
     far_kl = (kahan_total(a, a_c) * inv_tau / total_t + tl.log(total_s) - tl.log(total_t)) * tau * tau
     tl.store(stats_ptr + row * ROW_STATS + NEAR, tl.where(near, 1.0, 0.0).to(ACC))
-    tl.store(stats_ptr + row * ROW_STATS + SHIFT, tl.where(near, v * _log1p_series(u, 1), 0.0).to(ACC))
-    tl.store(kl_ptr + row, tl.where(near, big_m2 - v * v * _log1p_series(u, 2), far_kl))
+    tl.store(stats_ptr + row * ROW_STATS + SHIFT, tl.where(near, v * log1p_series(u, 1), 0.0).to(ACC))
+    tl.store(kl_ptr + row, tl.where(near, big_m2 - v * v * log1p_series(u, 2), far_kl))
 
 
 def forward(student, teacher, tau: float):
@@ -126,7 +126,7 @@ def _grad_kernel(grad_ptr, s_ptr, t_ptr, stats_ptr, out_ptr, HW, tiles, tau: tl.
     if tl.load(stats_ptr + row * ROW_STATS + NEAR) != 0:  # near row: tau (P_s - P_t) = P_t w E(w / tau)
         c0 = (tl.load(s_ptr + row * HW).to(ACC) - max_s) - (tl.load(t_ptr + row * HW).to(ACC) - max_t)
         w = (((s - max_s) - (t - max_t)) - c0) - tl.load(stats_ptr + row * ROW_STATS + SHIFT)
-        g = coef * (pt * w * _expm1_ratio(w * inv_tau))
+        g = coef * (pt * w * expm1_ratio(w * inv_tau))
     else:
         ps = tl.exp((s - max_s) * inv_tau - tl.load(stats_ptr + row * ROW_STATS + LOG_SUM_S))
         g = coef * tau * (ps - pt)

@@ -36,6 +36,8 @@ def _cases():
     anchor_labels = torch.randint(-1, 2, (300_000,), generator=torch.Generator().manual_seed(10))
     r_s, r_t, r_y = _feature((rows, 4), 11), _feature((rows, 4), 12), _feature((rows, 4), 13)
     g_sp, g_ch = _feature((N, H, W), 14), _feature((N, C), 15)
+    e_s, e_t = _feature((4 * 20_000, 17), 16), _feature((4 * 20_000, 17), 17)  # box edges of 20,000 anchors
+    e_w = _feature((4 * 20_000,), 18).abs() * (torch.arange(4 * 20_000) % 7 == 0)
     return {
         "attention_masks": (lambda x: sum((m * g).sum() for m, g in zip(kdops.attention_masks(x, backend="cpu"),
                                                                           (g_sp, g_ch))), s),
@@ -50,6 +52,10 @@ def _cases():
         "soft_binary_cross_entropy": (lambda x: kdops.soft_binary_cross_entropy(
             x, a_t, target=anchor_labels, mu=0.5, backend="cpu"), a_s),
         "bounded_regression": (lambda x: kdops.bounded_regression(x, r_t, target=r_y, margin=0.1, backend="cpu"), r_s),
+        "ld_loss": (lambda x: kdops.ld_loss(x, e_t, weight=e_w, normalize="weight", backend="cpu"), e_s),
+        "quality_focal_kd": (lambda x: kdops.quality_focal_kd(x, z_t, beta=1.0, backend="cpu"), z_s),
+        "quality_focal_kd_weighted": (lambda x: kdops.quality_focal_kd(
+            x, z_t, weight=(labels >= 0).float(), beta=0.5, normalize="weight", backend="cpu"), z_s),
     }
 
 

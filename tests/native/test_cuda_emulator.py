@@ -77,7 +77,7 @@ def test_invalid_launch_is_an_error(selftest):
 
 def test_every_cuda_entry_point_is_emulated():
     cuda_emu.load()
-    assert len(_registry.OPS) == 12
+    assert len(_registry.OPS) == 14
     for op in _registry.OPS.values():
         assert cuda_emu.has_kernel(op.name), op.name
         if op.backward_schema is not None:
@@ -174,6 +174,27 @@ def _soft_bce(backend, rows, dtype, seed):
                                                            backend=backend),)
 
 
+def _ld(backend, rows, dtype, seed):
+    """17 bins (16 lanes per row, two rows per warp) and 40 (a warp per row, some lanes with a second bin)."""
+    s17, t17 = _features((rows, 17), dtype, seed)
+    s40, t40 = _features((rows, 40), dtype, seed + 2)
+    weight = torch.rand(rows, generator=torch.Generator().manual_seed(seed)) * (torch.arange(rows) % 3 != 0)
+    return [s17, s40], lambda s17, s40: (
+        kdops.ld_loss(s17, t17, weight=weight, normalize="weight", backend=backend),
+        kdops.ld_loss(s40, t40, temperature=2.0, normalize="sum", backend=backend))
+
+
+def _qfkd(backend, rows, dtype, seed):
+    """91 classes (a row over several threads, not a multiple of the block) and 3 (a grid stride spans many rows);
+    rows of weight 0 and beta 1 (the official value) and 2, the kernels' two exact paths."""
+    s91, t91 = _features((rows, 91), dtype, seed)
+    s3, t3 = _features((rows, 3), dtype, seed + 2)
+    weight = torch.rand(rows, generator=torch.Generator().manual_seed(seed)) * (torch.arange(rows) % 3 != 0)
+    return [s91, s3], lambda s91, s3: (
+        kdops.quality_focal_kd(s91, t91, weight=weight, normalize="weight", backend=backend),
+        kdops.quality_focal_kd(s3, t3, beta=2.0, normalize="sum", backend=backend))
+
+
 def _bounded(backend, rows, dtype, seed):
     s, t = _features((rows, 4), dtype, seed)
     target = randn((rows, 4), dtype, "cpu", seed + 2)
@@ -186,8 +207,8 @@ OPS = {"cwd_loss": (_cwd, FEATURES), "pkd_loss": (_pkd, FEATURES), "feature_imit
        "fgd_focal_loss": (_focal, FEATURES), "fgd_feature_pass": (_feature_pass, FEATURES),
        "relation_mse": (_relation, FEATURES),
        "attention_masks": (_attention, FEATURES), "gc_context": (_gc, FEATURES),
-       "soft_cross_entropy": (_soft_ce, ROWS), "soft_binary_cross_entropy": (_soft_bce, ROWS),
-       "bounded_regression": (_bounded, ROWS)}
+       "soft_cross_entropy": (_soft_ce, ROWS), "soft_binary_cross_entropy": (_soft_bce, ROWS), "ld_loss": (_ld, ROWS),
+       "quality_focal_kd": (_qfkd, ROWS), "bounded_regression": (_bounded, ROWS)}
 
 
 def _outputs_and_grads(make, backend, shape, dtype, seed):

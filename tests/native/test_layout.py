@@ -25,6 +25,8 @@ def _enum(namespace: str, name: str):
     ("pkd", "Stat", _layout.PKD_STATS),
     ("imitation", "Loss", _layout.LOSSES),
     ("imitation", "Normalize", _layout.NORMALIZERS),
+    ("ld", "Normalize", _layout.LD_NORMALIZERS),
+    ("qfkd", "Normalize", _layout.QFKD_NORMALIZERS),
     ("feature_pass", "Partial", _layout.FEATURE_PASS_PARTIALS),
     ("feature_pass", "Softmax", _layout.FEATURE_PASS_SOFTMAXES),
 ])

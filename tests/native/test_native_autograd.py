@@ -41,6 +41,8 @@ def _calls(teacher_grad=False):
         "soft_cross_entropy": lambda: ops.soft_cross_entropy(rows_s, rows_t, None, None, 1.0, 0.0, -1),
         "soft_binary_cross_entropy": lambda: ops.soft_binary_cross_entropy(
             rows_s[:, 0], rows_t[:, 0], None, 1.0, 1.5, 1.0, 0.0, -1),
+        "ld_loss": lambda: ops.ld_loss(rows_s, rows_t, None, 10.0, "mean"),
+        "quality_focal_kd": lambda: ops.quality_focal_kd(rows_s, rows_t, None, 1.0, "mean"),
         "bounded_regression": lambda: ops.bounded_regression(_feat(6, (6, 4), requires_grad=True), reg_t,
                                                              _feat(7, (6, 4)), None, 0.0),
     }
@@ -55,7 +57,8 @@ def test_the_autograd_node_is_cpp(name):
 
 
 @pytest.mark.parametrize("name,arg", [("fgd_focal_loss", "teacher"), ("fgd_feature_pass", "teacher"), ("cwd_loss", "teacher"),
-                                      ("soft_cross_entropy", "teacher_logits"),
+                                      ("soft_cross_entropy", "teacher_logits"), ("ld_loss", "teacher_logits"),
+                                      ("quality_focal_kd", "teacher_logits"),
                                       ("soft_binary_cross_entropy", "teacher_logits")])
 def test_direct_call_with_a_teacher_that_requires_grad_names_it(name, arg):
     out = _calls(teacher_grad=True)[name]()[0]

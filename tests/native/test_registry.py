@@ -15,7 +15,8 @@ from kdops import _registry
 from support.backends import require_backend
 
 OPS = ["attention_masks", "bounded_regression", "box_masks", "cwd_loss", "feature_imitation", "fgd_feature_pass",
-       "fgd_focal_loss", "gc_context", "pkd_loss", "relation_mse", "soft_binary_cross_entropy", "soft_cross_entropy"]
+       "fgd_focal_loss", "gc_context", "ld_loss", "pkd_loss", "quality_focal_kd", "relation_mse",
+       "soft_binary_cross_entropy", "soft_cross_entropy"]
 NOT_OP_ARGUMENTS = {"backend", "return_terms", "validate"}  # public-only options
 AUTOGRAD = pathlib.Path(__file__).resolve().parents[2] / "csrc" / "autograd"
 

@@ -59,6 +59,10 @@ def _cases():
                                       lambda x, b: kdops.soft_binary_cross_entropy(x, rows_t, backend=b)),
         "bounded_regression": (randn((6, 4), torch.float64, "cpu", 12),
                                lambda x, b: kdops.bounded_regression(x, reg_t, target=reg_y, weight=weight, backend=b)),
+        "quality_focal_kd": (3 * randn((6, 7), torch.float64, "cpu", 13),
+                             lambda x, b: kdops.quality_focal_kd(x, rows_t, weight=weight, beta=2.0, backend=b)),
+        "ld_loss": (3 * randn((6, 7), torch.float64, "cpu", 14),
+                    lambda x, b: kdops.ld_loss(x, rows_t, weight=weight, temperature=2.0, backend=b)),
     }
 
 
@@ -122,7 +126,9 @@ def _func(transform, op, backend):
     ("fgd_feature_pass", "cpu", "double backward", RuntimeError, r"kdops\.fgd_feature_pass: double backward"),
     ("fgd_focal_loss", "cpu", "double backward", RuntimeError, r"kdops\.fgd_focal_loss: double backward"),
     ("gc_context", "cpu", "double backward", RuntimeError, r"kdops\.gc_context: double backward"),
+    ("ld_loss", "cpu", "double backward", RuntimeError, r"kdops\.ld_loss: double backward"),
     ("pkd_loss", "cpu", "double backward", RuntimeError, r"kdops\.pkd_loss: double backward"),
+    ("quality_focal_kd", "cpu", "double backward", RuntimeError, r"kdops\.quality_focal_kd: double backward"),
     ("relation_mse", "cpu", "double backward", RuntimeError, r"kdops\.relation_mse: double backward"),
     ("soft_binary_cross_entropy", "cpu", "double backward", RuntimeError,
      r"kdops\.soft_binary_cross_entropy: double backward"),
@@ -135,6 +141,9 @@ def _func(transform, op, backend):
     ("pkd_loss", "cpu", "jvp", RuntimeError, r"kdops\.pkd_loss: torch\.func transforms that differentiate"),
     ("fgd_focal_loss", "cpu", "jacrev", RuntimeError,
      r"kdops\.fgd_focal_loss: torch\.func transforms that differentiate"),
+    ("quality_focal_kd", "cpu", "grad", RuntimeError,
+     r"kdops\.quality_focal_kd: torch\.func transforms that differentiate"),
+    ("ld_loss", "cpu", "jvp", RuntimeError, r"kdops\.ld_loss: torch\.func transforms that differentiate"),
     ("bounded_regression", "cpu", "forward_ad", RuntimeError,
      r"kdops\.bounded_regression: torch\.func transforms that differentiate .* and forward-mode AD"),
 ])
@@ -166,7 +175,8 @@ def test_first_derivative_with_create_graph_is_right(op, backend):
 
 @pytest.mark.parametrize("backend", _fused())
 @pytest.mark.parametrize("transform", ["grad", "vjp", "jvp", "jacrev", "forward_ad"])
-@pytest.mark.parametrize("op", ["feature_imitation", "soft_cross_entropy", "fgd_feature_pass"])
+@pytest.mark.parametrize("op", ["feature_imitation", "soft_cross_entropy", "fgd_feature_pass", "quality_focal_kd",
+                                "ld_loss"])
 def test_torch_func_transforms_that_differentiate_raise_naming_the_op(op, transform, backend):
     with pytest.raises(RuntimeError) as info:
         _func(transform, op, backend)

@@ -205,7 +205,8 @@ def _feature_ops(shape):
 
 
 def _row_ops(shape):
-    from kdops.triton import bounded_regression, soft_binary_cross_entropy, soft_cross_entropy
+    from kdops.triton import (bounded_regression, ld_loss, quality_focal_kd, soft_binary_cross_entropy,
+                              soft_cross_entropy)
 
     rows, classes = shape
     s, t, scalar, target = _meta(rows, classes), _meta(rows, classes), _meta(), _meta(rows, dtype=torch.int64)
@@ -213,6 +214,10 @@ def _row_ops(shape):
     soft_cross_entropy.backward(scalar, s, t, _meta(classes), target, norm, stats, 2.0, 0.5, -1)
     _, norm = soft_binary_cross_entropy.forward(s, t, None, 1.0, 1.0, 2.0, 0.0, -1)
     soft_binary_cross_entropy.backward(scalar, s, t, None, norm, 1.0, 1.0, 2.0, 0.0, -1)
+    _, norm, stats = ld_loss.forward(s, t, _meta(rows), 10.0, "weight")
+    ld_loss.backward(scalar, s, t, _meta(rows), norm, stats, 10.0)
+    _, norm = quality_focal_kd.forward(s, t, _meta(rows), 0.5, "weight")
+    quality_focal_kd.backward(scalar, s, t, _meta(rows), norm, 0.5)
     box = _meta(rows, 4)
     _, norm = bounded_regression.forward(box, box, box, _meta(rows), 0.1)
     bounded_regression.backward(scalar, box, box, box, _meta(rows), norm, 0.1)
@@ -232,6 +237,6 @@ def test_launch_grids_fit_cuda_limits(monkeypatch, ops, shape):
 
     monkeypatch.setattr(KernelInterface, "__getitem__", capture)
     ops(shape)
-    assert len({name for name, _ in grids}) >= (30 if ops is _feature_ops else 7), grids
+    assert len({name for name, _ in grids}) >= (30 if ops is _feature_ops else 13), grids
     too_big = [(name, grid) for name, grid in grids if any(g > limit for g, limit in zip(grid, GRID_LIMITS))]
     assert not too_big, too_big

@@ -1,7 +1,7 @@
 // Shared by the CPU (.cpp) and CUDA (.cu) kernels: qualifiers and small checks.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/OpMathType.h>
 
 #if defined(__CUDACC__)

@@ -22,6 +22,14 @@ enum Loss : int { kMSE = 0, kL1 = 1 };
 enum Normalize : int { kBatch = 0, kMean = 1, kMask = 2 };
 }  // namespace imitation
 
+namespace ld {  // ld_loss's integer codes of `normalize` (its row_stats are cwd's)
+enum Normalize : int { kSum = 0, kMean = 1, kWeight = 2 };
+}  // namespace ld
+
+namespace qfkd {  // quality_focal_kd's integer codes of `normalize`
+enum Normalize : int { kSum = 0, kMean = 1, kWeight = 2 };
+}  // namespace qfkd
+
 namespace feature_pass {  // per (image, pixel block) task of fgd_feature_pass
 // Per-channel partial sums: |S|, |T|, S - T, the M_fg- and M_bg-weighted squares, both partial contexts.
 enum Partial : int { kAbsS = 0, kAbsT, kDiff, kFg, kBg, kCtxS, kCtxT, kPartials };
