@@ -33,9 +33,9 @@ BASELINE = "none"
 METRICS = ("mAP", "AP50", "APs")
 # Settings every run of one results file must share (recipes and seeds may be added between invocations).
 SHARED_SETTINGS = ("iterations", "train_images", "train_ann", "val_images", "val_ann", "teacher", "image_size",
-                   "student_anchors", "student_scale", "batch_size", "lr", "distill_warmup", "imitation_mask", "distill_auto_ratio",
-                   "distill_auto_iters", "generated_train_images", "generated_val_images", "teacher_iterations",
-                   "pretrain_steps")
+                   "student_anchors", "student_scale", "batch_size", "lr", "distill_warmup", "imitation_mask",
+                   "distill_auto_ratio", "distill_auto_iters", "generated_train_images", "generated_val_images",
+                   "teacher_iterations", "pretrain_steps")
 
 
 def _data_and_teacher(b: EfficacyConfig, log) -> tuple[dict, str, dict]:

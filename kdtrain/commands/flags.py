@@ -121,6 +121,7 @@ def add_student_flags(g, config) -> None:
     add(g, "--batch-size", "images per training iteration", config, type=int)
     add(g, "--distill-warmup", "as in train", config, type=int)
     add(g, "--imitation-mask", "as in train", config, choices=CHOICES["imitation_mask"])
+    add(g, "--trust-teacher", "as in train", config, action="store_true")
 
 
 def add_builtin_data_flags(g, config) -> None:

@@ -120,7 +120,7 @@ def distill(cfg: TrainConfig, d: DemoConfig, recipe: str, teacher_path: str, wei
     """``cfg`` (a student_config) distilled from the teacher by ``recipe``: the same student network and input
     (--student-scale: the teacher keeps its full-resolution input, the student sees it scaled)."""
     cfg.recipe, cfg.teacher, cfg.distill_weights = recipe, teacher_path, weights
-    cfg.distill_warmup, cfg.imitation_mask = d.distill_warmup, d.imitation_mask
+    cfg.distill_warmup, cfg.imitation_mask, cfg.trust_teacher = d.distill_warmup, d.imitation_mask, d.trust_teacher
     if d.student_scale != 1.0:
         cfg.min_size = cfg.max_size = d.image_size
         cfg.student_scale = d.student_scale

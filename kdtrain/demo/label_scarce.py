@@ -68,7 +68,8 @@ def run_label_scarce_demo(d: DemoConfig, log=print) -> dict:
 
         base = student_config(d, data, os.path.join(d.output_dir, f"two_step-seed{seed}"), seed)
         base.labeled_fraction, base.teacher = d.labeled_fraction, teacher_path
-        base.distill_weights, base.distill_warmup = d.distill_weights, d.distill_warmup
+        base.distill_weights, base.distill_warmup, base.trust_teacher = d.distill_weights, d.distill_warmup, \
+            d.trust_teacher
         log(f"[demo] two-step student (seed {seed}): {step1_iters} iterations on pseudo-labels, "
             f"then {step2_iters} on the labeled {percent}")
         out = run_two_step(TwoStepConfig(base=base, pseudo_ann=pseudo_ann, step1_iterations=step1_iters,

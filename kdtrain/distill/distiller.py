@@ -94,19 +94,22 @@ class Distiller(nn.Module):
         s_levels = {k: Level(s_channels[k], float(s)) for k, s in image_strides(s_strides, scale).items()}
         t_levels = {k: Level(t_channels[k], float(s)) for k, s in t_strides.items()}
         pairs = [(p.student, p.teacher) for p in self.pairs]
+        # How paired maps of different sizes line up (terms.FeatureTerm): SSDlite squashes the image to a
+        # square, every other student pads it at the bottom and right as the teacher does.
+        align = "resize" if self.family == "ssd" else "crop"
         for name in self.term_names:
             if name in FEATURE_TERMS and not self.pairs:
                 raise UsageError(f"{name}: no student level shares a stride with a teacher level")
             if name == "imitation":
-                self.terms[name] = T.ImitationTerm(s_levels, t_levels, pairs, mask=imitation_mask)
+                self.terms[name] = T.ImitationTerm(s_levels, t_levels, pairs, mask=imitation_mask, align=align)
             elif name == "fgd":
-                self.terms[name] = T.FGDTerm(s_levels, t_levels, pairs, family=self.family)
+                self.terms[name] = T.FGDTerm(s_levels, t_levels, pairs, family=self.family, align=align)
             elif name == "cwd":
-                self.terms[name] = T.CWDTerm(s_levels, t_levels, pairs)
+                self.terms[name] = T.CWDTerm(s_levels, t_levels, pairs, align=align)
             elif name == "pkd":
-                self.terms[name] = T.PKDTerm(s_levels, t_levels, pairs)
+                self.terms[name] = T.PKDTerm(s_levels, t_levels, pairs, align=align)
             elif name == "mgd":
-                self.terms[name] = T.MGDTerm(s_levels, t_levels, pairs, family=self.family)
+                self.terms[name] = T.MGDTerm(s_levels, t_levels, pairs, family=self.family, align=align)
             elif name in ("chen_rcn", "chen_rpn"):
                 self._check_two_stage_pair(name)
                 if name == "chen_rpn":

@@ -31,13 +31,14 @@ class FeatureTerm(nn.Module):
     reduction = "sum"
     needs_boxes = False
 
-    def __init__(self, student_levels: dict, teacher_levels: dict, pairs: list, **options):
+    def __init__(self, student_levels: dict, teacher_levels: dict, pairs: list, align: str = "crop", **options):
         super().__init__()
-        # "crop": both backbones see one image, each padded at the bottom and right to its own size (a
-        # low-resolution student's batch is smaller): cell (i, j) of paired levels sees the same pixels,
-        # where resizing one map to the other's size would shift every cell by the padding's share.
+        # align (Distiller.align): "crop" when both backbones see one image, each padded at the bottom and
+        # right to its own size (a low-resolution student's batch is smaller): cell (i, j) of paired levels
+        # sees the same pixels, where resizing one map onto the other would shift each cell by the padding's
+        # share. "resize" when the student squashes the image to a fixed square (SSDlite).
         self.distiller = MapsDistiller(student_levels, teacher_levels, pairs, loss=(self.name, options),
-                                       reduction=self.reduction, align="crop")
+                                       reduction=self.reduction, align=align)
 
     def describe_pairs(self, ctx: DistillContext) -> list[dict]:
         """Each pair's levels, map shapes in ``ctx`` and the 1x1 adaptation conv it trains (the distillation check)."""
@@ -67,11 +68,13 @@ class ImitationTerm(FeatureTerm):
     name = "imitation"
     reduction = "mean"
 
-    def __init__(self, student_levels, teacher_levels, pairs, loss="mse", normalize="mean", mask="none"):
+    def __init__(self, student_levels, teacher_levels, pairs, loss="mse", normalize="mean", mask="none",
+                 align="crop"):
         if mask not in ("none", "boxes"):
             raise ValueError(f"imitation mask must be 'none' or 'boxes', got {mask!r}")
         self.needs_boxes = mask == "boxes"  # 0/1 mask of the (ground-truth or pseudo-label) boxes on each level
-        super().__init__(student_levels, teacher_levels, pairs, loss=loss, normalize=normalize, adapt=True, mask=mask)
+        super().__init__(student_levels, teacher_levels, pairs, align, loss=loss, normalize=normalize, adapt=True,
+                         mask=mask)
 
 
 def fgd_preset(family: str) -> str:
@@ -90,9 +93,9 @@ class FGDTerm(FeatureTerm):
     name = "fgd"
     needs_boxes = True
 
-    def __init__(self, student_levels, teacher_levels, pairs, family="two_stage"):
+    def __init__(self, student_levels, teacher_levels, pairs, family="two_stage", align="crop"):
         self.family = fgd_preset(family)
-        super().__init__(student_levels, teacher_levels, pairs, family=self.family)
+        super().__init__(student_levels, teacher_levels, pairs, align, family=self.family)
         self.last_terms: dict = {}
 
     def forward(self, ctx, keys=None):
@@ -110,8 +113,8 @@ class CWDTerm(FeatureTerm):
 
     name = "cwd"
 
-    def __init__(self, student_levels, teacher_levels, pairs, tau=1.0):
-        super().__init__(student_levels, teacher_levels, pairs, tau=tau)
+    def __init__(self, student_levels, teacher_levels, pairs, tau=1.0, align="crop"):
+        super().__init__(student_levels, teacher_levels, pairs, align, tau=tau)
 
 
 class PKDTerm(FeatureTerm):
@@ -133,9 +136,9 @@ class MGDTerm(FeatureTerm):
 
     name = "mgd"
 
-    def __init__(self, student_levels, teacher_levels, pairs, family="two_stage"):
+    def __init__(self, student_levels, teacher_levels, pairs, family="two_stage", align="crop"):
         self.family = mgd_preset(family)
-        super().__init__(student_levels, teacher_levels, pairs, family=self.family)
+        super().__init__(student_levels, teacher_levels, pairs, align, family=self.family)
 
 
 def bounded_over_rows(loss: BoundedRegressionLoss, student, teacher, target, total_rows: int) -> torch.Tensor:

@@ -11,8 +11,8 @@ from kdtrain.demo.label_scarce import run_label_scarce_demo
 
 def _toy(tmp_path, **kw):
     return DemoConfig(output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"), image_size=64,
-                      train_images=8, val_images=3, teacher_iterations=2, student_iterations=3, batch_size=2, pretrain_steps=0,
-                      workers=0, progress=False, distill_warmup=1, variant="label-scarce",
+                      train_images=8, val_images=3, teacher_iterations=2, student_iterations=3,
+                      batch_size=2, pretrain_steps=0, trust_teacher=True, workers=0, progress=False, distill_warmup=1, variant="label-scarce",
                       labeled_fraction=0.25, step1_share=0.5, pseudo_score_threshold=0.0, **kw)
 
 

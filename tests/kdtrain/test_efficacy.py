@@ -151,7 +151,7 @@ def test_efficacy_bookkeeping_without_training(tmp_path, monkeypatch, capsys):
     assert os.path.getsize(out / efficacy.PLOT) > 1000
     with pytest.raises(SystemExit):  # another budget into the same folder
         main(args + ["--iterations", "250"])
-    assert "iterations 240 -> 250" in capsys.readouterr().err
+    assert f"iterations {EfficacyConfig.iterations} -> 250" in capsys.readouterr().err
 
 
 def test_a_failed_run_is_recorded_and_the_table_goes_on(tmp_path, monkeypatch, capsys):
