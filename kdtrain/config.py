@@ -333,7 +333,7 @@ class DemoConfig:
     student_iterations: int = 160
     batch_size: int = 4
     lr: float = 0.02
-    recipe: str = "imitation"
+    recipe: str = "fgd"  # the recipe that lifted the student on every seed measured (docs/efficacy.md)
     distill_weights: str | None = None
     distill_warmup: int = 40
     imitation_mask: str = "none"
