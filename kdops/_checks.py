@@ -51,6 +51,19 @@ def positive(value, op: str, arg: str) -> float:
     return float(value)
 
 
+# Every temperature argument (attention_masks, fgd_focal_loss, fgd_feature_pass, soft_cross_entropy,
+# soft_binary_cross_entropy, cwd_loss, ld_loss): a finite number >= MIN_TEMPERATURE. Below it, 1/T and the T^2 of a
+# KL leave float32's range and the value turns NaN (docs/math.md §0). csrc/include/kdops/common.h: kMinTemperature.
+MIN_TEMPERATURE = 1e-30
+
+
+def temperature(value, op: str, arg: str = "temperature") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not MIN_TEMPERATURE <= value < float("inf"):
+        raise ValueError(f"kdops.{op}: {arg} must be a finite number >= {MIN_TEMPERATURE:g} (below it 1/{arg} leaves "
+                         f"float32's range), got {value!r}")
+    return float(value)
+
+
 def pixel_map(mask, like: torch.Tensor, op: str, arg: str, dtype=None) -> torch.Tensor:
     """An (N, H, W) weight map for the (N, C, H, W) tensor `like`, returned in `dtype` (default: like's dtype).
 
@@ -83,8 +96,11 @@ def number(value, op: str, arg: str) -> float:
 
 
 def integer(value, op: str, arg: str) -> int:
+    """An int that fits the ops' int64 argument."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"kdops.{op}: {arg} must be an int, got {value!r}")
+    if not -2**63 <= value < 2**63:
+        raise ValueError(f"kdops.{op}: {arg} must be an int in [-2**63, 2**63), got {value!r}")
     return value
 
 

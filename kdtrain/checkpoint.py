@@ -8,18 +8,25 @@ so a file that asks the unpickler for anything else (a payload that would run co
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
+import shutil
 import random
 import tempfile
 
 import numpy as np
 import torch
 
-from kdtrain.errors import UsageError, require_file
+from kdtrain.errors import RunStopped, UsageError, require_file
 
 LAST = "checkpoint_last.pth"
 TMP_PREFIX, TMP_SUFFIX = ".tmp_", ".pth"
+
+
+# Below this much free space a failed write is reported as a full disk (torch.save's own error on a full disk is
+# "[enforce fail at inline_container.cc] unexpected pos", which does not say so).
+LOW_DISK_BYTES = 64 << 20
 
 
 def atomic_save(obj, path: str) -> None:
@@ -32,10 +39,24 @@ def atomic_save(obj, path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, (OSError, RuntimeError)):
+            full = _disk_full(e, folder)
+            if full:
+                raise RunStopped(full) from e
         raise
+
+
+def _disk_full(error: BaseException, folder: str) -> str | None:
+    """The message for a write that failed on a full disk, None for any other failure."""
+    free = shutil.disk_usage(folder).free
+    if getattr(error, "errno", None) != errno.ENOSPC and free >= LOW_DISK_BYTES:
+        return None
+    return (f"cannot write a checkpoint in {folder}: the disk is full ({free / 2**20:.1f} MiB free; "
+            f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:120]}). The previous checkpoint "
+            "is intact: free some space and run the same command again to resume from it")
 
 
 def rng_state() -> dict:

@@ -175,10 +175,17 @@ def _checked_value(path: str, name: str, value):
 
 
 def _yaml_load_unique_keys(stream):
-    """yaml.safe_load, but a key given twice in one mapping is an error (PyYAML keeps the last one silently)."""
+    """yaml.safe_load, but a key given twice in one mapping is an error (PyYAML keeps the last one silently), and so
+    is an alias (*name): a config is a flat list of options, and nested aliases grow exponentially when expanded."""
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not supported in a kdtrain config; "
+                                                  "write the value out", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key_node, _ in node.value:

@@ -93,7 +93,7 @@ void chunk_grad(const scalar_t* sp, const scalar_t* tp, const scalar_t* yp, cons
   for (int64_t row = begin; row < end; ++row) {
     acc e_s, e_t;
     errors<kD, scalar_t, acc>(sp + row * D, tp + row * D, yp + row * D, D, &e_s, &e_t);
-    const acc w = kWeighted ? weight[row] : acc(1);
+    const acc w = gradient_weight<acc>(kWeighted ? weight[row] : acc(1), e_s, e_t, margin);
     const acc scale = active<acc>(e_s, e_t, margin) ? acc(2) * coef : inactive_term<acc>(e_s, e_t, margin);
     for (int64_t k = 0; k < D; ++k) {
       const int64_t i = row * D + k;

@@ -17,11 +17,11 @@ namespace cpu {
 template <typename acc>
 void scaled_softmax_row(const acc* x, acc* out, int64_t len, acc scale) {
   acc mx = -std::numeric_limits<acc>::infinity();
-  for (int64_t i = 0; i < len; ++i) mx = std::max(mx, x[i] * scale);
+  for (int64_t i = 0; i < len; ++i) mx = std::max(mx, x[i]);
   const double total = blocked_sum(len, [&](int64_t i0, int64_t i1) {
     acc block = 0;
     for (int64_t i = i0; i < i1; ++i) {
-      out[i] = std::exp(x[i] * scale - mx);
+      out[i] = std::exp((x[i] - mx) * scale);  // shifted before scaled: x * scale - max may be one FMA
       block += out[i];
     }
     return block;

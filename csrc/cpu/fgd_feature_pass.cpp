@@ -58,15 +58,16 @@ struct ForwardArgs {
   acc* block_sq;               // (tasks,)
 };
 
-// Block max of x[j] * scale and the weights e[j] = exp(x[j] * scale - max); returns sum e.
+// Block max of x and the weights e[j] = exp((x[j] - max) * scale); returns sum e. Shifted before scaled: at
+// 1 / temperature = 1e30, x * scale - max fused into one FMA is exp(+-1e23) at the max itself.
 template <typename acc>
 KDOPS_VEC_HD acc block_softmax(const acc* x, acc scale, int64_t len, acc* e, acc& mx_out) {
   acc mx = -std::numeric_limits<acc>::infinity(), total = 0;
 #pragma omp simd reduction(max : mx)
-  for (int64_t j = 0; j < len; ++j) mx = std::max(mx, x[j] * scale);
+  for (int64_t j = 0; j < len; ++j) mx = std::max(mx, x[j]);
 #pragma omp simd reduction(+ : total)
   for (int64_t j = 0; j < len; ++j) {
-    e[j] = math::exp_<acc>(x[j] * scale - mx);
+    e[j] = math::exp_<acc>((x[j] - mx) * scale);
     total += e[j];
   }
   mx_out = mx;
@@ -184,7 +185,7 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const at
         for (int64_t b = 0; b < blocks; ++b) gmax[k] = std::max(gmax[k], block_max[(n * blocks + b) * kSoftmaxes + k]);
         for (int64_t b = 0; b < blocks; ++b) {
           const int64_t i = (n * blocks + b) * kSoftmaxes + k;
-          rescale[k * blocks + b] = std::exp(block_max[i] - gmax[k]);
+          rescale[k * blocks + b] = std::exp((block_max[i] - gmax[k]) * (k == kAtt ? a.att_scale : acc(1)));
           z[k] += static_cast<double>(block_sum[i] * rescale[k * blocks + b]);
         }
       }

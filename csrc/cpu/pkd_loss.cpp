@@ -1,5 +1,5 @@
 // CPU kernels of PKD (docs/math.md §6). Work is split by channel (each channel's N segments of H*W values are
-// read three times: means, centred squares, squared difference); the per-channel D_c are added in
+// read three times: means with the largest magnitudes, centred squares, squared difference); the per-channel D_c are added in
 // channel order, so the result does not depend on the thread count. Every sum runs in blocks
 // (blocked_sum.h), so a large N*H*W keeps float32 round-off. Backward: one elementwise pass.
 #include <ATen/Dispatch.h>
@@ -7,7 +7,9 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <vector>
 
 #include "blocked_sum.h"
@@ -43,29 +45,39 @@ void forward_impl(const at::Tensor& s, const at::Tensor& t, at::Tensor& out, at:
         }
         return total;
       };
+      // Pass 1: the scaled sums (means) and the largest |x| and |y| (the scale of the centred squares).
+      const acc m_scale = mean_scale<acc>(M);
+      acc amax_x = 0, amax_y = 0;
       const auto sums = channel_sums([&](const scalar_t* x, const scalar_t* y, int64_t j0, int64_t j1) {
-        acc sum_x = 0, sum_y = 0;
-#pragma omp simd reduction(+ : sum_x, sum_y)
+        acc sum_x = 0, sum_y = 0, bx = 0, by = 0;
+#pragma omp simd reduction(+ : sum_x, sum_y) reduction(max : bx, by)
         for (int64_t j = j0; j < j1; ++j) {
-          sum_x += static_cast<acc>(x[j]);
-          sum_y += static_cast<acc>(y[j]);
+          const acc xj = static_cast<acc>(x[j]), yj = static_cast<acc>(y[j]);
+          sum_x += xj * m_scale;
+          sum_y += yj * m_scale;
+          bx = std::max(bx, std::abs(xj));
+          by = std::max(by, std::abs(yj));
         }
+        amax_x = std::max(amax_x, bx);
+        amax_y = std::max(amax_y, by);
         return std::array<acc, 2>{sum_x, sum_y};
       });
-      const acc mx = static_cast<acc>(sums[0] / static_cast<double>(M)),
-                my = static_cast<acc>(sums[1] / static_cast<double>(M));
+      const acc scale_x = unit_scale<acc>(amax_x), scale_y = unit_scale<acc>(amax_y);
+      const double m_scaled = static_cast<double>(M) * static_cast<double>(m_scale);
+      const acc mx = static_cast<acc>(sums[0] / m_scaled), my = static_cast<acc>(sums[1] / m_scaled);
+      const acc mx_scaled = mx * scale_x, my_scaled = my * scale_y;
       const auto centred = channel_sums([&](const scalar_t* x, const scalar_t* y, int64_t j0, int64_t j1) {
         acc vx = 0, vy = 0;
 #pragma omp simd reduction(+ : vx, vy)
         for (int64_t j = j0; j < j1; ++j) {
-          const acc dx = static_cast<acc>(x[j]) - mx, dy = static_cast<acc>(y[j]) - my;
+          const acc dx = static_cast<acc>(x[j]) * scale_x - mx_scaled, dy = static_cast<acc>(y[j]) * scale_y - my_scaled;
           vx += dx * dx;
           vy += dy * dy;
         }
         return std::array<acc, 2>{vx, vy};
       });
-      const acc sx = unbiased_std<acc>(static_cast<acc>(centred[0]), M),
-                sy = unbiased_std<acc>(static_cast<acc>(centred[1]), M);
+      const acc sx = unbiased_std<acc>(static_cast<acc>(centred[0]), M, scale_x),
+                sy = unbiased_std<acc>(static_cast<acc>(centred[1]), M, scale_y);
       const acc inv_ax = acc(1) / (sx + acc(kEps)), inv_ay = acc(1) / (sy + acc(kEps));
       const auto d = channel_sums([&](const scalar_t* x, const scalar_t* y, int64_t j0, int64_t j1) {
         acc sum = 0;

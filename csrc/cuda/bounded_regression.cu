@@ -79,7 +79,7 @@ __global__ void backward_kernel(const acc* __restrict__ grad_out, const acc* __r
        row += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     acc e_s, e_t;
     row_errors<scalar_t, acc>(s + row * D, t + row * D, y + row * D, D, &e_s, &e_t);
-    const acc w = row_weight<acc>(weight, row);
+    const acc w = gradient_weight<acc>(row_weight<acc>(weight, row), e_s, e_t, margin);
     const acc scale = active<acc>(e_s, e_t, margin) ? acc(2) * coef : inactive_term<acc>(e_s, e_t, margin);
     for (int64_t k = 0; k < D; ++k) {
       const int64_t i = row * D + k;

@@ -70,10 +70,13 @@ __device__ __forceinline__ acc warp_total(acc v) {
   return __shfl_sync(kFull, warp_sum(v), 0);
 }
 
-// e[v] = exp(x[v] - max) over the tile's pixels (0 outside the image); returns the tile's (max, sum).
-// Every warp computes the same values, so no block synchronisation is needed.
+// e[v] = exp((x[v] - max) * scale) over the tile's pixels (0 outside the image); returns the tile's (max of x,
+// sum). Shifting before scaling keeps the max's weight exactly 1 at any scale (x * scale - max would be fused
+// into one FMA whose rounding, at 1 / temperature = 1e30, is exp(+-1e23)). Every warp computes the same
+// values, so no block synchronisation is needed.
 template <typename acc>
-__device__ void tile_softmax(const acc (&x)[kPerLane], const Pixels& px, acc (&e)[kPerLane], acc& mx, acc& sum) {
+__device__ void tile_softmax(const acc (&x)[kPerLane], const Pixels& px, acc scale, acc (&e)[kPerLane], acc& mx,
+                             acc& sum) {
   acc m = -INFINITY;
 #pragma unroll
   for (int v = 0; v < kPerLane; ++v) m = px.ok[v] ? fmax(m, x[v]) : m;
@@ -81,7 +84,7 @@ __device__ void tile_softmax(const acc (&x)[kPerLane], const Pixels& px, acc (&e
   acc local = 0;
 #pragma unroll
   for (int v = 0; v < kPerLane; ++v) {
-    e[v] = px.ok[v] ? math::exp_<acc>(x[v] - mx) : acc(0);
+    e[v] = px.ok[v] ? math::exp_<acc>((x[v] - mx) * scale) : acc(0);
     local += e[v];
   }
   sum = warp_total(local);
@@ -185,13 +188,10 @@ __global__ void partial_kernel(const ForwardArgs<scalar_t, acc> a) {
     a.tile_sq[n * tiles + tile] = total;
   }
 
-  acc logits[kPerLane], e_att[kPerLane], fg[kPerLane], bg[kPerLane], e_s[kPerLane], e_t[kPerLane], mx[kSoftmaxes],
-      sum[kSoftmaxes];
-#pragma unroll
-  for (int v = 0; v < kPerLane; ++v) logits[v] = mt[v] * a.att_scale;
-  tile_softmax(logits, px, e_att, mx[kAtt], sum[kAtt]);
-  tile_softmax(ls, px, e_s, mx[kGcS], sum[kGcS]);
-  tile_softmax(lt, px, e_t, mx[kGcT], sum[kGcT]);
+  acc e_att[kPerLane], fg[kPerLane], bg[kPerLane], e_s[kPerLane], e_t[kPerLane], mx[kSoftmaxes], sum[kSoftmaxes];
+  tile_softmax(mt, px, a.att_scale, e_att, mx[kAtt], sum[kAtt]);
+  tile_softmax(ls, px, acc(1), e_s, mx[kGcS], sum[kGcS]);
+  tile_softmax(lt, px, acc(1), e_t, mx[kGcT], sum[kGcT]);
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int k = 0; k < kSoftmaxes; ++k) {
@@ -231,19 +231,21 @@ __global__ void partial_kernel(const ForwardArgs<scalar_t, acc> a) {
 }
 
 // One block per image: each online softmax's image max and normaliser (stats (N, kSoftmaxes, 2)) and
-// every tile's rescale factor exp(tile max - image max) (rescale (N, kSoftmaxes, tiles)).
+// every tile's rescale factor exp((tile max - image max) * scale) (rescale (N, kSoftmaxes, tiles)); the maxima
+// are of the unscaled values (tile_softmax), the attention's scale is att_scale, the GcBlocks' 1.
 template <typename acc>
 __global__ void softmax_merge_kernel(const acc* __restrict__ tile_max, const acc* __restrict__ tile_sum,
-                                     acc* __restrict__ rescale, acc* __restrict__ stats, int64_t tiles) {
+                                     acc* __restrict__ rescale, acc* __restrict__ stats, int64_t tiles, acc att_scale) {
   const int64_t n = blockIdx.x;
   for (int k = 0; k < kSoftmaxes; ++k) {
+    const acc scale = k == kAtt ? att_scale : acc(1);
     const int64_t row = (n * kSoftmaxes + k) * tiles;
     acc local_max = -INFINITY;
     for (int64_t i = threadIdx.x; i < tiles; i += blockDim.x) local_max = fmax(local_max, tile_max[row + i]);
     const acc mx = block_max(local_max);
     KahanSum<acc> local_sum;
     for (int64_t i = threadIdx.x; i < tiles; i += blockDim.x) {
-      const acc r = math::exp_<acc>(tile_max[row + i] - mx);
+      const acc r = math::exp_<acc>((tile_max[row + i] - mx) * scale);
       rescale[row + i] = r;
       local_sum += tile_sum[row + i] * r;
     }
@@ -379,7 +381,8 @@ fgd_feature_pass_cuda(const Tensor& student_in, const Tensor& teacher_in, const 
     partial_kernel<scalar_t, acc><<<dim3(static_cast<unsigned int>(tiles), static_cast<unsigned int>(N)), kThreads, 0, stream>>>(fa);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     softmax_merge_kernel<acc><<<N, 256, 0, stream>>>(tile_max.const_data_ptr<acc>(), tile_sum.const_data_ptr<acc>(),
-                                                     rescale.data_ptr<acc>(), stats.data_ptr<acc>(), tiles);
+                                                     rescale.data_ptr<acc>(), stats.data_ptr<acc>(), tiles,
+                                                     fa.att_scale);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const MergeArgs<acc> ma{part.const_data_ptr<acc>(), rescale.const_data_ptr<acc>(), stats.const_data_ptr<acc>(),
                             C,                          tiles,                         s_channel.data_ptr<acc>(),

@@ -29,23 +29,33 @@ __global__ void forward_kernel(const scalar_t* __restrict__ s, const scalar_t* _
   KahanSum<acc> block_d;  // meaningful in thread 0
   for (int64_t c = blockIdx.x; c < C; c += gridDim.x) {
     // The channel's values are N contiguous segments of HW, at (n * C + c) * HW.
+    // Scaled sums (no overflow, math header) and the largest magnitudes, which scale the centred squares.
+    const acc m_scale = mean_scale<acc>(M);
     KahanSum<acc> sx, sy;
+    acc ax_local = 0, ay_local = 0;
     for (int64_t n = 0; n < N; ++n)
     for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) {
       const int64_t i = (n * C + c) * HW + j;
-      sx += static_cast<acc>(s[i]);
-      sy += static_cast<acc>(t[i]);
+      const acc xi = static_cast<acc>(s[i]), yi = static_cast<acc>(t[i]);
+      sx += xi * m_scale;
+      sy += yi * m_scale;
+      ax_local = fmax(ax_local, fabs(xi));
+      ay_local = fmax(ay_local, fabs(yi));
     }
-    const acc mx = block_sum(sx.value()) / static_cast<acc>(M), my = block_sum(sy.value()) / static_cast<acc>(M);
+    const acc m_scaled = static_cast<acc>(M) * m_scale;
+    const acc mx = block_sum(sx.value()) / m_scaled, my = block_sum(sy.value()) / m_scaled;
+    const acc scale_x = unit_scale<acc>(block_max(ax_local)), scale_y = unit_scale<acc>(block_max(ay_local));
+    const acc mx_scaled = mx * scale_x, my_scaled = my * scale_y;
     KahanSum<acc> vx, vy;
     for (int64_t n = 0; n < N; ++n)
     for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) {
       const int64_t i = (n * C + c) * HW + j;
-      const acc dx = static_cast<acc>(s[i]) - mx, dy = static_cast<acc>(t[i]) - my;
+      const acc dx = static_cast<acc>(s[i]) * scale_x - mx_scaled, dy = static_cast<acc>(t[i]) * scale_y - my_scaled;
       vx += dx * dx;
       vy += dy * dy;
     }
-    const acc std_x = unbiased_std<acc>(block_sum(vx.value()), M), std_y = unbiased_std<acc>(block_sum(vy.value()), M);
+    const acc std_x = unbiased_std<acc>(block_sum(vx.value()), M, scale_x),
+              std_y = unbiased_std<acc>(block_sum(vy.value()), M, scale_y);
     const acc inv_ax = acc(1) / (std_x + acc(kEps)), inv_ay = acc(1) / (std_y + acc(kEps));
     KahanSum<acc> local_d;
     for (int64_t n = 0; n < N; ++n)

@@ -11,11 +11,11 @@ template <typename acc>
 __global__ void scaled_softmax_rows_kernel(acc* __restrict__ data, int64_t len, acc scale) {
   acc* row = data + blockIdx.x * len;
   acc local_max = -INFINITY;
-  for (int64_t i = threadIdx.x; i < len; i += blockDim.x) local_max = fmax(local_max, row[i] * scale);
+  for (int64_t i = threadIdx.x; i < len; i += blockDim.x) local_max = fmax(local_max, row[i]);
   const acc mx = block_max(local_max);
   KahanSum<acc> local_sum;
   for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
-    row[i] = exp(row[i] * scale - mx);
+    row[i] = exp((row[i] - mx) * scale);  // shifted before scaled: exact 1 at the max for any scale > 0
     local_sum += row[i];
   }
   const acc factor = static_cast<acc>(len) / block_sum(local_sum.value());

@@ -8,7 +8,7 @@ inline void check_attention_masks_args(const at::Tensor& feat, double temperatur
   check_feature(feat, "kdops.attention_masks", "feat");
   TORCH_CHECK(feat.size(1) > 0 && feat.size(2) * feat.size(3) > 0,
               "kdops.attention_masks: feat must have C >= 1 and H*W >= 1, got shape ", feat.sizes());
-  TORCH_CHECK(temperature > 0.0, "kdops.attention_masks: temperature must be > 0, got ", temperature);
+  check_temperature(temperature, "kdops.attention_masks", "temperature");
 }
 
 inline void check_attention_masks_backward_args(const at::Tensor& grad_spatial, const at::Tensor& grad_channel,

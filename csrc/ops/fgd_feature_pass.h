@@ -19,7 +19,7 @@ inline void check_fgd_feature_pass_args(const at::Tensor& student, const at::Ten
   check_side_tensor(bias_s, student, one, op, "student_gc_bias");
   check_side_tensor(weight_t, student, channel, op, "teacher_gc_weight");
   check_side_tensor(bias_t, student, one, op, "teacher_gc_bias");
-  TORCH_CHECK(temperature > 0.0, op, ": temperature must be > 0, got ", temperature);
+  check_temperature(temperature, op, "temperature");
 }
 
 // The gradients of the six differentiable outputs, and the statistics the forward saved for the backward.

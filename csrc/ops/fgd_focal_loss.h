@@ -20,7 +20,7 @@ inline void check_fgd_focal_loss_args(const at::Tensor& student, const at::Tenso
   const std::vector<int64_t> pixels{student.size(0), student.size(2), student.size(3)};
   check_side_tensor(fg, student, pixels, op, "fg");
   check_side_tensor(bg, student, pixels, op, "bg");
-  TORCH_CHECK(temperature > 0.0, op, ": temperature must be > 0, got ", temperature);
+  check_temperature(temperature, op, "temperature");
 }
 
 inline void check_fgd_focal_loss_backward_args(const at::Tensor& grad_loss, const at::Tensor& grad_terms,

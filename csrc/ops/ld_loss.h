@@ -1,8 +1,5 @@
 // Argument checks shared by the CPU and CUDA kernels of ld_loss.
 #pragma once
-#include <limits>
-
-#include "cwd_loss.h"  // kMinTau: the same range of temperatures as CWD's (the same row math)
 #include "kdops/common.h"
 #include "kdops/math/ld_loss.h"
 
@@ -17,9 +14,7 @@ inline void check_ld_loss_args(const at::Tensor& student, const at::Tensor& teac
               ": student_logits must be float16, bfloat16, float32 or float64, got ", student.scalar_type());
   check_same(student, teacher, op, "student_logits", "teacher_logits");
   TORCH_CHECK(student.size(1) >= 1, op, ": the logits need at least one bin, got shape ", student.sizes());
-  TORCH_CHECK(temperature >= kMinTau && temperature <= std::numeric_limits<double>::max(), op,
-              ": temperature must be a finite number >= ", kMinTau,
-              " (below it 1/T and T^2 KL leave float32's range), got ", temperature);
+  check_temperature(temperature, op, "temperature");
   if (weight.has_value()) {
     const auto& w = *weight;
     TORCH_CHECK(w.dim() == 1 && w.size(0) == student.size(0), op, ": weight must have shape (rows,) = (",

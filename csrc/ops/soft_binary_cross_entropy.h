@@ -10,7 +10,7 @@ inline void check_soft_binary_cross_entropy_args(const at::Tensor& student, cons
   TORCH_CHECK(at::isFloatingType(student.scalar_type()), op,
               ": student_logits must be float16, bfloat16, float32 or float64, got ", student.scalar_type());
   check_same(student, teacher, op, "student_logits", "teacher_logits");
-  TORCH_CHECK(temperature > 0, op, ": temperature must be > 0, got ", temperature);
+  check_temperature(temperature, op, "temperature");
   if (target.has_value()) {
     const auto& y = *target;
     TORCH_CHECK(y.sizes() == student.sizes(), op, ": target must have the logits' shape ", student.sizes(), ", got ",

@@ -14,7 +14,7 @@ inline void check_soft_cross_entropy_args(const at::Tensor& student, const at::T
   TORCH_CHECK(at::isFloatingType(student.scalar_type()), op,
               ": student_logits must be float16, bfloat16, float32 or float64, got ", student.scalar_type());
   check_same(student, teacher, op, "student_logits", "teacher_logits");
-  TORCH_CHECK(temperature > 0, op, ": temperature must be > 0, got ", temperature);
+  check_temperature(temperature, op, "temperature");
   if (class_weight.has_value()) {
     const auto& w = *class_weight;
     TORCH_CHECK(w.dim() == 1 && w.size(0) == student.size(1), op, ": class_weight must have shape (classes,) = (",

@@ -37,14 +37,16 @@ class FeatureDistiller(nn.Module):
     tensor, or a module returning a dict of maps: "backbone" takes every entry (levels
     "backbone:0", "backbone:1", ... for torchvision's FPN), "backbone:0" one; "" is the model itself
     (a backbone returning a dict gives the levels "0", "1", ...). A callable
-    `select(path, module) -> bool` picks modules instead of naming them.
+    `select(path, module) -> bool` picks modules instead of naming them. A module that runs k > 1 times
+    per forward (a detector head shared by the FPN levels) gives k levels "<level>#0" ... "<level>#k-1",
+    in call order; every forward must run it as often as the probe did (more often raises, naming it).
 
     Pairing (`pair_by`): "stride" pairs each student level with the teacher level of the same stride;
     student levels without one are left out (see `pairs`). When several levels share a stride, `tie`
     "in_order" pairs the k-th student level of it with the k-th teacher level of it (or its last),
     "first" every student level of it with the first teacher level of it. "size" does the same by
     (H, W). "order" pairs the two lists in order. One probe forward of each model on `example_inputs`
-    (eval mode, no_grad) finds the channels, sizes and strides: stride = image size / map size, to the
+    (eval mode, no_grad, to its end) finds the channels, sizes, strides and calls: stride = image size / map size, to the
     nearest power of two when the map was ceil-rounded (a 100 px side at stride 8 has 13 cells).
     Strides are in the teacher's input pixels: a student on half-size inputs (`teacher_example_inputs`
     at full size, Chen 2017's low-resolution student) pairs its stride-s levels with the teacher's
@@ -216,9 +218,10 @@ class FeatureDistiller(nn.Module):
             self.clear()
 
     def clear(self) -> None:
-        """Drop the recorded maps (and the student's graph they hold)."""
-        self._student.maps.clear()
-        self._teacher.maps.clear()
+        """Drop the recorded maps (and the student's graph they hold) and start the modules' call counts afresh."""
+        for recorder in (self._student, self._teacher):
+            recorder.maps.clear()
+            recorder.counts.clear()
 
     def remove(self) -> None:
         """Remove every hook and drop the recorded maps."""

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdops import _checks
 from kdops._layout import acc_dtype
 from kdops.ops.box_masks import box_masks
 from kdops.ops.fgd_feature_pass import fgd_feature_pass
@@ -94,7 +95,10 @@ class FGDLoss(nn.Module):
                       if student_channels != teacher_channels else None)
         self.student_gc = GcBlock(teacher_channels, backend)
         self.teacher_gc = GcBlock(teacher_channels, backend)
-        self.temperature, self.alpha, self.beta, self.gamma, self.lambda_ = temperature, alpha, beta, gamma, lambda_
+        who = "nn.FGDLoss"  # checked here, not at the first forward: a NaN weight would only show as a NaN loss
+        self.temperature = _checks.temperature(temperature, who)
+        self.alpha, self.beta, self.gamma, self.lambda_ = (_checks.number(v, who, name) for v, name in (
+            (alpha, "alpha"), (beta, "beta"), (gamma, "gamma"), (lambda_, "lambda_")))
         self.backend = backend
         self.last_terms: dict = {}
 

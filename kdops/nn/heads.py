@@ -118,7 +118,7 @@ class BoundedRegressionLoss(nn.Module):
         if self.with_smooth_l1:
             if weight is None:
                 per_row = F.smooth_l1_loss(student_reg, target, beta=self.beta, reduction="none").sum(-1)
-                loss = loss + per_row.mean()
+                loss = loss + per_row.sum() / max(per_row.numel(), 1)  # 0 rows: 0, as the op (mean() is 0/0)
             else:  # a row of weight 0 adds exactly 0, whatever it holds (docs/math.md §0)
                 count = (weight > 0).sum().clamp(min=1)
                 kept = weight[..., None]

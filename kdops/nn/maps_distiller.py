@@ -1,6 +1,7 @@
 """MapsDistiller: the weighted losses of paired feature levels, from maps the caller computes (docs/math.md
 §10). kdops.nn.FeatureDistiller records the maps of two nn.Modules with hooks and distils them with one."""
 
+import math
 from collections.abc import Mapping
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -246,7 +247,7 @@ def _as_level(value, side: str, name: str) -> Level:
     if isinstance(value, tuple) and 1 <= len(value) <= 3:
         level = Level(*value)
         if isinstance(level.channels, int) and not isinstance(level.channels, bool) and level.channels >= 1 \
-                and (level.stride is None or (isinstance(level.stride, (int, float)) and level.stride > 0)) \
+                and (level.stride is None or (isinstance(level.stride, (int, float)) and 0 < level.stride < math.inf)) \
                 and (level.size is None or len(level.size) == 2):
             if name == "total":
                 raise ValueError("FeatureDistiller: a level cannot be named 'total' (the key of the losses' sum)")

@@ -45,7 +45,7 @@ def attention_masks(feat: Tensor, *, temperature: float = 0.5, backend: Optional
         with respect to feat. An empty batch (N = 0) returns empty masks.
     """
     _checks.feature(feat, OP, "feat")
-    temperature = _checks.positive(temperature, OP, "temperature")
+    temperature = _checks.temperature(temperature, OP)
     if feat.shape[1] == 0 or feat.shape[2] * feat.shape[3] == 0:
         raise ValueError(f"kdops.{OP}: feat must have C >= 1 and H*W >= 1, got shape {tuple(feat.shape)}")
     which = _backend.resolve(OP, feat.device, backend)

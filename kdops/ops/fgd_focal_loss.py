@@ -54,7 +54,7 @@ def check_args(op, student, teacher, fg, bg, temperature, alpha, beta, gamma):
     acc = acc_dtype(student.dtype)
     fg = _checks.pixel_map(fg, student, op, "fg", dtype=acc)
     bg = _checks.pixel_map(bg, student, op, "bg", dtype=acc)
-    temperature = _checks.positive(temperature, op, "temperature")
+    temperature = _checks.temperature(temperature, op)
     alpha, beta, gamma = (_checks.number(v, op, name) for v, name in ((alpha, "alpha"), (beta, "beta"), (gamma, "gamma")))
     return fg, bg, temperature, alpha, beta, gamma
 

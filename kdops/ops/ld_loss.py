@@ -7,7 +7,6 @@ from torch import Tensor
 from kdops import _backend, _checks, _registry
 from kdops._layout import CWD_STATS, LD_NORMALIZERS, acc_dtype
 from kdops._registry import acc_empty
-from kdops.ops.cwd_loss import MIN_TAU
 from kdops.reference import ld_loss as reference
 
 OP = "ld_loss"
@@ -61,10 +60,7 @@ def ld_loss(student_logits: Tensor, teacher_logits: Tensor, *, weight: Optional[
     rows, bins = student_logits.shape
     if bins == 0:
         raise ValueError(f"kdops.{OP}: the logits need at least one bin, got shape {tuple(student_logits.shape)}")
-    temperature = _checks.positive(temperature, OP, "temperature")
-    if not MIN_TAU <= temperature < float("inf"):
-        raise ValueError(f"kdops.{OP}: temperature must be a finite number >= {MIN_TAU} (below it 1/T and T^2 KL "
-                         f"leave float32's range), got {temperature!r}")
+    temperature = _checks.temperature(temperature, OP)
     _checks.choice(normalize, LD_NORMALIZERS, OP, "normalize")
     if weight is not None:
         weight = _checks.weight_vector(weight, rows, student_logits, acc_dtype(student_logits.dtype), OP, "weight")

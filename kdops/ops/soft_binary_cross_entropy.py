@@ -54,7 +54,7 @@ def soft_binary_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, *,
     _checks.detached(teacher_logits, OP, "teacher_logits")
     pos_weight = _checks.number(pos_weight, OP, "pos_weight")
     neg_weight = _checks.number(neg_weight, OP, "neg_weight")
-    temperature = _checks.positive(temperature, OP, "temperature")
+    temperature = _checks.temperature(temperature, OP)
     mu = _checks.unit_interval(mu, OP, "mu")
     ignore_index = _checks.integer(ignore_index, OP, "ignore_index")
     if target is not None:

@@ -63,7 +63,7 @@ def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, *, class_
     rows, classes = student_logits.shape
     if classes == 0:
         raise ValueError(f"kdops.{OP}: the logits need at least one class, got shape {tuple(student_logits.shape)}")
-    temperature = _checks.positive(temperature, OP, "temperature")
+    temperature = _checks.temperature(temperature, OP)
     mu = _checks.unit_interval(mu, OP, "mu")
     ignore_index = _checks.integer(ignore_index, OP, "ignore_index")
     acc = acc_dtype(student_logits.dtype)

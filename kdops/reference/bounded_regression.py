@@ -49,6 +49,7 @@ def bounded_regression_backward(grad, student, teacher, target, weight, norm, ma
     e_s, e_t = _errors(student, teacher, target, weight, dtype)
     active = (e_s + margin > e_t).to(dtype).masked_fill(e_s.isnan() | e_t.isnan(), float("nan"))
     g = 2 * (student.to(dtype) - target.to(dtype)) * active[:, None]
-    if weight is not None:
-        g = without_weightless(g * weight.to(dtype)[:, None], weight[:, None])
+    if weight is not None:  # a bounded row's gradient is 0 whatever its weight (autograd of the forward's where)
+        seen = torch.where(e_s + margin <= e_t, torch.zeros_like(e_s), weight.to(dtype))
+        g = without_weightless(g * seen[:, None], weight[:, None])
     return (safe_mean(grad.to(dtype), norm.to(dtype)) * g).to(student.dtype)

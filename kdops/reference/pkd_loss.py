@@ -11,11 +11,16 @@ EPS = 1e-6
 
 
 def _standardise(x):
+    """(x', std) per channel. The statistics are taken of x * 2^-e with 2^e > max |x| of the channel (an exact
+    scaling), so they cannot overflow for finite inputs (docs/math.md §6)."""
     c = x.shape[1]
     flat = x.transpose(0, 1).reshape(c, -1)
-    mean = flat.mean(dim=1, keepdim=True)
-    std = flat.std(dim=1, keepdim=True)
-    return (flat - mean) / (std + EPS), std
+    amax = flat.abs().amax(dim=1, keepdim=True) if flat.shape[1] else flat.new_zeros(c, 1)
+    scale = torch.ldexp(torch.ones_like(amax), -torch.frexp(amax).exponent.clamp(min=-125))
+    scaled = flat * scale
+    mean = scaled.mean(dim=1, keepdim=True)
+    std = scaled.std(dim=1, keepdim=True)
+    return (scaled - mean) / (std + EPS * scale), std / scale
 
 
 def pkd_loss(student, teacher):

@@ -92,19 +92,19 @@ def scaled_softmax_row(x_ptr, out_ptr, length, scale, BLOCK: tl.constexpr, ACC: 
     for start in range(0, length, BLOCK):
         idx = start + offs
         x = tl.load(x_ptr + idx, mask=idx < length, other=float("-inf")).to(ACC)
-        row_max = tl.maximum(row_max, x * scale)
+        row_max = tl.maximum(row_max, x)  # shifted before scaled below: x * scale - max may be one FMA
     mx = tl.max(row_max, axis=0)
     row_sum = tl.zeros([BLOCK], ACC)
     comp = tl.zeros([BLOCK], ACC)
     for start in range(0, length, BLOCK):
         idx = start + offs
         x = tl.load(x_ptr + idx, mask=idx < length, other=float("-inf")).to(ACC)
-        row_sum, comp = kahan_add(row_sum, comp, tl.where(idx < length, tl.exp(x * scale - mx), 0.0))
+        row_sum, comp = kahan_add(row_sum, comp, tl.where(idx < length, tl.exp((x - mx) * scale), 0.0))
     factor = length / kahan_total(row_sum, comp)
     for start in range(0, length, BLOCK):
         idx = start + offs
         x = tl.load(x_ptr + idx, mask=idx < length, other=0.0).to(ACC)
-        tl.store(out_ptr + idx, tl.exp(x * scale - mx) * factor, mask=idx < length)
+        tl.store(out_ptr + idx, tl.exp((x - mx) * scale) * factor, mask=idx < length)
 
 
 @triton.jit

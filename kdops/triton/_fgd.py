@@ -58,8 +58,9 @@ def attention_kernel(s_sp_ptr, t_sp_ptr, s_ch_ptr, t_ch_ptr, pixel_ptr, channel_
 
 
 @triton.jit
-def merged_max_and_sum(max_ptr, sum_ptr, stride, tiles, BLOCK_T: tl.constexpr, ACC: tl.constexpr):
-    """An image's softmax max and normaliser from its tiles' (max, sum) pairs, at max_ptr and sum_ptr + t * stride."""
+def merged_max_and_sum(max_ptr, sum_ptr, stride, tiles, BLOCK_T: tl.constexpr, ACC: tl.constexpr, scale=1.0):
+    """An image's softmax max and normaliser from its tiles' (max, sum) pairs, at max_ptr and sum_ptr + t * stride;
+    the maxima are of the unscaled logits, whose softmax is of logits * scale (rescaled by exp((m - max) * scale))."""
     t = tl.arange(0, BLOCK_T)
     mx_acc = tl.full([BLOCK_T], float("-inf"), ACC)
     for t0 in range(0, size64(tiles), BLOCK_T):
@@ -71,7 +72,7 @@ def merged_max_and_sum(max_ptr, sum_ptr, stride, tiles, BLOCK_T: tl.constexpr, A
         ok = t0 + t < tiles
         m = tl.load(max_ptr + (t0 + t) * stride, mask=ok, other=0.0)
         z = tl.load(sum_ptr + (t0 + t) * stride, mask=ok, other=0.0)
-        z_acc, z_comp = kahan_add(z_acc, z_comp, tl.where(ok, z * tl.exp(m - mx), 0.0))
+        z_acc, z_comp = kahan_add(z_acc, z_comp, tl.where(ok, z * tl.exp((m - mx) * scale), 0.0))
     return mx, kahan_total(z_acc, z_comp)
 
 

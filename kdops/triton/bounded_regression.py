@@ -87,6 +87,7 @@ def _backward_kernel(grad_ptr, norm_ptr, s_ptr, t_ptr, y_ptr, w_ptr, out_ptr, ro
         w = tl.load(w_ptr + r, mask=r_ok, other=0.0).to(ACC)
     else:
         w = tl.full([BLOCK_R], 1.0, ACC)
+    w = tl.where(e_s + margin <= e_t, 0.0, w)  # a bounded row's gradient is 0 whatever its weight (math header)
     for start in range(0, D, BLOCK_D):
         k = start + tl.arange(0, BLOCK_D)
         ok = r_ok[:, None] & (k < D)[None, :]

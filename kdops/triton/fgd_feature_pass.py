@@ -27,10 +27,11 @@ SOFTMAX_STATS = tl.constexpr(2 * len(FEATURE_PASS_SOFTMAXES))  # softmax k: max 
 
 
 @triton.jit
-def _tile_softmax(x, ok, stat_ptr):
-    """exp(x - max) over a tile's valid entries; stores (max, sum) at stat_ptr."""
+def _tile_softmax(x, ok, stat_ptr, scale=1.0):
+    """exp((x - max) * scale) over a tile's valid entries; stores (max of x, sum) at stat_ptr. Shifted before scaled:
+    x * scale - max compiles to one FMA, whose rounding at 1 / temperature = 1e30 is exp(+-1e23) at the max."""
     mx = tl.max(tl.where(ok, x, float("-inf")), axis=0)
-    e = tl.where(ok, tl.exp(x - mx), 0.0)
+    e = tl.where(ok, tl.exp((x - mx) * scale), 0.0)
     tl.store(stat_ptr, mx)
     tl.store(stat_ptr + 1, tl.sum(e, axis=0))
     return e
@@ -80,7 +81,7 @@ def _partial_kernel(s_ptr, t_ptr, fg_ptr, bg_ptr, ws_ptr, bs_ptr, wt_ptr, bt_ptr
     tl.store(lt_ptr + n * HW + j, lt, mask=j_ok)
     tl.store(sq_ptr + task, tl.sum(sq, axis=0))
     stats = stat_ptr + task * SOFTMAX_STATS
-    e_att = _tile_softmax(mt * acc_scalar(att_scale, ACC), j_ok, stats + 2 * ATT)
+    e_att = _tile_softmax(mt, j_ok, stats + 2 * ATT, acc_scalar(att_scale, ACC))
     fg = tl.load(fg_ptr + n * HW + j, mask=j_ok, other=0.0)
     bg = tl.load(bg_ptr + n * HW + j, mask=j_ok, other=0.0)
     # a pixel where a mask is 0 adds exactly 0 (docs/math.md §0): its (S - T)^2 is replaced by 0 before the
@@ -100,12 +101,15 @@ def _partial_kernel(s_ptr, t_ptr, fg_ptr, bg_ptr, ws_ptr, bs_ptr, wt_ptr, bt_ptr
 
 @triton.jit
 def _merge_kernel(part_ptr, stat_ptr, ks_ptr, kt_ptr, dsum_ptr, fg_ptr, bg_ptr, ctx_s_ptr, ctx_t_ptr, gc_s_ptr,
-                  gc_t_ptr, att_z_ptr, C, tiles, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+                  gc_t_ptr, att_z_ptr, C, tiles, att_scale: tl.float64, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+                  ACC: tl.constexpr):
     n = program_id64(0)
     c = program_id64(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
     stats = stat_ptr + n * tiles * SOFTMAX_STATS
-    m_att, z_att = merged_max_and_sum(stats + 2 * ATT, stats + 2 * ATT + 1, SOFTMAX_STATS, tiles, BLOCK_T, ACC)
+    att_scale = acc_scalar(att_scale, ACC)
+    m_att, z_att = merged_max_and_sum(stats + 2 * ATT, stats + 2 * ATT + 1, SOFTMAX_STATS, tiles, BLOCK_T, ACC,
+                                      att_scale)
     m_s, z_s = merged_max_and_sum(stats + 2 * GC_S, stats + 2 * GC_S + 1, SOFTMAX_STATS, tiles, BLOCK_T, ACC)
     m_t, z_t = merged_max_and_sum(stats + 2 * GC_T, stats + 2 * GC_T + 1, SOFTMAX_STATS, tiles, BLOCK_T, ACC)
     zero = tl.zeros([BLOCK_C], ACC)
@@ -113,7 +117,7 @@ def _merge_kernel(part_ptr, stat_ptr, ks_ptr, kt_ptr, dsum_ptr, fg_ptr, bg_ptr, 
     ks_c, kt_c, ds_c, fg_c, bg_c, cs_c, ct_c = zero, zero, zero, zero, zero, zero, zero
     for k in range(0, tiles):
         part = part_ptr + (n * tiles + k) * PARTIALS * C + c
-        r_att = tl.exp(tl.load(stats + k * SOFTMAX_STATS + 2 * ATT) - m_att)
+        r_att = tl.exp((tl.load(stats + k * SOFTMAX_STATS + 2 * ATT) - m_att) * att_scale)
         r_s = tl.exp(tl.load(stats + k * SOFTMAX_STATS + 2 * GC_S) - m_s)
         r_t = tl.exp(tl.load(stats + k * SOFTMAX_STATS + 2 * GC_T) - m_t)
         ks, ks_c = kahan_add(ks, ks_c, tl.load(part + ABS_S * C, mask=c_ok, other=0.0))
@@ -212,13 +216,14 @@ def forward(student, teacher, fg, bg, weight_s, bias_s, weight_t, bias_t, temper
     stats = new(tasks, 2 * len(FEATURE_PASS_SOFTMAXES))
     fg_c, bg_c, gc_s, gc_t, att_z = new(n, c), new(n, c), new(n, 2), new(n, 2), new(n)
     ACC = tl_acc(acc)
+    att_scale = 1.0 / (c * temperature)  # the teacher pixel attention's logit scale
     _partial_kernel[(tiles, n)](s, t, fg.contiguous(), bg.contiguous(), weight_s.contiguous(), bias_s.contiguous(),
                                 weight_t.contiguous(), bias_t.contiguous(), s_spatial, t_spatial, probs_s, probs_t,
-                                part, stats, sq_part, c, hw, tiles, 1.0 / (c * temperature), BLOCK_C=block_c,
+                                part, stats, sq_part, c, hw, tiles, att_scale, BLOCK_C=block_c,
                                 BLOCK_HW=block_hw, ACC=ACC, num_warps=_warps(acc))
     merge_c = block_for(c, 128)
     _merge_kernel[(n, triton.cdiv(c, merge_c))](part, stats, s_channel, t_channel, diff_sum, fg_c, bg_c, ctx_s, ctx_t,
-                                                gc_s, gc_t, att_z, c, tiles, BLOCK_T=block_for(tiles, 1024),
+                                                gc_s, gc_t, att_z, c, tiles, att_scale, BLOCK_T=block_for(tiles, 1024),
                                                 BLOCK_C=merge_c, ACC=ACC)
     _masks_kernel[(n,)](s_spatial, t_spatial, s_channel, t_channel, c, hw, 1.0 / (c * temperature),
                         1.0 / (hw * temperature), BLOCK_HW=block_for(hw, 1024), BLOCK_C=block_for(c, 1024), ACC=ACC)

@@ -19,32 +19,51 @@ EPS = tl.constexpr(reference.EPS)  # a plain Python global is a NameError in a c
 
 
 @triton.jit
-def _channel_kernel(s_ptr, t_ptr, stats_ptr, N, C, HW, M, BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _unit_scale(amax):
+    """About 2^-e with 2^e > amax (1 when amax is 0, e >= -125): the math header's unit_scale. An exponent off by
+    one (log2 is approximate) only moves the scaled values into [-4, 4]; the std divides the scale out again."""
+    e = tl.where(amax > 0, tl.ceil(tl.log2(tl.where(amax > 0, amax, 1.0))), 0.0)
+    return tl.exp2(-tl.maximum(e, -125.0))
+
+
+@triton.jit
+def _channel_kernel(s_ptr, t_ptr, stats_ptr, N, C, HW, M, m_scale: tl.float64, BLOCK: tl.constexpr,
+                    ACC: tl.constexpr):
     c = program_id64(0)
     HW = size64(HW)
     offs = tl.arange(0, BLOCK)
     m = M  # N * H * W from the host: N * HW in the kernel would be int32 and wrap at 2^31 values
+    m_scale = acc_scalar(m_scale, ACC)  # 2^-p >= 1/M: the scaled sums cannot overflow (math header)
     zero = tl.zeros([BLOCK], ACC)
-    sx, sy, sx_c, sy_c = zero, zero, zero, zero
+    sx, sy, sx_c, sy_c, amax_x, amax_y = zero, zero, zero, zero, zero, zero
     for n in range(0, N):
         base = (n * C + c) * HW
         for start in range(0, HW, BLOCK):
             j = start + offs
-            sx, sx_c = kahan_add(sx, sx_c, tl.load(s_ptr + base + j, mask=j < HW, other=0.0).to(ACC))
-            sy, sy_c = kahan_add(sy, sy_c, tl.load(t_ptr + base + j, mask=j < HW, other=0.0).to(ACC))
-    mean_x = kahan_total(sx, sx_c) / m
-    mean_y = kahan_total(sy, sy_c) / m
+            x = tl.load(s_ptr + base + j, mask=j < HW, other=0.0).to(ACC)
+            y = tl.load(t_ptr + base + j, mask=j < HW, other=0.0).to(ACC)
+            sx, sx_c = kahan_add(sx, sx_c, x * m_scale)
+            sy, sy_c = kahan_add(sy, sy_c, y * m_scale)
+            amax_x = tl.maximum(amax_x, tl.abs(x))
+            amax_y = tl.maximum(amax_y, tl.abs(y))
+    m_scaled = m * m_scale
+    mean_x = kahan_total(sx, sx_c) / m_scaled
+    mean_y = kahan_total(sy, sy_c) / m_scaled
+    scale_x = _unit_scale(tl.max(amax_x, axis=0))
+    scale_y = _unit_scale(tl.max(amax_y, axis=0))
     vx, vy, vx_c, vy_c = zero, zero, zero, zero
     for n in range(0, N):
         base = (n * C + c) * HW
         for start in range(0, HW, BLOCK):
             j = start + offs
-            dx = tl.where(j < HW, tl.load(s_ptr + base + j, mask=j < HW, other=0.0).to(ACC) - mean_x, 0.0)
-            dy = tl.where(j < HW, tl.load(t_ptr + base + j, mask=j < HW, other=0.0).to(ACC) - mean_y, 0.0)
+            x = tl.load(s_ptr + base + j, mask=j < HW, other=0.0).to(ACC)
+            y = tl.load(t_ptr + base + j, mask=j < HW, other=0.0).to(ACC)
+            dx = tl.where(j < HW, x * scale_x - mean_x * scale_x, 0.0)
+            dy = tl.where(j < HW, y * scale_y - mean_y * scale_y, 0.0)
             vx, vx_c = kahan_add(vx, vx_c, dx * dx)
             vy, vy_c = kahan_add(vy, vy_c, dy * dy)
-    std_x = tl.sqrt(kahan_total(vx, vx_c) / (m - 1))
-    std_y = tl.sqrt(kahan_total(vy, vy_c) / (m - 1))
+    std_x = tl.sqrt(kahan_total(vx, vx_c) / (m - 1)) / scale_x
+    std_y = tl.sqrt(kahan_total(vy, vy_c) / (m - 1)) / scale_y
     inv_ax = 1.0 / (std_x + EPS)
     inv_ay = 1.0 / (std_y + EPS)
     d, d_c = zero, zero
@@ -64,6 +83,11 @@ def _channel_kernel(s_ptr, t_ptr, stats_ptr, N, C, HW, M, BLOCK: tl.constexpr, A
     tl.store(st + SQUARED_DIFF, kahan_total(d, d_c))
 
 
+def mean_scale(m: int) -> float:
+    """2^-p with 2^p >= m (the math header's mean_scale)."""
+    return 2.0 ** -max(m - 1, 0).bit_length()
+
+
 def forward(student, teacher):
     s, t = student.contiguous(), teacher.contiguous()
     n, c, h, w = s.shape
@@ -72,7 +96,7 @@ def forward(student, teacher):
     out = torch.empty((), dtype=acc, device=s.device)
     stats = torch.empty((c, len(PKD_STATS)), dtype=acc, device=s.device)
     block = block_for(hw, 2048)
-    _channel_kernel[(c,)](s, t, stats, n, c, hw, n * hw, BLOCK=block, ACC=tl_acc(acc),
+    _channel_kernel[(c,)](s, t, stats, n, c, hw, n * hw, mean_scale(n * hw), BLOCK=block, ACC=tl_acc(acc),
                           num_warps=warps_for(block, acc))
     scaled_sum_kernel[(1,)](stats, c, len(PKD_STATS), PKD_STATS.index("squared_diff"), 1.0 / (2.0 * c * n * hw), out,
                             BLOCK=1024, ACC=tl_acc(acc))
@@ -91,8 +115,10 @@ def _grad_kernel(grad_ptr, s_ptr, t_ptr, stats_ptr, out_ptr, C, HW, tiles, m: tl
     d = tl.load(st + SQUARED_DIFF)
     ax = std_x + EPS
     ay = std_y + EPS
-    sxx = (m - 1) * std_x * std_x / (ax * ax)
-    syy = (m - 1) * std_y * std_y / (ay * ay)
+    rx = std_x / ax  # <= 1: (m - 1) * std^2 itself can overflow
+    ry = std_y / ay
+    sxx = (m - 1) * rx * rx
+    syy = (m - 1) * ry * ry
     sxy = (sxx + syy - d) / 2
     corr = tl.where(std_x == 0, 0.0, (sxx - sxy) / ((m - 1) * tl.where(std_x == 0, 1.0, std_x)))
     coef = tl.load(grad_ptr).to(ACC) * scale

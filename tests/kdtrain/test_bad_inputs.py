@@ -23,7 +23,7 @@ from kdtrain.data.coco import CocoDetection
 from kdtrain.data.image_check import check_images
 from kdtrain.data.images import read_image
 from kdtrain.engine import epochs_to_iterations, train
-from kdtrain.errors import UsageError
+from kdtrain.errors import RunStopped, UsageError
 from kdtrain.commands.eval import checkpoint_label_map
 from kdtrain.metrics_log import read_jsonl
 from kdtrain.model_args import check_model_args
@@ -59,6 +59,28 @@ def _refused(run, message):
         with pytest.raises(UsageError, match=message):
             run(tiny_data, tmp_path)
     return check
+
+
+def _disk_full_checkpoint_write(tiny_data, tmp_path, monkeypatch=None):
+    """A checkpoint write that fails on a full disk says so (torch.save's own error does not) and leaves the previous
+    checkpoint intact."""
+    path = tmp_path / ckpt_io.LAST
+    ckpt_io.atomic_save({"iteration": 1}, str(path))
+    before = path.read_bytes()
+
+    def full(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    real_save, real_usage = torch.save, ckpt_io.shutil.disk_usage
+    torch.save, ckpt_io.shutil.disk_usage = full, lambda folder: real_usage(folder)._replace(free=4096)
+    try:
+        with pytest.raises(RunStopped, match=r"cannot write a checkpoint in .*: the disk is full \(0.0 MiB free; "
+                                             r"RuntimeError: \[enforce fail.*The previous checkpoint is intact"):
+            ckpt_io.atomic_save({"iteration": 2}, str(path))
+    finally:
+        torch.save, ckpt_io.shutil.disk_usage = real_save, real_usage
+    assert path.read_bytes() == before and os.listdir(tmp_path) == [ckpt_io.LAST]  # no temporary file left
 
 
 def _box_outside(tiny_data, tmp_path):
@@ -364,6 +386,8 @@ CASES = [
     ("metrics.jsonl: damaged line before the last", "error naming the file and line",
      _refused(_metrics('{"a": 1}\n{"b\n{"c": 3}\n'), "line 2 is not a json record")),
     ("`.tmp_*.pth` left by a kill during a checkpoint write", "removed on the next start", _torn_checkpoint_write),
+    ("a checkpoint write on a full disk", "stops with one line saying the disk is full; the previous checkpoint "
+     "is intact", _disk_full_checkpoint_write),
     ("run killed before its first checkpoint, started again",
      "starts fresh: the old metrics records are dropped, none doubled", _restart_before_first_checkpoint),
     ("`--resume` of a checkpoint beyond the new `--iterations`", "error naming both iteration counts",
@@ -437,6 +461,8 @@ CASES = [
     ("`epochs: 1e-9` (less than one iteration)", "error naming the iterations of an epoch",
      _refused(lambda t, p: epochs_to_iterations(TrainConfig(epochs=1e-9, batch_size=2), 4),
               "--epochs 1e-09 is less than one iteration: an epoch here is 4 iterations")),
+    ("config file with a YAML alias (`*name`)", "error: aliases are not supported (nested ones grow exponentially)",
+     _refused(_config_file("a: &x [1, 2]\nb: [*x, *x]\n"), r"aliases \(\*name\) are not supported")),
     ("config file with a key given twice", "error naming the key and line",
      _refused(_config_file("lr: 0.1\niterations: 3\nlr: 0.2\n"), "key 'lr' is given twice .*line 3")),
     ("`--score-threshold nan` or `2` (predict, pseudo-label, two-step)", "error naming the flag and range",

@@ -71,3 +71,13 @@ def test_channel_modules():
 @pytest.mark.parametrize("module", [DistillCrossEntropy(), BoundedRegressionLoss(), CWDLoss(), PKDLoss()])
 def test_repr_names_the_settings(module):
     assert "=" in repr(module)
+
+
+@pytest.mark.parametrize("weight", [None, torch.ones(0)], ids=["no_weight", "weight"])
+def test_bounded_regression_module_on_zero_rows_is_zero(weight):
+    """0 rows: 0 with or without weights, with the smooth-L1 term too (was: NaN without a weight, mean() of 0 rows)."""
+    s = torch.zeros(0, 4, requires_grad=True)
+    loss = BoundedRegressionLoss(with_smooth_l1=True)(s, torch.zeros(0, 4), torch.zeros(0, 4), weight)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert s.grad.shape == (0, 4)

@@ -226,7 +226,7 @@ def test_teacher_runs_frozen_in_eval_mode_and_stops_after_its_last_level():
     hooks = [m.register_forward_hook(lambda m, a, o, name=name: ran.append(name))
              for name, m in (("stages.0", teacher.stages[0]), ("stages.1", teacher.stages[1]), ("head", teacher.head))]
     d = kdops.nn.FeatureDistiller(student, teacher, "stages.0", example_inputs=(x,), loss="cwd")
-    assert ran == ["stages.0"]  # the probe stops early too
+    assert ran == ["stages.0", "stages.1", "head"]  # the probe runs to the end: it counts each module's calls
     ran.clear()
     bn = teacher.stages[0][1]
     stats = bn.running_mean.clone()
@@ -478,3 +478,65 @@ def test_crop_alignment_compares_the_cells_that_see_the_same_pixels():
     assert float(resize.distil({"s": student}, {"t": teacher})["total"]) > 0.1  # shifted cells and padding
     with pytest.raises(ValueError, match="align must be one of"):
         MapsDistiller(*levels, [("s", "t")], loss="cwd", align="pad")
+
+
+def _retinanet(seed):
+    """A torchvision RetinaNet on a ResNet-18 FPN (P3-P7): its heads run once per FPN level."""
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    torch.manual_seed(seed)
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
+                                   returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    return RetinaNet(backbone, num_classes=3, min_size=128, max_size=128)
+
+
+def test_a_module_that_runs_once_per_fpn_level_gives_one_level_per_call():
+    """RetinaNet's classification head runs once per FPN level: its k calls are k levels in call order, each
+    paired with the teacher's call of the same stride (was: one level, the teacher's first call against the
+    student's last, resized and distilled without an error)."""
+    student, teacher = _retinanet(0), _retinanet(1)
+    images = [torch.rand(3, 128, 128)]
+    head = "head.classification_head.conv"
+    d = kdops.nn.FeatureDistiller(student, teacher, head, example_inputs=(images,), loss="imitation")
+    assert [(p.student, p.teacher, p.stride) for p in d.pairs] == [
+        (f"{head}#{i}", f"{head}#{i}", 8.0 * 2 ** i) for i in range(5)]
+    student.train()
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 60.0, 90.0]]), "labels": torch.tensor([1])}]
+    task = sum(student(images, targets).values())
+    d.teacher_forward(images)
+    for level in d._student.maps:  # each student call is recorded against the teacher call of its size
+        assert d._student.maps[level].shape == d._teacher.maps[level].shape, level
+    losses = d()
+    assert set(losses) == {f"{head}#{i}" for i in range(5)} | {"total"}
+    (task + losses["total"]).backward()
+    assert all(torch.isfinite(p.grad).all() for p in d.parameters() if p.grad is not None)
+    student.eval()  # eval and train forwards both run the head 5 times
+    with torch.no_grad():
+        student(images)
+    assert len(d._student.maps) == 5
+
+
+def test_a_module_that_runs_more_often_than_in_the_probe_raises_naming_it():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.block(x)
+            return self.block(x) + y if self.training else y  # twice in training, once in eval (the probe)
+
+    student, teacher = Twice(), Twice()
+    x = torch.randn(2, 3, 16, 16)
+    d = kdops.nn.FeatureDistiller(student, teacher, "block", example_inputs=(x,), loss="pkd")
+    student.train()
+    with pytest.raises(RuntimeError, match="the student's module 'block' ran 2 times in one forward, but 1 time"):
+        student(x)
+
+
+@pytest.mark.parametrize("stride", [float("inf"), float("nan"), 0.0, -8.0])
+def test_from_levels_refuses_a_stride_that_is_not_finite_and_positive(stride):
+    with pytest.raises(TypeError, match="the student's level 'a' must be a Level"):
+        kdops.nn.FeatureDistiller.from_levels({"a": (8, stride)}, {"a": (8, 8.0)}, loss="imitation")

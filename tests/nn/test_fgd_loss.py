@@ -145,3 +145,14 @@ def test_bad_boxes(boxes, error, match):
 def test_feature_shapes_must_match():
     with pytest.raises(ValueError, match="must have the same shape"):
         kdops.nn.FGDLoss(4, 4)(torch.randn(2, 4, 5, 6), torch.randn(2, 4, 5, 7), [torch.zeros(0, 4)] * 2)
+
+
+@pytest.mark.parametrize("name,value,match", [
+    ("lambda_", float("nan"), "lambda_ must be a finite number, got nan"),
+    ("alpha", float("inf"), "alpha must be a finite number, got inf"),
+    ("temperature", 1e-39, "temperature must be a finite number >= 1e-30"),
+])
+def test_bad_hyper_parameters_are_refused_when_built(name, value, match):
+    """Checked in __init__ (was: FGDLoss(lambda_=nan) accepted, and only a NaN loss showed it)."""
+    with pytest.raises(ValueError, match=rf"kdops.nn.FGDLoss: {match}"):
+        kdops.nn.FGDLoss(8, 8, **{name: value})

@@ -91,7 +91,8 @@ def test_does_not_write_into_the_input():
     ([[1.0]], {}, TypeError, "feat must be a torch.Tensor"),
     (torch.randn(2, 0, 4, 5), {}, ValueError, "C >= 1 and H\\*W >= 1"),
     (torch.randn(2, 3, 0, 5), {}, ValueError, "C >= 1 and H\\*W >= 1"),
-    (torch.randn(2, 3, 4, 5), {"temperature": 0.0}, ValueError, "temperature must be a number > 0"),
+    (torch.randn(2, 3, 4, 5), {"temperature": 0.0}, ValueError, "temperature must be a finite number >= 1e-30"),
+    (torch.randn(2, 3, 4, 5), {"temperature": 1e-39}, ValueError, "temperature must be a finite number >= 1e-30"),
     (torch.randn(2, 3, 4, 5), {"backend": "tpu"}, ValueError, "backend must be one of"),
     (torch.randn(2, 3, 4, 5), {"backend": "cuda"}, kdops.BackendUnavailableError, "backend 'cuda' cannot run"),
 ])
@@ -105,5 +106,5 @@ def test_native_kernel_checks_its_own_arguments():
     """Direct torch.ops callers get the same kind of message from C++."""
     with pytest.raises(RuntimeError, match="feat must be a 4-D"):
         torch.ops.kdops.attention_masks(torch.randn(3, 4), 0.5)
-    with pytest.raises(RuntimeError, match="temperature must be > 0"):
+    with pytest.raises(RuntimeError, match="temperature must be a finite number >= 1e-30"):
         torch.ops.kdops.attention_masks(torch.randn(1, 2, 3, 4), -1.0)

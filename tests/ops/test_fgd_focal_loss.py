@@ -103,7 +103,8 @@ def _bad(**change):
     (_bad(student=torch.randn(3, 4, 5)), {}, ValueError, "student must be a 4-D"),
     (_bad(teacher=torch.randn(2, 3, 4, 5, dtype=torch.float64)), {}, TypeError, "must have the same dtype"),
     (_bad(teacher=torch.randn(2, 3, 4, 6)), {}, ValueError, "must have the same shape"),
-    (_bad(), {"temperature": 0.0}, ValueError, "temperature must be a number > 0"),
+    (_bad(), {"temperature": 0.0}, ValueError, "temperature must be a finite number >= 1e-30"),
+    (_bad(), {"temperature": 1e-39}, ValueError, "temperature must be a finite number >= 1e-30"),
     (_bad(), {"alpha": float("nan")}, ValueError, "alpha must be a finite number"),
     (_bad(), {"backend": "cuda"}, kdops.BackendUnavailableError, "backend 'cuda' cannot run"),
 ])

@@ -8,7 +8,7 @@ from torch.library import opcheck
 import kdops
 from kdops.reference import pkd_loss as reference
 from support import parity
-from support.backends import backends_on_cpu, on_cpu, opcheck_params, registered_op
+from support.backends import backend_param, backend_params, backends_on_cpu, on_cpu, opcheck_params, registered_op
 from support.numerics import randn
 
 
@@ -122,3 +122,22 @@ X = torch.randn(2, 3, 4, 5)
 def test_bad_input(args, error, match):
     with pytest.raises(error, match=match):
         kdops.pkd_loss(*args)
+
+
+@pytest.mark.parametrize("backend,device", [backend_param("reference")] + backend_params())
+@pytest.mark.parametrize("scale", [3e18, 1e19, 1e25, 1e30, 1e37])
+def test_value_does_not_depend_on_the_scale(backend, device, scale):
+    """PKD standardises each channel, so float32 features times a large scale give the float64 value of the unscaled
+    ones and the gradient divided by the scale (was: 0.4875 at x3e18 and 0.0 at x1e19 on cpu and Triton, whose
+    sums of squares overflowed)."""
+    x = randn((2, 3, 5, 4), torch.float64, "cpu", 31)
+    y = x + 0.5 * randn((2, 3, 5, 4), torch.float64, "cpu", 32)
+    xd = x.clone().requires_grad_()
+    expected = kdops.pkd_loss(xd, y, backend="reference")
+    expected.backward()
+    xs = (x * scale).to(device=device, dtype=torch.float32).requires_grad_()
+    out = kdops.pkd_loss(xs, (y * scale).to(device=device, dtype=torch.float32), backend=backend)
+    out.backward()
+    torch.testing.assert_close(out.double().cpu(), expected.detach(), rtol=1e-5, atol=0)
+    if scale <= 1e30:  # beyond, the gradient itself (~1e-2 / scale) is below float32's normal range
+        torch.testing.assert_close(xs.grad.double().cpu() * scale, xd.grad, rtol=1e-4, atol=1e-6)

@@ -144,7 +144,8 @@ T_GRAD = torch.randn(4, 5, requires_grad=True)
     ((X, T_GRAD), {}, ValueError, "teacher_logits gets no gradient"),
     ((X, X), {"target": torch.zeros(4, dtype=torch.long)}, ValueError, r"target must have shape \(4, 5\)"),
     ((X, X), {"target": torch.zeros(4, 5)}, TypeError, "target must be an integer tensor"),
-    ((X, X), {"temperature": -1}, ValueError, "temperature must be a number > 0"),
+    ((X, X), {"temperature": -1}, ValueError, "temperature must be a finite number >= 1e-30"),
+    ((X, X), {"temperature": 1e-39}, ValueError, "temperature must be a finite number >= 1e-30"),
     ((X, X), {"neg_weight": float("inf")}, ValueError, "neg_weight must be a finite number"),
     ((X, X), {"mu": -0.1}, ValueError, r"mu must be a number in \[0, 1\]"),
 ])

@@ -172,7 +172,8 @@ X = torch.randn(4, 5)
     ((X, X), {"class_weight": torch.ones(5, requires_grad=True)}, ValueError, "class_weight gets no gradient"),
     ((X, X), {"target": torch.zeros(3, dtype=torch.long)}, ValueError, r"target must have shape \(4,\)"),
     ((X, X), {"target": torch.zeros(4)}, TypeError, "target must be an integer tensor"),
-    ((X, X), {"temperature": 0.0}, ValueError, "temperature must be a number > 0"),
+    ((X, X), {"temperature": 0.0}, ValueError, "temperature must be a finite number >= 1e-30"),
+    ((X, X), {"ignore_index": 2**70}, ValueError, r"ignore_index must be an int in \[-2\*\*63, 2\*\*63\)"),
     ((X, X), {"mu": 1.5}, ValueError, r"mu must be a number in \[0, 1\]"),
     ((X, X), {"ignore_index": 1.0}, TypeError, "ignore_index must be an int"),
 ])
@@ -187,5 +188,5 @@ def test_native_kernel_checks_its_own_arguments():
         torch.ops.kdops.soft_cross_entropy(X, X, torch.ones(4), None, 1.0, 0.0, -1)
     with pytest.raises(RuntimeError, match=r"target must have shape \(rows,\)"):
         torch.ops.kdops.soft_cross_entropy(X, X, None, torch.zeros(3, dtype=torch.long), 1.0, 0.0, -1)
-    with pytest.raises(RuntimeError, match="temperature must be > 0"):
+    with pytest.raises(RuntimeError, match="temperature must be a finite number >= 1e-30"):
         torch.ops.kdops.soft_cross_entropy(X, X, None, None, -1.0, 0.0, -1)

@@ -110,6 +110,29 @@ def test_bounded_regression_module_with_smooth_l1(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("bad", BAD)
+@pytest.mark.parametrize("shape", [(37, 4), (12, 3)], ids=["D4", "D3"])
+def test_bounded_regression_nonfinite_weight_counts(backend, device, bad, shape):
+    """A NaN or infinite weight is not 0: its row counts (docs/math.md §0), so every backend gives the reference's
+    non-finite value and gradient, whether the row is in the bound or not (was: the CPU kernel returned finite
+    values)."""
+    inputs = _regression_inputs(shape, torch.float32, device, 21, 0.0)
+    for row in (1, 2):  # one row in the bound and one out of it, at least: both kinds of row get the bad weight
+        inputs["weight"][row] = bad
+    results = {}
+    for b in ("reference", backend):
+        student = inputs["student_reg"].clone().requires_grad_()
+        out = kdops.bounded_regression(student, inputs["teacher_reg"], target=inputs["target"],
+                                       weight=inputs["weight"], backend=b)
+        out.backward()
+        results[b] = (out.detach().cpu(), student.grad.cpu())
+    (ref_out, ref_grad), (out, grad) = results["reference"], results[backend]
+    assert not torch.isfinite(ref_out)
+    torch.testing.assert_close(out, ref_out, equal_nan=True)
+    assert torch.equal(grad.isnan(), ref_grad.isnan()) and torch.equal(grad.isinf(), ref_grad.isinf())
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("side", ["student_reg", "teacher_reg", "target"])
 def test_bounded_regression_nan_in_a_weighted_row_propagates(backend, device, side):
     inputs = _regression_inputs((12, 4), torch.float32, device, 3, 0.0)

@@ -4,6 +4,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/OpMathType.h>
 
+#include <limits>
+
 #if defined(__CUDACC__)
 #define KDOPS_HD __host__ __device__ __forceinline__
 #else
@@ -34,6 +36,15 @@ inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* op,
               a.scalar_type(), " and ", b.scalar_type());
   TORCH_CHECK(a.device() == b.device(), op, ": ", an, " and ", bn, " must be on the same device, got ", a.device(),
               " and ", b.device());
+}
+
+// Every temperature argument: a finite number >= kMinTemperature; below it 1/T (and a KL's T^2) leave float32's
+// range (docs/math.md §0; kdops/_checks.py: MIN_TEMPERATURE and the same message).
+constexpr double kMinTemperature = 1e-30;
+
+inline void check_temperature(double value, const char* op, const char* arg) {
+  TORCH_CHECK(value >= kMinTemperature && value <= std::numeric_limits<double>::max(), op, ": ", arg,
+              " must be a finite number >= 1e-30 (below it 1/", arg, " leaves float32's range), got ", value);
 }
 
 // A backward's scalar input (the loss's gradient, a saved normaliser): one element, on the features'

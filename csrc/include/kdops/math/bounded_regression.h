@@ -37,6 +37,13 @@ KDOPS_VEC_HD acc inactive_term(acc e_s, acc e_t, acc margin) {
   return lhs <= e_t ? acc(0) : lhs - e_t;
 }
 
+// The weight a row's gradient sees: 0 for a bounded row (its term is the constant 0, so its gradient is exactly
+// 0 whatever its weight, NaN and Inf included, as autograd gives through the reference), else the row's weight.
+template <typename acc>
+KDOPS_VEC_HD acc gradient_weight(acc w, acc e_s, acc e_t, acc margin) {
+  return e_s + margin <= e_t ? acc(0) : w;
+}
+
 // A row's weight (1 without weights) and whether it counts in Z.
 template <typename acc>
 KDOPS_VEC_HD acc row_weight(const acc* weight, int64_t row) {
