@@ -121,8 +121,8 @@ def test_feature_pass_merge():
     outs = [torch.empty(1, channels, device=DEVICE) for _ in range(partials)]  # in the partials' order
     gc_s, gc_t, att_z = (torch.empty(1, 2, device=DEVICE), torch.empty(1, 2, device=DEVICE),
                          torch.empty(1, device=DEVICE))
-    fgd_feature_pass._merge_kernel[(1, 1)](part, stats, *outs, gc_s, gc_t, att_z, channels, tiles,
-                                           BLOCK_T=16, BLOCK_C=16, ACC=tl.float32)
+    fgd_feature_pass._merge_kernel[(1, 1)](part, stats, *outs, gc_s, gc_t, att_z, channels, tiles, 2.0,
+                                           BLOCK_T=16, BLOCK_C=16, ACC=tl.float32)  # att_scale: the maxima are 0
     sums, z = part.double().sum(0), stats.double().sum(0)[1::2]
     p, q = FEATURE_PASS_PARTIALS.index, FEATURE_PASS_SOFTMAXES.index
     for name in ("abs_s", "abs_t", "diff", "fg", "bg"):
