@@ -22,11 +22,13 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from tqdm import tqdm
 
 import kdops
+from kdops.nn.maps_distiller import crop_to_common
 from kdtrain.config import VisualizeConfig
 from kdtrain.data.coco import CocoDetection
 from kdtrain.distill.distiller import _as_dict
@@ -71,27 +73,35 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / (std + PKD_EPS)
 
 
-def imitation_error(student: torch.Tensor, teacher: torch.Tensor):
-    """(per-pixel error (N, H, W) or None, kdops.pkd_loss or None, why it is missing) of (N, C, H, W) maps."""
+def imitation_error(student: torch.Tensor, teacher: torch.Tensor, align: str = "crop"):
+    """(per-pixel error (N, H_t, W_t) or None, kdops.pkd_loss or None, why it is missing) of (N, C, H, W) maps,
+    aligned as training aligns them (Distiller.align): "crop" compares their common top-left cells (NaN in the
+    teacher's cells past them), "resize" resizes the student onto the teacher (SSD's squashed input)."""
     if student.shape[1] != teacher.shape[1]:
         return None, None, (f"n/a: the student has {student.shape[1]} channels, the teacher {teacher.shape[1]}; "
                             "the imitation error compares channel by channel")
-    student = matched_student_feature(student, teacher)
+    full = teacher.shape[-2:]
+    if align == "crop":
+        student, teacher = crop_to_common(student, teacher)
+    else:
+        student = matched_student_feature(student, teacher)
     if teacher.shape[-2] * teacher.shape[-1] < 2:
         return None, None, "n/a: a 1-cell map has no spread to standardise"
     error = (_standardise(student) - _standardise(teacher)).square().mean(dim=1) / 2
+    error = F.pad(error, (0, full[1] - error.shape[-1], 0, full[0] - error.shape[-2]), value=float("nan"))
     return error, float(kdops.pkd_loss(student, teacher)), ""
 
 
 @torch.no_grad()
 def level_maps(student: torch.Tensor, teacher: torch.Tensor, boxes: torch.Tensor, pair: LevelPair,
-               temperature: float) -> LevelMaps:
-    """The maps of one image: (1, C, H, W) features of a level pair and its (K, 4) boxes in padded pixels."""
+               temperature: float, align: str = "crop") -> LevelMaps:
+    """The maps of one image: (1, C, H, W) features of a level pair and its (K, 4) boxes in padded pixels;
+    ``align`` as imitation_error."""
     student, teacher = student.float(), teacher.float()
     t_spatial, t_channel = kdops.attention_masks(teacher, temperature=temperature)
     s_spatial, s_channel = kdops.attention_masks(student, temperature=temperature)
     fg, bg = kdops.box_masks(boxes_on_level([{"boxes": boxes}], pair.stride), tuple(teacher.shape[-2:]))
-    error, error_mean, note = imitation_error(student, teacher)
+    error, error_mean, note = imitation_error(student, teacher, align)
     as_np = lambda x: x[0].cpu().numpy()  # noqa: E731
     return LevelMaps(pair, as_np(t_spatial), as_np(s_spatial), as_np(t_channel), as_np(s_channel), as_np(fg),
                      as_np(bg), None if error is None else as_np(error), error_mean, note)
@@ -191,7 +201,9 @@ def visualize(cfg: VisualizeConfig, device: torch.device = torch.device("cpu"), 
     if not pairs:
         raise UsageError(f"--student/--teacher: no student level (strides {dict(s_strides)}) shares a stride "
                          f"with a teacher level (strides {dict(t_strides)})")
-    temperature = cfg.temperature or kdops.nn.FGDLoss.preset(fgd_preset(detector_family(student)), 1, 1).temperature
+    family = detector_family(student)
+    temperature = cfg.temperature or kdops.nn.FGDLoss.preset(fgd_preset(family), 1, 1).temperature
+    align = "resize" if family == "ssd" else "crop"  # as training aligns the pairs (kdtrain/distill/distiller.py)
     log("[kdtrain] level pairs (student->teacher @stride): "
         + ", ".join(f"{p.student}->{p.teacher}@{p.stride}" for p in pairs))
     dataset = CocoDetection(cfg.images, cfg.ann)
@@ -209,7 +221,7 @@ def visualize(cfg: VisualizeConfig, device: torch.device = torch.device("cpu"), 
         box_names = [names[dataset.label_to_cat_id[int(label)]] for label in target["labels"]]
         file_name = dataset.images[index]["file_name"]
         for pair in pairs:
-            maps = level_maps(s_feats[pair.student], t_feats[pair.teacher], boxes, pair, temperature)
+            maps = level_maps(s_feats[pair.student], t_feats[pair.teacher], boxes, pair, temperature, align)
             path = os.path.join(cfg.output_dir, _output_name(file_name, pair))
             paths.append(render_level(maps, picture, boxes.cpu().numpy(), box_names, file_name, path, temperature))
     log(f"[kdtrain] {len(paths)} pictures written to {cfg.output_dir}")

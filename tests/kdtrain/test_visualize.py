@@ -86,6 +86,20 @@ def test_channel_counts_may_differ(tmp_path):
         assert im.width >= 1200
 
 
+def test_the_error_aligns_the_maps_as_training_does():
+    """Crop (training's alignment, except SSD): the common top-left cells are compared, the teacher's other cells
+    are NaN; resize (SSD): the student is resized onto the teacher (was: always resized)."""
+    torch.manual_seed(0)
+    s, t = torch.randn(1, 4, 5, 6), torch.randn(1, 4, 6, 6)
+    error, mean, _ = imitation_error(s, t, "crop")
+    assert error.shape == (1, 6, 6) and error[0, 5].isnan().all() and not error[0, :5].isnan().any()
+    assert mean == pytest.approx(float(kdops.pkd_loss(s, t[..., :5, :])), rel=1e-6)
+    assert float(error[0, :5].mean()) == pytest.approx(mean, rel=1e-4)
+    error, mean, _ = imitation_error(s, t, "resize")
+    resized = torch.nn.functional.interpolate(s, size=(6, 6), mode="bilinear", align_corners=False)
+    assert not error.isnan().any() and mean == pytest.approx(float(kdops.pkd_loss(resized, t)), rel=1e-6)
+
+
 def test_one_cell_maps_have_no_error_map():
     error, mean, note = imitation_error(torch.randn(1, 4, 1, 1), torch.randn(1, 4, 1, 1))
     assert error is None and mean is None and "1-cell" in note
