@@ -31,7 +31,7 @@ import kdops
 from kdops.nn.maps_distiller import crop_to_common
 from kdtrain.config import VisualizeConfig
 from kdtrain.data.coco import CocoDetection
-from kdtrain.distill.distiller import _as_dict
+from kdtrain.distill.distiller import _as_dict, pair_alignment
 from kdtrain.distill.levels import LevelPair, pair_levels, probe_levels
 from kdtrain.distill.terms import fgd_preset, matched_student_feature
 from kdtrain.errors import UsageError
@@ -203,7 +203,7 @@ def visualize(cfg: VisualizeConfig, device: torch.device = torch.device("cpu"), 
                          f"with a teacher level (strides {dict(t_strides)})")
     family = detector_family(student)
     temperature = cfg.temperature or kdops.nn.FGDLoss.preset(fgd_preset(family), 1, 1).temperature
-    align = "resize" if family == "ssd" else "crop"  # as training aligns the pairs (kdtrain/distill/distiller.py)
+    align = pair_alignment(family)  # as training aligns the pairs
     log("[kdtrain] level pairs (student->teacher @stride): "
         + ", ".join(f"{p.student}->{p.teacher}@{p.stride}" for p in pairs))
     dataset = CocoDetection(cfg.images, cfg.ann)

@@ -44,6 +44,13 @@ def check_degenerate_boxes(targets) -> None:
             raise ValueError(f"degenerate box {t['boxes'][bad][0].tolist()} in image {t.get('image_id', i)}")
 
 
+def pair_alignment(family: str) -> str:
+    """How paired maps of different sizes line up (terms.FeatureTerm, and kdtrain visualize): SSDlite squashes
+    the image to a square ("resize"), every other student pads it at the bottom and right as the teacher does
+    ("crop")."""
+    return "resize" if family == "ssd" else "crop"
+
+
 class Distiller(nn.Module):
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module] = None, recipe: str = "none",
                  weights: Optional[dict] = None, warmup_iters: int = 0, imitation_mask: str = "none",
@@ -94,9 +101,7 @@ class Distiller(nn.Module):
         s_levels = {k: Level(s_channels[k], float(s)) for k, s in image_strides(s_strides, scale).items()}
         t_levels = {k: Level(t_channels[k], float(s)) for k, s in t_strides.items()}
         pairs = [(p.student, p.teacher) for p in self.pairs]
-        # How paired maps of different sizes line up (terms.FeatureTerm): SSDlite squashes the image to a
-        # square, every other student pads it at the bottom and right as the teacher does.
-        align = "resize" if self.family == "ssd" else "crop"
+        align = pair_alignment(self.family)
         for name in self.term_names:
             if name in FEATURE_TERMS and not self.pairs:
                 raise UsageError(f"{name}: no student level shares a stride with a teacher level")

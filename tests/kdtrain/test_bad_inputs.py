@@ -61,7 +61,7 @@ def _refused(run, message):
     return check
 
 
-def _disk_full_checkpoint_write(tiny_data, tmp_path, monkeypatch=None):
+def _disk_full_checkpoint_write(tiny_data, tmp_path):
     """A checkpoint write that fails on a full disk says so (torch.save's own error does not) and leaves the previous
     checkpoint intact."""
     path = tmp_path / ckpt_io.LAST
